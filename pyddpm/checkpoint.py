@@ -1,0 +1,137 @@
+"""The run directory: ``config.json`` (rebuilds the model) and ``checkpoint.safetensors`` (weights + state).
+
+The checkpoint holds the sampling weights under ``model.`` (EMA weights when training used EMA), everything
+needed to resume under ``train.``, and the config and training state as JSON in its metadata, so the one file
+is self-contained. Files are written to a temporary name and renamed, so a crash never leaves a half-written
+checkpoint, and loading never unpickles anything.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from .diffusion import DDPM
+from .nets import build_network
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A run directory that is missing, incomplete, corrupted or does not match its config."""
+
+
+@dataclass
+class Checkpoint:
+    config: dict
+    state: dict
+    tensors: dict[str, torch.Tensor]
+
+    def prefixed(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The tensors under ``prefix.`` with the prefix removed."""
+        n = len(prefix) + 1
+        return {k[n:]: v for k, v in self.tensors.items() if k.startswith(prefix + ".")}
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """``obj`` as indented JSON, written atomically."""
+    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def save_checkpoint(run_dir: str | os.PathLike, config: dict, tensors: dict[str, torch.Tensor], state: dict) -> Path:
+    """Atomically write ``checkpoint.safetensors`` (and ``config.json``) into ``run_dir``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    metadata = {"pyddpm_format": str(FORMAT_VERSION), "config": json.dumps(config), "state": json.dumps(state)}
+    write_atomic(run_dir / CHECKPOINT_FILE, save_safetensors(flat, metadata=metadata))
+    write_json(run_dir / CONFIG_FILE, config)
+    return run_dir / CHECKPOINT_FILE
+
+
+def read_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
+    """The checkpoint of a run directory, with clear errors for a missing or corrupted one."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {str(run_dir)!r} does not exist; train one with `pyddpm-train --out DIR`")
+    path = run_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{str(run_dir)!r} is not a pyddpm run directory: it has no {CHECKPOINT_FILE}")
+    data = path.read_bytes()
+    try:
+        tensors = load_safetensors(data)
+        metadata = _read_metadata(data)
+        config = json.loads(metadata["config"])
+        state = json.loads(metadata["state"])
+    except (SafetensorError, KeyError, ValueError) as err:
+        raise CheckpointError(
+            f"{path} is corrupted or truncated ({err}); it cannot be loaded. "
+            "Re-run training, or restore the file from a backup"
+        ) from None
+    if int(metadata.get("pyddpm_format", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer pyddpm (format {metadata['pyddpm_format']}); upgrade pyddpm")
+    return Checkpoint(config=config, state=state, tensors=tensors)
+
+
+def _read_metadata(data: bytes) -> dict:
+    if len(data) < 8:
+        raise ValueError("file too short")
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + header_len])
+    return header.get("__metadata__", {})
+
+
+def build_model(config: dict) -> DDPM:
+    """A fresh ``DDPM`` with the network and schedule a run's config describes."""
+    try:
+        net, diff = config["network"], config["diffusion"]
+        network = build_network(net["name"], **net["kwargs"])
+        return DDPM(network, beta_1=diff["beta_1"], beta_T=diff["beta_T"], T=diff["T"],
+                    schedule=diff["schedule"], variance=diff["variance"])
+    except KeyError as err:
+        raise CheckpointError(f"run config lacks the entry {err}; it was not written by pyddpm-train") from None
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
+    """``model.load_state_dict(weights)`` with an error that says how the architectures differ."""
+    missing, unexpected = set(model.state_dict()) - set(weights), set(weights) - set(model.state_dict())
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{what} does not match the architecture in its config: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"{what} does not match the architecture in its config: {err}") from None
+
+
+def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[DDPM, dict]:
+    """The trained model of a run directory (its sampling weights) in eval mode, and the run's config."""
+    checkpoint = read_checkpoint(run_dir)
+    model = build_model(checkpoint.config)
+    load_weights(model, checkpoint.prefixed("model"), f"checkpoint in {str(run_dir)!r}")
+    return model.to(device).eval(), checkpoint.config

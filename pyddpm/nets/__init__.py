@@ -1,0 +1,21 @@
+"""Noise-prediction networks eps_theta(x_t, t); each takes x of shape (batch, *sample_shape) and t of shape (batch, 1)."""
+from __future__ import annotations
+
+from torch import nn
+
+from .fc import FcNetwork
+
+NETWORKS: dict[str, type[nn.Module]] = {"fc": FcNetwork}
+
+
+def build_network(name: str, **kwargs) -> nn.Module:
+    """The network registered under ``name``, built with ``kwargs`` (as stored in a run's config)."""
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; choose one of {', '.join(NETWORKS)}")
+    try:
+        return NETWORKS[name](**kwargs)
+    except TypeError as err:
+        raise ValueError(f"bad settings for network {name!r}: {err}") from None
+
+
+__all__ = ["FcNetwork", "NETWORKS", "build_network"]
