@@ -1,0 +1,172 @@
+// pybind11 module pyddpm._C: converts Python ints/floats (data_ptr() values, counts, scalars, a CUDA
+// stream handle) into kernel calls. Validation of tensors lives in pyddpm/ops.py; this layer only
+// refuses what would make a kernel touch memory it was not given.
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "philox.h"
+#include "reverse_step.h"
+
+namespace py = pybind11;
+
+#ifndef PYDDPM_VERSION
+#define PYDDPM_VERSION "0+unknown"
+#endif
+#ifndef PYDDPM_CUDA_REQUEST
+#define PYDDPM_CUDA_REQUEST "AUTO"
+#endif
+#ifndef PYDDPM_CUDA_VERSION
+#define PYDDPM_CUDA_VERSION ""
+#endif
+#ifndef PYDDPM_CUDA_ARCHS
+#define PYDDPM_CUDA_ARCHS ""
+#endif
+#ifndef PYDDPM_COMPILER
+#define PYDDPM_COMPILER ""
+#endif
+
+namespace {
+
+constexpr int kCpu = 0;
+constexpr int kCuda = 1;
+
+constexpr bool kWithCuda =
+#if defined(PYDDPM_WITH_CUDA)
+    true;
+#else
+    false;
+#endif
+
+constexpr bool kWithOpenmp =
+#if defined(PYDDPM_WITH_OPENMP)
+    true;
+#else
+    false;
+#endif
+
+void check_common(int device, int dtype, uintptr_t out, int64_t batch, int64_t n) {
+  if (device != kCpu && device != kCuda)
+    throw std::invalid_argument("device must be 0 (cpu) or 1 (cuda), got " + std::to_string(device));
+  if (device == kCuda && !kWithCuda)
+    throw std::runtime_error("pyddpm._C was built without CUDA; rebuild with nvcc on PATH "
+                             "(PYDDPM_CUDA=1 pip install .)");
+  if (dtype < 0 || dtype > 2)
+    throw std::invalid_argument("dtype must be 0 (float32), 1 (float16) or 2 (bfloat16)");
+  if (device == kCpu && dtype != 0) throw std::invalid_argument("the CPU kernel takes float32 only");
+  if (batch < 0 || n < 0) throw std::invalid_argument("batch and numel_per_sample must be >= 0");
+  if (n > 0 && batch > INT64_MAX / n) throw std::invalid_argument("batch * numel_per_sample overflows");
+  if ((n + 3) / 4 > 0xffffffffLL)
+    throw std::invalid_argument("numel_per_sample must be < 2^34 (Philox counter word 0)");
+  if (batch * n > 0 && out == 0) throw std::invalid_argument("out is a null pointer");
+}
+
+pyddpm::PhiloxArgs philox_args(uint64_t seed, uint32_t step, uint64_t sample_offset) {
+  if (seed >> 63) throw std::invalid_argument("seed must be < 2^63");
+  return pyddpm::PhiloxArgs{seed, step, sample_offset};
+}
+
+void reverse_step(int device, int dtype, uintptr_t out, uintptr_t x_t, uintptr_t eps_hat,
+                  uintptr_t noise, int64_t batch, int64_t numel_per_sample, float a, float b,
+                  float sigma, bool clip, float c, float p, float q, float lo, float hi,
+                  uint64_t seed, uint32_t step, uint64_t sample_offset, uintptr_t stream,
+                  int num_threads) {
+  check_common(device, dtype, out, batch, numel_per_sample);
+  if (batch * numel_per_sample > 0 && (x_t == 0 || eps_hat == 0))
+    throw std::invalid_argument("x_t and eps_hat must not be null pointers");
+  pyddpm::StepCoef coef;
+  coef.a = a;
+  coef.b = b;
+  coef.sigma = sigma;
+  coef.clip = clip;
+  coef.c = c;
+  coef.p = p;
+  coef.q = q;
+  coef.lo = lo;
+  coef.hi = hi;
+  const pyddpm::PhiloxArgs rng = philox_args(seed, step, sample_offset);
+  py::gil_scoped_release release;
+  if (device == kCpu) {
+    pyddpm::reverse_step_cpu(reinterpret_cast<float*>(out), reinterpret_cast<const float*>(x_t),
+                             reinterpret_cast<const float*>(eps_hat),
+                             reinterpret_cast<const float*>(noise), batch, numel_per_sample, coef,
+                             rng, num_threads);
+    return;
+  }
+#if defined(PYDDPM_WITH_CUDA)
+  pyddpm::reverse_step_cuda(reinterpret_cast<void*>(out), reinterpret_cast<const void*>(x_t),
+                            reinterpret_cast<const void*>(eps_hat),
+                            reinterpret_cast<const void*>(noise), static_cast<pyddpm::DType>(dtype),
+                            batch, numel_per_sample, coef, rng, stream);
+#else
+  (void)stream;
+#endif
+}
+
+void normal(int device, int dtype, uintptr_t out, int64_t batch, int64_t numel_per_sample,
+            uint64_t seed, uint32_t step, uint64_t sample_offset, uintptr_t stream,
+            int num_threads) {
+  check_common(device, dtype, out, batch, numel_per_sample);
+  const pyddpm::PhiloxArgs rng = philox_args(seed, step, sample_offset);
+  py::gil_scoped_release release;
+  if (device == kCpu) {
+    pyddpm::normal_cpu(reinterpret_cast<float*>(out), batch, numel_per_sample, rng, num_threads);
+    return;
+  }
+#if defined(PYDDPM_WITH_CUDA)
+  pyddpm::normal_cuda(reinterpret_cast<void*>(out), static_cast<pyddpm::DType>(dtype), batch,
+                      numel_per_sample, rng, stream);
+#else
+  (void)stream;
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pyddpm's fused reverse-step kernels (CPU, optional CUDA) on raw pointers.";
+  m.attr("__version__") = PYDDPM_VERSION;
+  m.attr("WITH_CUDA") = kWithCuda;
+  m.attr("WITH_OPENMP") = kWithOpenmp;
+
+  m.def("cuda_built", [] { return kWithCuda; }, "True if the CUDA kernels were compiled in.");
+  m.def(
+      "build_info",
+      [] {
+        py::dict d;
+        d["version"] = PYDDPM_VERSION;
+        d["cuda"] = kWithCuda;
+        d["cuda_request"] = PYDDPM_CUDA_REQUEST;
+        d["cuda_version"] = PYDDPM_CUDA_VERSION;
+        d["cuda_archs"] = PYDDPM_CUDA_ARCHS;
+        d["openmp"] = kWithOpenmp;
+        d["compiler"] = PYDDPM_COMPILER;
+        return d;
+      },
+      "How this module was built: version, CUDA (requested/built/version/archs), OpenMP, compiler.");
+
+  m.def("reverse_step", &reverse_step,
+        "out = a*x_t + b*eps_hat [+ c*clamp(p*x_t + q*eps_hat, lo, hi)] [+ sigma*z] on raw pointers "
+        "(device 0 = cpu, 1 = cuda; dtype 0/1/2 = float32/float16/bfloat16). z is read from noise "
+        "when it is not 0, else drawn from Philox(seed, sample_offset + sample, step).",
+        py::arg("device"), py::arg("dtype"), py::arg("out"), py::arg("x_t"), py::arg("eps_hat"),
+        py::arg("noise"), py::arg("batch"), py::arg("numel_per_sample"), py::arg("a"), py::arg("b"),
+        py::arg("sigma"), py::arg("clip"), py::arg("c"), py::arg("p"), py::arg("q"), py::arg("lo"),
+        py::arg("hi"), py::arg("seed"), py::arg("step"), py::arg("sample_offset"),
+        py::arg("stream"), py::arg("num_threads"));
+  m.def("normal", &normal,
+        "Fills out (batch x numel_per_sample) with the Philox normals of samples sample_offset + i "
+        "at step.",
+        py::arg("device"), py::arg("dtype"), py::arg("out"), py::arg("batch"),
+        py::arg("numel_per_sample"), py::arg("seed"), py::arg("step"), py::arg("sample_offset"),
+        py::arg("stream"), py::arg("num_threads"));
+  m.def(
+      "philox4x32_10",
+      [](uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
+        pyddpm::philox::philox4x32_10(c0, c1, c2, c3, k0, k1);
+        return py::make_tuple(c0, c1, c2, c3);
+      },
+      "One Philox4x32-10 block (for known-answer tests).", py::arg("c0"), py::arg("c1"),
+      py::arg("c2"), py::arg("c3"), py::arg("k0"), py::arg("k1"));
+}

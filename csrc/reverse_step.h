@@ -1,0 +1,53 @@
+// The fused DDPM/DDIM reverse step on raw pointers (no libtorch): declarations shared by the CPU and
+// CUDA kernels, the pybind11 binding and any C++ program that links the kernels.
+//
+// Per element, in binary32 and in this order (each line one rounding; no FMA contraction):
+//     v = a * x + b * eps
+//     if clip:       v = v + c * clamp(p * x + q * eps, lo, hi)   (clamp keeps NaN)
+//     if sigma != 0: v = v + sigma * z
+// z comes from `noise` when it is not null, otherwise from Philox (philox.h) for global sample index
+// sample_offset + (element / numel_per_sample) at `step`. The caller validates every argument:
+// `out` may equal `x` (in place) but must not partially overlap any input; all arrays are contiguous
+// with batch * numel_per_sample elements.
+#pragma once
+
+#include <stdint.h>
+
+namespace pyddpm {
+
+// Coefficients of one reverse step (binary32, as the kernels compute).
+struct StepCoef {
+  float a = 0.f, b = 0.f, sigma = 0.f;
+  float c = 0.f, p = 0.f, q = 0.f, lo = -1.f, hi = 1.f;
+  bool clip = false;
+};
+
+// Where the in-kernel noise comes from (used when noise == nullptr and sigma != 0).
+struct PhiloxArgs {
+  uint64_t seed = 0;           // 0 <= seed < 2^63
+  uint32_t step = 0;           // 0 = x_T, t = 1..T = the reverse step at t
+  uint64_t sample_offset = 0;  // global index of the first sample of this batch
+};
+
+// Storage types of the CUDA kernels (the CPU kernels take float32 only).
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// CPU, float32. num_threads <= 0 means the OpenMP default.
+void reverse_step_cpu(float* out, const float* x, const float* eps, const float* noise, int64_t batch,
+                      int64_t numel_per_sample, const StepCoef& coef, const PhiloxArgs& rng,
+                      int num_threads);
+// out[i, e] = z of sample sample_offset + i, element e (the N(0, 1) draws of philox.h).
+void normal_cpu(float* out, int64_t batch, int64_t numel_per_sample, const PhiloxArgs& rng,
+                int num_threads);
+
+#if defined(PYDDPM_WITH_CUDA)
+// CUDA: pointers on the current device, launched asynchronously on `stream` (a cudaStream_t as an
+// integer; 0 = legacy default stream). Throws std::runtime_error if the launch fails.
+void reverse_step_cuda(void* out, const void* x, const void* eps, const void* noise, DType dtype,
+                       int64_t batch, int64_t numel_per_sample, const StepCoef& coef,
+                       const PhiloxArgs& rng, uintptr_t stream);
+void normal_cuda(void* out, DType dtype, int64_t batch, int64_t numel_per_sample,
+                 const PhiloxArgs& rng, uintptr_t stream);
+#endif
+
+}  // namespace pyddpm
