@@ -1,0 +1,300 @@
+"""The fused reverse step: the Python face of pyddpm._C and the plain-torch reference beside it.
+
+One reverse step of Algorithm 2 (DDPM) or DDIM is affine in (x_t, eps_hat, z) with per-step scalars:
+
+    x_{t-1} = a x_t + b eps_hat [+ c clamp(p x_t + q eps_hat, lo, hi)] + sigma z
+
+``reverse_step`` computes it in one kernel call (float32 on CPU; float32, float16, bfloat16 on CUDA;
+float32 math), with z either given or drawn inside the kernel from the counter-based Philox rule of
+``pyddpm.philox``. It is registered as the torch.library custom ops ``pyddpm::reverse_step`` (new
+tensor), ``pyddpm::reverse_step_out`` (writes ``out``) and ``pyddpm::reverse_step_`` (in place), so
+torch.compile(fullgraph=True) and CUDA graphs see it. It has no autograd formula (sampling only).
+``reverse_step_reference`` is the specification in plain torch; the two agree to the bit on CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import operator
+from collections.abc import Sequence
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from . import philox
+
+try:
+    from . import _C
+except ImportError as exc:  # not built: every fused call says how to build it
+    _C = None
+    _IMPORT_ERROR: Optional[ImportError] = exc
+else:
+    _IMPORT_ERROR = None
+_CUDA_BUILT = _C is not None and bool(_C.cuda_built())
+
+_BUILD_HINT = ("pyddpm._C (the fused reverse-step extension) is not built: run `pip install .` in the pyddpm "
+               "checkout (or `pip install -e .` / `python setup.py build_ext --inplace` for development); "
+               "set PYDDPM_CUDA=1 to require the CUDA kernels")
+_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+class StepCoefficients(NamedTuple):
+    """One reverse step: x_{t-1} = a*x_t + b*eps_hat + c*clamp(p*x_t + q*eps_hat, lo, hi) + sigma*z.
+    The clamp term (clipped-x0 form) is used only when clip=True."""
+    a: float
+    b: float
+    sigma: float
+    clip: bool = False
+    c: float = 0.0
+    p: float = 0.0
+    q: float = 0.0
+    lo: float = -1.0
+    hi: float = 1.0
+
+
+def extension_available() -> bool:
+    """True if pyddpm._C imports."""
+    return _C is not None
+
+
+def cuda_built() -> bool:
+    """True if pyddpm._C was compiled with the CUDA kernels."""
+    return _CUDA_BUILT
+
+
+def _require_extension(device: torch.device) -> None:
+    if _C is None:
+        raise RuntimeError(f"{_BUILD_HINT} (import error: {_IMPORT_ERROR})")
+    if device.type == "cuda" and not _CUDA_BUILT:
+        raise RuntimeError("pyddpm._C was built without CUDA, so it cannot run on "
+                           f"{device}: rebuild with nvcc on PATH, e.g. `PYDDPM_CUDA=1 pip install .`")
+
+
+def _f32(value: float) -> float:
+    """Finite |value| <= float32 max rounded to binary32 (nearest even, as the kernels see it); plain math
+    so torch.compile traces it."""
+    if value == 0.0:
+        return value
+    exponent = max(math.frexp(value)[1] - 24, -149)  # 24 significant bits, or the subnormal spacing
+    return math.ldexp(round(math.ldexp(value, -exponent)), exponent)
+
+
+def _coefficient_list(coef) -> list[float]:
+    """[a, b, sigma, c, p, q, lo, hi] rounded to float32, after checking they are finite numbers."""
+    if not isinstance(coef, StepCoefficients):
+        raise TypeError(f"coef must be a pyddpm.ops.StepCoefficients, got {type(coef).__name__}")
+    if not isinstance(coef.clip, bool):
+        raise TypeError(f"coef.clip must be a bool, got {type(coef.clip).__name__}")
+    values = []
+    for name in ("a", "b", "sigma", "c", "p", "q", "lo", "hi"):
+        value = getattr(coef, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"coef.{name} must be a Python float, got {type(value).__name__}")
+        if not (math.isfinite(value) and abs(value) <= _FLOAT32_MAX):
+            raise ValueError(f"coef.{name} must be finite and representable in float32, got {value}")
+        values.append(_f32(float(value)))
+    if coef.clip and not values[6] <= values[7]:
+        raise ValueError(f"coef.lo must be <= coef.hi, got lo={coef.lo}, hi={coef.hi}")
+    return values
+
+
+def _check_tensor(name: str, t, like: Optional[Tensor]) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if like is None:
+        return
+    if t.device != like.device:
+        raise ValueError(f"{name} must be on the device of x_t ({like.device}), got {t.device}")
+    if t.dtype != like.dtype:
+        raise ValueError(f"{name} must have the dtype of x_t ({like.dtype}), got {t.dtype}")
+    if t.shape != like.shape:
+        raise ValueError(f"{name} must have the shape of x_t {tuple(like.shape)}, got {tuple(t.shape)}")
+
+
+def _check_step_args(x_t, eps_hat, coef, noise, seed, step, sample_offset):
+    """Checks shared by the fused op and the reference; returns (coefficients, seed or -1, step, sample_offset)."""
+    _check_tensor("x_t", x_t, None)
+    if x_t.dim() < 1:
+        raise ValueError("x_t must have a batch dimension (dim >= 1), got a 0-dim tensor")
+    if not x_t.is_floating_point():
+        raise ValueError(f"x_t must be a floating-point tensor, got {x_t.dtype}")
+    _check_tensor("eps_hat", eps_hat, x_t)
+    values = _coefficient_list(coef)
+    if noise is not None:
+        _check_tensor("noise", noise, x_t)
+        if seed is not None:
+            raise ValueError("give either noise or seed, not both")
+    elif seed is None and values[2] != 0.0:
+        raise ValueError("coef.sigma != 0 needs noise: pass noise=<tensor like x_t> or seed=<int>")
+    checked = philox.check_counter_args(0 if seed is None else seed, step, sample_offset, x_t.shape[0])
+    return values, (-1 if seed is None else checked[0]), checked[1], checked[2]
+
+
+def _check_fused(name: str, t: Tensor) -> None:
+    if t.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name} must be on cpu or cuda, got {t.device}")
+    allowed = (torch.float32,) if t.device.type == "cpu" else tuple(_DTYPE_CODES)
+    if t.dtype not in allowed:
+        names = " or ".join(str(d).replace("torch.", "") for d in allowed)
+        raise ValueError(f"{name} must be {names} on {t.device.type}, got {t.dtype}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous; call .contiguous() first")
+
+
+def _check_no_partial_overlap(out: Tensor, inputs: dict) -> None:
+    """out may coincide with an input (same first element), but must not partially overlap one."""
+    lo, hi = out.data_ptr(), out.data_ptr() + out.numel() * out.element_size()
+    for name, t in inputs.items():
+        if t is None or t.numel() == 0:
+            continue
+        t_lo = t.data_ptr()
+        t_hi = t_lo + t.numel() * t.element_size()
+        if t_lo != lo and t_lo < hi and lo < t_hi:
+            raise ValueError(f"out partially overlaps {name}; use out=x_t for in place or a separate tensor")
+
+
+def _launch(out: Tensor, x_t: Tensor, eps_hat: Tensor, noise: Optional[Tensor], coef: Sequence[float],
+            clip: bool, seed: int, step: int, sample_offset: int) -> None:
+    _require_extension(x_t.device)
+    if out.numel() == 0:
+        return
+    _check_no_partial_overlap(out, {"x_t": x_t, "eps_hat": eps_hat, "noise": noise})
+    a, b, sigma, c, p, q, lo, hi = coef
+    cuda = x_t.device.type == "cuda"
+    with torch.cuda.device(x_t.device) if cuda else contextlib.nullcontext():
+        _C.reverse_step(
+            device=int(cuda), dtype=_DTYPE_CODES[x_t.dtype], out=out.data_ptr(), x_t=x_t.data_ptr(),
+            eps_hat=eps_hat.data_ptr(), noise=0 if noise is None else noise.data_ptr(),
+            batch=x_t.shape[0], numel_per_sample=math.prod(x_t.shape[1:]), a=a, b=b, sigma=sigma, clip=clip,
+            c=c, p=p, q=q, lo=lo, hi=hi, seed=max(seed, 0), step=step, sample_offset=sample_offset,
+            stream=torch.cuda.current_stream().cuda_stream if cuda else 0, num_threads=torch.get_num_threads())
+
+
+@torch.library.custom_op("pyddpm::reverse_step", mutates_args=())
+def _reverse_step_op(x_t: Tensor, eps_hat: Tensor, noise: Optional[Tensor], coef: Sequence[float], clip: bool,
+                     seed: int, step: int, sample_offset: int) -> Tensor:
+    out = torch.empty_like(x_t)
+    _launch(out, x_t, eps_hat, noise, coef, clip, seed, step, sample_offset)
+    return out
+
+
+@_reverse_step_op.register_fake
+def _(x_t, eps_hat, noise, coef, clip, seed, step, sample_offset):
+    return torch.empty_like(x_t)
+
+
+@torch.library.custom_op("pyddpm::reverse_step_out", mutates_args=("out",))
+def _reverse_step_out_op(x_t: Tensor, eps_hat: Tensor, noise: Optional[Tensor], out: Tensor, coef: Sequence[float],
+                         clip: bool, seed: int, step: int, sample_offset: int) -> None:
+    _launch(out, x_t, eps_hat, noise, coef, clip, seed, step, sample_offset)
+
+
+@_reverse_step_out_op.register_fake
+def _(x_t, eps_hat, noise, out, coef, clip, seed, step, sample_offset):
+    return None
+
+
+@torch.library.custom_op("pyddpm::reverse_step_", mutates_args=("x_t",))
+def _reverse_step_inplace_op(x_t: Tensor, eps_hat: Tensor, noise: Optional[Tensor], coef: Sequence[float],
+                             clip: bool, seed: int, step: int, sample_offset: int) -> None:
+    _launch(x_t, x_t, eps_hat, noise, coef, clip, seed, step, sample_offset)
+
+
+@_reverse_step_inplace_op.register_fake
+def _(x_t, eps_hat, noise, coef, clip, seed, step, sample_offset):
+    return None
+
+
+def reverse_step(x_t: Tensor, eps_hat: Tensor, coef: StepCoefficients, *, noise: Optional[Tensor] = None,
+                 seed: Optional[int] = None, step: int = 0, sample_offset: int = 0,
+                 out: Optional[Tensor] = None) -> Tensor:
+    """x_{t-1} = a x_t + b eps_hat [+ c clamp(p x_t + q eps_hat, lo, hi)] + sigma z in one fused kernel call.
+
+    Dim 0 of x_t is the batch. If coef.sigma != 0, give exactly one of ``noise`` (a tensor like x_t) or
+    ``seed`` (0 <= seed < 2**63): z is then drawn in the kernel from Philox for global sample index
+    sample_offset + i at ``step`` (pyddpm.philox). ``out`` may be x_t (in place). All tensors must be
+    contiguous, on one device, of one dtype (float32 on CPU; float32/float16/bfloat16 on CUDA).
+    """
+    coefs, seed, step, sample_offset = _check_step_args(x_t, eps_hat, coef, noise, seed, step, sample_offset)
+    for name, t in (("x_t", x_t), ("eps_hat", eps_hat), ("noise", noise)):
+        if t is not None:
+            _check_fused(name, t)
+    _require_extension(x_t.device)
+    if out is None:
+        return _reverse_step_op(x_t, eps_hat, noise, coefs, coef.clip, seed, step, sample_offset)
+    if out is x_t:
+        _reverse_step_inplace_op(x_t, eps_hat, noise, coefs, coef.clip, seed, step, sample_offset)
+        return x_t
+    _check_tensor("out", out, x_t)
+    _check_fused("out", out)
+    _reverse_step_out_op(x_t, eps_hat, noise, out, coefs, coef.clip, seed, step, sample_offset)
+    return out
+
+
+def reverse_step_reference(x_t: Tensor, eps_hat: Tensor, coef: StepCoefficients, *, noise: Optional[Tensor] = None,
+                           seed: Optional[int] = None, step: int = 0, sample_offset: int = 0) -> Tensor:
+    """x_{t-1} of ``reverse_step`` in plain torch (the specification): float32 math, any device/layout, no out."""
+    (a, b, sigma, c, p, q, lo, hi), seed, step, sample_offset = _check_step_args(
+        x_t, eps_hat, coef, noise, seed, step, sample_offset)
+    x, e = x_t.float(), eps_hat.float()
+    v = a * x + b * e
+    if coef.clip:
+        v = v + c * (p * x + q * e).clamp(lo, hi)
+    if sigma != 0.0:
+        if noise is not None:
+            z = noise.float()
+        else:
+            z = philox.philox_normal(x_t.shape, seed, step, sample_offset, device=x_t.device)
+        v = v + sigma * z
+    return v.to(x_t.dtype)
+
+
+@torch.library.custom_op("pyddpm::normal_noise", mutates_args=())
+def _normal_op(shape: Sequence[int], seed: int, step: int, sample_offset: int, device: torch.device,
+               dtype: torch.dtype) -> Tensor:
+    out = torch.empty(shape, device=device, dtype=dtype)
+    _require_extension(out.device)
+    if out.numel() == 0:
+        return out
+    cuda = out.device.type == "cuda"
+    with torch.cuda.device(out.device) if cuda else contextlib.nullcontext():
+        _C.normal(device=int(cuda), dtype=_DTYPE_CODES[dtype], out=out.data_ptr(), batch=shape[0],
+                  numel_per_sample=math.prod(shape[1:]), seed=seed, step=step, sample_offset=sample_offset,
+                  stream=torch.cuda.current_stream().cuda_stream if cuda else 0,
+                  num_threads=torch.get_num_threads())
+    return out
+
+
+@_normal_op.register_fake
+def _(shape, seed, step, sample_offset, device, dtype):
+    return torch.empty(shape, device=device, dtype=dtype)
+
+
+def normal_noise(shape, *, seed: int, step: int = 0, sample_offset: int = 0, device="cpu",
+                 dtype: torch.dtype = torch.float32, backend: str = "fused") -> Tensor:
+    """z ~ N(0, I) of ``shape`` (dim 0 = batch) by the counter-based Philox rule; step=0 gives x_T (Alg. 2 line 1).
+
+    backend "fused" runs the kernel, "torch" pyddpm.philox; both give the same values. Other floating
+    dtypes than the kernel's (float32 on CPU) are drawn in float32 and rounded.
+    """
+    try:
+        shape = tuple(operator.index(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"shape must be a sequence of ints, got {shape!r}") from None
+    if not shape or min(shape) < 0:
+        raise ValueError(f"shape must be (batch, *sample_shape) with sizes >= 0, got {shape}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype}")
+    device = torch.device(device)
+    seed, step, sample_offset = philox.check_counter_args(seed, step, sample_offset, shape[0])
+    if backend == "torch":
+        return philox.philox_normal(shape, seed, step, sample_offset, device=device, dtype=dtype)
+    if backend != "fused":
+        raise ValueError(f"backend must be 'fused' or 'torch', got {backend!r}")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda for the fused backend, got {device}")
+    _require_extension(device)
+    native = dtype if device.type == "cuda" and dtype in _DTYPE_CODES else torch.float32
+    return _normal_op(shape, seed, step, sample_offset, device, native).to(dtype)
