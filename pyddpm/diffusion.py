@@ -16,6 +16,12 @@ from .schedules import make_betas
 VARIANCES = ("beta", "beta_tilde")
 
 
+def normal_kl(mean1: torch.Tensor, var1: torch.Tensor, mean2: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean1, var1) || N(mean2, var2)) elementwise, in nats (Ex. 3.3):
+    1/2 (log(var2 / var1) + (var1 + (mean1 - mean2)^2) / var2 - 1)."""
+    return 0.5 * (torch.log(var2 / var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1.0)
+
+
 class DDPM(nn.Module):
     """A denoising diffusion model around a noise-prediction network eps_theta(x_t, t).
 

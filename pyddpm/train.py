@@ -57,6 +57,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup: int = 100
+    lr_schedule: str = "cosine"
     grad_clip: float = 1.0
     ema: float = 0.999
     seed: int = 0
@@ -127,9 +128,16 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
     optimizer.load_state_dict({"state": state, "param_groups": settings["param_groups"]})
 
 
-def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up over ``cfg.warmup`` steps, then constant (Ho et al. sec. 4)."""
-    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """Linear warm-up over ``cfg.warmup`` steps (Ho et al. sec. 4), then constant or a cosine decay to 0."""
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup))
+    if cfg.lr_schedule == "constant" or step < cfg.warmup:
+        return cfg.lr * warm
+    progress = (step - cfg.warmup) / max(1, total_steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -154,7 +162,8 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ValueError(f"batch size {cfg.batch_size} x {self.world} processes exceeds the {len(train)} "
                              "training examples; lower --batch-size")
-        self.total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
+        self.schedule_steps = cfg.epochs * self.steps_per_epoch  # the learning-rate schedule's horizon
+        self.total_steps = min(cfg.max_steps or self.schedule_steps, self.schedule_steps)
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = build_model(self.config).to(device)
@@ -239,7 +248,7 @@ class Trainer:
 
     def train_step(self, step: int) -> torch.Tensor:
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.cfg, step)
+            group["lr"] = learning_rate(self.cfg, step, self.schedule_steps)
         x = self.batch(step)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
         with autocast:
@@ -383,11 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reverse-process variance sigma_t^2 used when sampling")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=None, help=f"passes over the training set (default {d.epochs})")
-    g.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after at most this many optimizer steps (for smoke runs; the "
+                        "learning-rate schedule still follows --epochs, so a resumed run continues it exactly)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step and process")
     g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     g.add_argument("--warmup", type=int, default=d.warmup, help="linear learning-rate warm-up steps")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+                   help="after warm-up: cosine decay to 0 over the run, or constant")
     g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0 disables)")
     g.add_argument("--ema", type=float, default=d.ema, help="EMA decay of the sampling weights (0 disables)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,

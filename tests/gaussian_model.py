@@ -1,0 +1,55 @@
+"""Gaussian data N(m, S) and its exact noise predictor: a 'trained' DDPM whose every quantity has a closed form.
+
+With x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, x_t ~ N(sqrt(abar_t) m, C_t), C_t = abar_t S + (1 - abar_t) I,
+and the MMSE predictor is E[eps | x_t] = sqrt(1 - abar_t) C_t^{-1} (x_t - sqrt(abar_t) m).
+"""
+import torch
+from torch import nn
+
+
+class ExactGaussianEpsilon(nn.Module):
+    """eps*(x_t, t) = E[eps | x_t] for data N(mean, cov); t is the network input (t - 1) / T."""
+
+    def __init__(self, mean: torch.Tensor, cov: torch.Tensor, alpha_cumprod: torch.Tensor):
+        super().__init__()
+        self.T = len(alpha_cumprod)
+        abar = alpha_cumprod.double()
+        eye = torch.eye(len(mean), dtype=torch.float64)
+        cov_t = abar[:, None, None] * cov.double() + (1 - abar)[:, None, None] * eye
+        # gain_t = sqrt(1 - abar_t) C_t^{-1}, stored per step
+        self.register_buffer("gain", ((1 - abar).sqrt()[:, None, None] * torch.linalg.inv(cov_t)).float())
+        self.register_buffer("shift", (abar.sqrt()[:, None] * mean.double()).float())
+
+    def step_index(self, t_input: torch.Tensor) -> torch.Tensor:
+        return torch.round(t_input.reshape(-1) * self.T).long()
+
+    def forward(self, x: torch.Tensor, t_input: torch.Tensor) -> torch.Tensor:
+        k = self.step_index(t_input)
+        return torch.einsum("bij,bj->bi", self.gain[k], x - self.shift[k])
+
+
+def expected_loss(cov: torch.Tensor, alpha_cumprod: torch.Tensor) -> float:
+    """E[L_simple] under the exact predictor: mean over t of tr Cov[eps | x_t] = sum_i abar l_i / (abar l_i + 1 - abar)."""
+    lam = torch.linalg.eigvalsh(cov.double())
+    abar = alpha_cumprod.double()[:, None]
+    return float((abar * lam / (abar * lam + 1 - abar)).sum(1).mean())
+
+
+def algorithm2_moments(model, mean: torch.Tensor, cov: torch.Tensor, coefs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact mean and covariance of Algorithm 2's output with the exact predictor.
+
+    Each step is x_{t-1} = a x_t + b eps*(x_t) + sigma z with eps* affine in x_t, so the Gaussian is
+    propagated exactly: M <- A M + c, V <- A V A^T + sigma^2 I, from M_T = 0, V_T = I.
+    """
+    d = len(mean)
+    abar = model.alpha_cumprod.double()
+    eye = torch.eye(d, dtype=torch.float64)
+    M, V = torch.zeros(d, dtype=torch.float64), eye.clone()
+    for t in range(model.T, 0, -1):
+        co = coefs[t - 1]
+        cov_t = abar[t - 1] * cov.double() + (1 - abar[t - 1]) * eye
+        gain = (1 - abar[t - 1]).sqrt() * torch.linalg.inv(cov_t)
+        A = co.a * eye + co.b * gain
+        M = A @ M - co.b * gain @ (abar[t - 1].sqrt() * mean.double())
+        V = A @ V @ A.T + co.sigma**2 * eye
+    return M, V
