@@ -78,7 +78,7 @@ SIN_POLY = tuple(float.fromhex(h) for h in ("0x1.921fb6p+0", "-0x1.4abbbap-1", "
 COS_POLY = tuple(float.fromhex(h) for h in ("-0x1.3bd3ccp+0", "0x1.03c1dep-2", "-0x1.55c5ep-6", "0x1.d9d57ep-11"))
 
 _MASK32 = 0xFFFFFFFF
-_CHUNK_GROUPS = 1 << 20  # Philox calls evaluated at once (bounds the int64 temporaries to ~100 MB)
+_CHUNK_GROUPS = 1 << 16  # Philox calls evaluated at once (bounds the int64 temporaries to a few MB)
 
 
 def check_counter_args(seed, step, sample_offset, batch: int) -> tuple[int, int, int]:
