@@ -173,7 +173,7 @@ def philox_normal(shape, seed: int, step: int = 0, sample_offset: int = 0, *, de
     groups = (n + 3) // 4
     out = torch.empty(batch, 4 * groups, dtype=torch.float32, device=device)
     rows = max(1, _CHUNK_GROUPS // max(groups, 1))
-    cols = min(groups, _CHUNK_GROUPS)
+    cols = max(1, min(groups, _CHUNK_GROUPS))
     for i0 in range(0, batch, rows):
         i = sample_offset + torch.arange(i0, min(batch, i0 + rows), device=device, dtype=torch.int64)[:, None]
         for g0 in range(0, groups, cols):
