@@ -10,7 +10,8 @@ the minimum traffic of a step: read x_t and eps_hat, write x_{t-1}, i.e. 3 tenso
 and the speed-ups eager/fused and compiled/fused. On CUDA it adds device-to-device copy bandwidth
 (x.copy_(y): 2 tensors of traffic) and fused bandwidth as a fraction of it.
 
-    python benchmarks/bench_op.py [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--repeats N]
+    python benchmarks/bench_op.py [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--threads N]
+                                  [--repeats N] [--no-compile]
 """
 from __future__ import annotations
 
@@ -61,8 +62,11 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="storage dtype (half types on CUDA only)")
     parser.add_argument("--repeats", type=int, default=200, help="timed calls per cell at <= 2^20 elements")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (torch.set_num_threads; 0: torch's default)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     time_it = _timer(device)
     cuda = device.type == "cuda"

@@ -8,7 +8,9 @@ One reverse step of Algorithm 2 (DDPM) or DDIM is affine in (x_t, eps_hat, z) wi
 float32 math), with z either given or drawn inside the kernel from the counter-based Philox rule of
 ``pyddpm.philox``. It is registered as the torch.library custom ops ``pyddpm::reverse_step`` (new
 tensor), ``pyddpm::reverse_step_out`` (writes ``out``) and ``pyddpm::reverse_step_`` (in place), so
-torch.compile(fullgraph=True) and CUDA graphs see it. It has no autograd formula (sampling only).
+torch.compile(fullgraph=True), export and fake tensors see it; plain eager calls on plain tensors launch
+the kernel directly (same kernel, no dispatcher overhead), which CUDA graph capture records like any
+launch on the current stream. It has no autograd formula (sampling only).
 ``reverse_step_reference`` is the specification in plain torch; the two agree to the bit on CPU.
 """
 from __future__ import annotations
@@ -81,23 +83,25 @@ def _f32(value: float) -> float:
     return math.ldexp(round(math.ldexp(value, -exponent)), exponent)
 
 
+_COEF_FIELDS = ("a", "b", "sigma", "c", "p", "q", "lo", "hi")
+
+
 def _coefficient_list(coef) -> list[float]:
-    """[a, b, sigma, c, p, q, lo, hi] rounded to float32, after checking they are finite numbers."""
+    """[a, b, sigma, c, p, q, lo, hi] after checking they are finite numbers representable in float32.
+    (The kernels round them to float32; the reference rounds them with _f32.)"""
     if not isinstance(coef, StepCoefficients):
         raise TypeError(f"coef must be a pyddpm.ops.StepCoefficients, got {type(coef).__name__}")
     if not isinstance(coef.clip, bool):
         raise TypeError(f"coef.clip must be a bool, got {type(coef.clip).__name__}")
-    values = []
-    for name in ("a", "b", "sigma", "c", "p", "q", "lo", "hi"):
-        value = getattr(coef, name)
+    values = [coef.a, coef.b, coef.sigma, coef.c, coef.p, coef.q, coef.lo, coef.hi]
+    for name, value in zip(_COEF_FIELDS, values):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"coef.{name} must be a Python float, got {type(value).__name__}")
-        if not (math.isfinite(value) and abs(value) <= _FLOAT32_MAX):
+        if not -_FLOAT32_MAX <= value <= _FLOAT32_MAX:  # also false for NaN
             raise ValueError(f"coef.{name} must be finite and representable in float32, got {value}")
-        values.append(_f32(float(value)))
     if coef.clip and not values[6] <= values[7]:
         raise ValueError(f"coef.lo must be <= coef.hi, got lo={coef.lo}, hi={coef.hi}")
-    return values
+    return [float(v) for v in values]
 
 
 def _check_tensor(name: str, t, like: Optional[Tensor]) -> None:
@@ -157,6 +161,7 @@ def _check_no_partial_overlap(out: Tensor, inputs: dict) -> None:
 
 def _launch(out: Tensor, x_t: Tensor, eps_hat: Tensor, noise: Optional[Tensor], coef: Sequence[float],
             clip: bool, seed: int, step: int, sample_offset: int) -> None:
+    """Runs the kernel on validated tensors (seed -1: none); refuses an out that partially overlaps an input."""
     _require_extension(x_t.device)
     if out.numel() == 0:
         return
@@ -172,12 +177,28 @@ def _launch(out: Tensor, x_t: Tensor, eps_hat: Tensor, noise: Optional[Tensor], 
             stream=torch.cuda.current_stream().cuda_stream if cuda else 0, num_threads=torch.get_num_threads())
 
 
-@torch.library.custom_op("pyddpm::reverse_step", mutates_args=())
-def _reverse_step_op(x_t: Tensor, eps_hat: Tensor, noise: Optional[Tensor], coef: Sequence[float], clip: bool,
-                     seed: int, step: int, sample_offset: int) -> Tensor:
+def _reverse_step_new(x_t: Tensor, eps_hat: Tensor, noise: Optional[Tensor], coef: Sequence[float], clip: bool,
+                      seed: int, step: int, sample_offset: int) -> Tensor:
     out = torch.empty_like(x_t)
     _launch(out, x_t, eps_hat, noise, coef, clip, seed, step, sample_offset)
     return out
+
+
+def _reverse_step_into(x_t: Tensor, eps_hat: Tensor, noise: Optional[Tensor], out: Tensor, coef: Sequence[float],
+                       clip: bool, seed: int, step: int, sample_offset: int) -> None:
+    _launch(out, x_t, eps_hat, noise, coef, clip, seed, step, sample_offset)
+
+
+def _reverse_step_in_place(x_t: Tensor, eps_hat: Tensor, noise: Optional[Tensor], coef: Sequence[float],
+                           clip: bool, seed: int, step: int, sample_offset: int) -> None:
+    _launch(x_t, x_t, eps_hat, noise, coef, clip, seed, step, sample_offset)
+
+
+_reverse_step_op = torch.library.custom_op("pyddpm::reverse_step", _reverse_step_new, mutates_args=())
+_reverse_step_out_op = torch.library.custom_op("pyddpm::reverse_step_out", _reverse_step_into,
+                                               mutates_args=("out",))
+_reverse_step_inplace_op = torch.library.custom_op("pyddpm::reverse_step_", _reverse_step_in_place,
+                                                   mutates_args=("x_t",))
 
 
 @_reverse_step_op.register_fake
@@ -185,26 +206,27 @@ def _(x_t, eps_hat, noise, coef, clip, seed, step, sample_offset):
     return torch.empty_like(x_t)
 
 
-@torch.library.custom_op("pyddpm::reverse_step_out", mutates_args=("out",))
-def _reverse_step_out_op(x_t: Tensor, eps_hat: Tensor, noise: Optional[Tensor], out: Tensor, coef: Sequence[float],
-                         clip: bool, seed: int, step: int, sample_offset: int) -> None:
-    _launch(out, x_t, eps_hat, noise, coef, clip, seed, step, sample_offset)
-
-
 @_reverse_step_out_op.register_fake
 def _(x_t, eps_hat, noise, out, coef, clip, seed, step, sample_offset):
     return None
 
 
-@torch.library.custom_op("pyddpm::reverse_step_", mutates_args=("x_t",))
-def _reverse_step_inplace_op(x_t: Tensor, eps_hat: Tensor, noise: Optional[Tensor], coef: Sequence[float],
-                             clip: bool, seed: int, step: int, sample_offset: int) -> None:
-    _launch(x_t, x_t, eps_hat, noise, coef, clip, seed, step, sample_offset)
-
-
 @_reverse_step_inplace_op.register_fake
 def _(x_t, eps_hat, noise, coef, clip, seed, step, sample_offset):
     return None
+
+
+def _plain_eager(*tensors: Optional[Tensor]) -> bool:
+    """True for an eager call on plain tensors that needs no autograd: then the kernel is launched directly,
+    skipping ~30 us of dispatcher per call. Tracing (torch.compile, export, fake tensors), tensor subclasses,
+    torch function/dispatch modes, functorch transforms and autograd all go through the custom ops."""
+    if torch.compiler.is_compiling():
+        return False
+    if (torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack()
+            or torch._C._functorch.peek_interpreter_stack() is not None):
+        return False
+    grad = torch.is_grad_enabled()
+    return all(t is None or (type(t) is Tensor and not (grad and t.requires_grad)) for t in tensors)
 
 
 def reverse_step(x_t: Tensor, eps_hat: Tensor, coef: StepCoefficients, *, noise: Optional[Tensor] = None,
@@ -221,23 +243,31 @@ def reverse_step(x_t: Tensor, eps_hat: Tensor, coef: StepCoefficients, *, noise:
     for name, t in (("x_t", x_t), ("eps_hat", eps_hat), ("noise", noise)):
         if t is not None:
             _check_fused(name, t)
+    if out is not None and out is not x_t:
+        _check_tensor("out", out, x_t)
+        _check_fused("out", out)
     _require_extension(x_t.device)
+    args = (coefs, coef.clip, seed, step, sample_offset)
+    if _plain_eager(x_t, eps_hat, noise, out):
+        if out is None:
+            return _reverse_step_new(x_t, eps_hat, noise, *args)
+        _launch(out, x_t, eps_hat, noise, *args)
+        torch.autograd.graph.increment_version(out)
+        return out
     if out is None:
-        return _reverse_step_op(x_t, eps_hat, noise, coefs, coef.clip, seed, step, sample_offset)
+        return _reverse_step_op(x_t, eps_hat, noise, *args)
     if out is x_t:
-        _reverse_step_inplace_op(x_t, eps_hat, noise, coefs, coef.clip, seed, step, sample_offset)
-        return x_t
-    _check_tensor("out", out, x_t)
-    _check_fused("out", out)
-    _reverse_step_out_op(x_t, eps_hat, noise, out, coefs, coef.clip, seed, step, sample_offset)
+        _reverse_step_inplace_op(x_t, eps_hat, noise, *args)
+    else:
+        _reverse_step_out_op(x_t, eps_hat, noise, out, *args)
     return out
 
 
 def reverse_step_reference(x_t: Tensor, eps_hat: Tensor, coef: StepCoefficients, *, noise: Optional[Tensor] = None,
                            seed: Optional[int] = None, step: int = 0, sample_offset: int = 0) -> Tensor:
     """x_{t-1} of ``reverse_step`` in plain torch (the specification): float32 math, any device/layout, no out."""
-    (a, b, sigma, c, p, q, lo, hi), seed, step, sample_offset = _check_step_args(
-        x_t, eps_hat, coef, noise, seed, step, sample_offset)
+    values, seed, step, sample_offset = _check_step_args(x_t, eps_hat, coef, noise, seed, step, sample_offset)
+    a, b, sigma, c, p, q, lo, hi = (_f32(v) for v in values)
     x, e = x_t.float(), eps_hat.float()
     v = a * x + b * e
     if coef.clip:
@@ -251,9 +281,8 @@ def reverse_step_reference(x_t: Tensor, eps_hat: Tensor, coef: StepCoefficients,
     return v.to(x_t.dtype)
 
 
-@torch.library.custom_op("pyddpm::normal_noise", mutates_args=())
-def _normal_op(shape: Sequence[int], seed: int, step: int, sample_offset: int, device: torch.device,
-               dtype: torch.dtype) -> Tensor:
+def _normal_new(shape: Sequence[int], seed: int, step: int, sample_offset: int, device: torch.device,
+                dtype: torch.dtype) -> Tensor:
     out = torch.empty(shape, device=device, dtype=dtype)
     _require_extension(out.device)
     if out.numel() == 0:
@@ -265,6 +294,9 @@ def _normal_op(shape: Sequence[int], seed: int, step: int, sample_offset: int, d
                   stream=torch.cuda.current_stream().cuda_stream if cuda else 0,
                   num_threads=torch.get_num_threads())
     return out
+
+
+_normal_op = torch.library.custom_op("pyddpm::normal_noise", _normal_new, mutates_args=())
 
 
 @_normal_op.register_fake
@@ -297,4 +329,5 @@ def normal_noise(shape, *, seed: int, step: int = 0, sample_offset: int = 0, dev
         raise ValueError(f"device must be cpu or cuda for the fused backend, got {device}")
     _require_extension(device)
     native = dtype if device.type == "cuda" and dtype in _DTYPE_CODES else torch.float32
-    return _normal_op(shape, seed, step, sample_offset, device, native).to(dtype)
+    draw = _normal_new if _plain_eager() else _normal_op
+    return draw(shape, seed, step, sample_offset, device, native).to(dtype)

@@ -210,6 +210,23 @@ def test_torch_compile_fullgraph():
     assert torch.equal(y, want)
 
 
+def test_autograd_inputs_take_the_op_path():
+    # eager calls on plain tensors launch the kernel directly; these go through pyddpm::reverse_step
+    coef = COEFS["ddpm"]
+    x, e = rand((3, 8), 30).requires_grad_(), rand((3, 8), 31)
+    y = ops.reverse_step(x, e, coef, seed=2, step=3)
+    assert torch.equal(y.detach(), ops.reverse_step_reference(x.detach(), e, coef, seed=2, step=3))
+    with pytest.raises(RuntimeError, match="autograd"):
+        y.sum().backward()
+
+
+def test_in_place_bumps_the_version_counter():
+    x, e = rand((3, 8), 32), rand((3, 8), 33)
+    before = x._version
+    ops.reverse_step(x, e, COEFS["ddpm"], seed=2, step=3, out=x)
+    assert x._version > before
+
+
 def test_normal_noise_backends_dtypes_and_errors():
     fused = ops.normal_noise((3, 2, 5), seed=4, step=2, sample_offset=1)
     assert fused.dtype == torch.float32 and fused.shape == (3, 2, 5)
