@@ -5,7 +5,8 @@ the minimum traffic of a step: read x_t and eps_hat, write x_{t-1}, i.e. 3 tenso
 
     fused     pyddpm.ops.reverse_step(x, eps, coef, seed=..., step=t, out=x)   (in place, like the sampler)
     eager     pyddpm.ops.reverse_step_reference(x, eps, coef, noise=torch.randn_like(x))
-    compiled  torch.compile of that reference (randn included)
+    compiled  torch.compile of that reference (randn included; on CPU with inductor's fallback_random,
+              i.e. aten's randn, because inductor's own CPU randn is ~10x slower than aten's)
 
 and the speed-ups eager/fused and compiled/fused. On CUDA it adds device-to-device copy bandwidth
 (x.copy_(y): 2 tensors of traffic) and fused bandwidth as a fraction of it.
@@ -21,6 +22,7 @@ import statistics
 import time
 
 import torch
+import torch._inductor.config
 
 from pyddpm import ops
 
@@ -74,6 +76,8 @@ def main() -> None:
     def eager_step(x, e):
         return ops.reverse_step_reference(x, e, COEF, noise=torch.randn_like(x))
 
+    if not cuda:
+        torch._inductor.config.fallback_random = True
     compiled_step = None if args.no_compile else torch.compile(eager_step)
     name = torch.cuda.get_device_name(device) if cuda else f"{platform.processor() or platform.machine()}"
     print(f"# {name}, {torch.get_num_threads()} threads, torch {torch.__version__}, "

@@ -78,7 +78,7 @@ SIN_POLY = tuple(float.fromhex(h) for h in ("0x1.921fb6p+0", "-0x1.4abbbap-1", "
 COS_POLY = tuple(float.fromhex(h) for h in ("-0x1.3bd3ccp+0", "0x1.03c1dep-2", "-0x1.55c5ep-6", "0x1.d9d57ep-11"))
 
 _MASK32 = 0xFFFFFFFF
-_CHUNK_GROUPS = 1 << 16  # Philox calls evaluated at once (bounds the int64 temporaries to a few MB)
+_CHUNK_GROUPS = 1 << 19  # Philox calls evaluated at once (int64 temporaries of 4 MB each)
 
 
 def check_counter_args(seed, step, sample_offset, batch: int) -> tuple[int, int, int]:
@@ -171,15 +171,12 @@ def philox_normal(shape, seed: int, step: int = 0, sample_offset: int = 0, *, de
     seed, step, sample_offset = check_counter_args(seed, step, sample_offset, batch)
     device = torch.device(device)
     groups = (n + 3) // 4
-    out = torch.empty(batch, 4 * groups, dtype=torch.float32, device=device)
-    rows = max(1, _CHUNK_GROUPS // max(groups, 1))
-    cols = max(1, min(groups, _CHUNK_GROUPS))
-    for i0 in range(0, batch, rows):
-        i = sample_offset + torch.arange(i0, min(batch, i0 + rows), device=device, dtype=torch.int64)[:, None]
-        for g0 in range(0, groups, cols):
-            g = torch.arange(g0, min(groups, g0 + cols), device=device, dtype=torch.int64)[None, :]
-            r0, r1, r2, r3 = philox4x32_10(g, i & _MASK32, i >> 32, step, seed & _MASK32, seed >> 32)
-            n0, n1 = normal_pair(r0, r1)
-            n2, n3 = normal_pair(r2, r3)
-            out[i0:i0 + i.shape[0], 4 * g0:4 * (g0 + g.shape[1])] = torch.stack((n0, n1, n2, n3), -1).flatten(1)
+    total = batch * groups  # Philox calls, flat: h = i * groups + g
+    out = torch.empty(total, 4, dtype=torch.float32, device=device)
+    for h0 in range(0, total, _CHUNK_GROUPS):
+        h = torch.arange(h0, min(total, h0 + _CHUNK_GROUPS), device=device, dtype=torch.int64)
+        i = sample_offset + h // groups
+        r0, r1, r2, r3 = philox4x32_10(h % groups, i & _MASK32, i >> 32, step, seed & _MASK32, seed >> 32)
+        out[h0:h0 + h.numel()] = torch.stack((*normal_pair(r0, r1), *normal_pair(r2, r3)), -1)
+    out = out.view(batch, 4 * groups)
     return out[:, :n].reshape(shape).to(dtype)
