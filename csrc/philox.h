@@ -73,13 +73,18 @@
 
 #if defined(__CUDACC__)
 #define PYDDPM_HD __host__ __device__ __forceinline__
-#define PYDDPM_UNROLL _Pragma("unroll")
 #elif defined(_MSC_VER)
 #define PYDDPM_HD __forceinline
-#define PYDDPM_UNROLL
 #else
 #define PYDDPM_HD inline __attribute__((always_inline))
+#endif
+
+#if defined(__CUDA_ARCH__)
+#define PYDDPM_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__) && !defined(__CUDACC__)
 #define PYDDPM_UNROLL _Pragma("GCC unroll 10")
+#else
+#define PYDDPM_UNROLL
 #endif
 
 namespace pyddpm {
