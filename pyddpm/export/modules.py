@@ -1,0 +1,120 @@
+"""The modules that are exported: the denoiser and the reverse step (to ONNX and TorchScript) and the
+TorchScript sampler around them.
+
+Time convention of every exported artefact: ``t`` is the 1-based step of Algorithm 2, an int64 tensor of shape
+(batch,) with values in 1..T. The network sees (t - 1) / T with shape (batch, 1), as ``DDPM.time_input``
+feeds it. The step maps x_t to x_{t-1}; sampling starts from x_T ~ N(0, I) and applies it for t = T, ..., 1;
+z is ignored at t = 1 (sigma_1 = 0).
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from torch import Tensor, nn
+
+from ..ops import StepCoefficients
+from .noise import PhiloxNormal
+
+
+class Denoiser(nn.Module):
+    """eps_theta(x_t, t) for 1-based integer steps t of shape (batch,); any network pyddpm trains."""
+
+    def __init__(self, network: nn.Module, T: int):
+        super().__init__()
+        self.network = network
+        self.T = T
+
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        return self.network(x_t, ((t - 1).to(torch.float32) / self.T).reshape(-1, 1))
+
+
+class ReverseStep(nn.Module):
+    """x_{t-1} = a_t x_t + b_t eps_theta(x_t, t) + sigma_t z (Alg. 2 line 4 with a_t = 1 / sqrt(alpha_t),
+    b_t = -beta_t / (sqrt(1 - abar_t) sqrt(alpha_t))), the per-step scalars baked in as float32 tables indexed
+    by t - 1, evaluated in the fused kernel's order: (a x_t + b eps_hat) + sigma z."""
+
+    def __init__(self, denoiser: Denoiser, coefs: list[StepCoefficients]):
+        super().__init__()
+        if any(c.clip for c in coefs):
+            raise ValueError("the exported step is Algorithm 2 without clipping; got clipped coefficients")
+        self.denoiser = denoiser
+        for name in ("a", "b", "sigma"):
+            self.register_buffer(name, torch.tensor([getattr(c, name) for c in coefs], dtype=torch.float32))
+
+    def forward(self, x_t: Tensor, t: Tensor, z: Tensor) -> Tensor:
+        eps_hat = self.denoiser(x_t, t)
+        shape = [-1] + [1] * (x_t.dim() - 1)
+        i = t - 1
+        return (self.a[i].reshape(shape) * x_t + self.b[i].reshape(shape) * eps_hat) + self.sigma[i].reshape(shape) * z
+
+
+class ScriptDenoiser(nn.Module):
+    """``denoiser.pt``: forward(x_t, t) = eps_theta(x_t, t). Carries what a host needs to run Algorithm 2 itself:
+    attributes T, sample_shape, center, scale, clamp_output, value_lo, value_hi, the step tables ``step.a``,
+    ``step.b``, ``step.sigma`` and the methods ``denoise`` (= forward) and ``to_data``."""
+
+    def __init__(self, step: ReverseStep, sample_shape: list[int], center: float, scale: float,
+                 value_range: list[float] | None):
+        super().__init__()
+        self.step = step
+        self.T = step.denoiser.T
+        self.sample_shape = [int(s) for s in sample_shape]
+        self.center, self.scale = float(center), float(scale)
+        self.clamp_output = value_range is not None
+        self.value_lo, self.value_hi = (float(v) for v in (value_range or (0.0, 0.0)))
+
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        return self.step.denoiser(x_t, t)
+
+    @torch.jit.export
+    def denoise(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """eps_theta(x_t, t), the same in denoiser.pt and sampler.pt."""
+        return self.step.denoiser(x_t, t)
+
+    @torch.jit.export
+    def to_data(self, x: Tensor) -> Tensor:
+        """Model space -> data space (x / scale + center), clamped to the value range for images, as
+        ``pyddpm-sample`` writes samples."""
+        x = x / self.scale + self.center
+        if self.clamp_output:
+            x = x.clamp(self.value_lo, self.value_hi)
+        return x
+
+
+class ScriptSampler(ScriptDenoiser):
+    """``sampler.pt``: Algorithm 2 as one TorchScript module. forward(x_T, noise) -> x_0 (model space) with noise
+    of shape (T, batch, *sample_shape), noise[t - 1] the z of step t; ``sample(num, seed, sample_offset)``
+    draws x_T and every z by pyddpm's Philox rule, so it returns what ``pyddpm-sample --seed`` returns (before
+    ``to_data``); ``reverse_step(x_t, t, z)`` is one step."""
+
+    def __init__(self, step: ReverseStep, sample_shape: list[int], center: float, scale: float,
+                 value_range: list[float] | None):
+        super().__init__(step, sample_shape, center, scale, value_range)
+        self.noise = PhiloxNormal()
+
+    def forward(self, x_T: Tensor, noise: Tensor) -> Tensor:
+        if noise.dim() != x_T.dim() + 1 or noise.shape[0] != self.T or noise.shape[1:] != x_T.shape:
+            raise ValueError("noise must have shape (T, *x_T.shape) with noise[t - 1] the z of step t")
+        x = x_T
+        for t in range(self.T, 0, -1):
+            x = self.step(x, torch.full([x.shape[0]], t, dtype=torch.int64, device=x.device), noise[t - 1])
+        return x
+
+    @torch.jit.export
+    def reverse_step(self, x_t: Tensor, t: Tensor, z: Tensor) -> Tensor:
+        """x_{t-1} from x_t, the 1-based steps t (batch,) and z, as step.onnx computes it."""
+        return self.step(x_t, t, z)
+
+    @torch.jit.export
+    def sample(self, num: int, seed: int, sample_offset: int = 0) -> Tensor:
+        """x_0 (model space) of samples sample_offset .. sample_offset + num - 1 with pyddpm's Philox noise."""
+        if num < 1 or seed < 0 or sample_offset < 0:
+            raise ValueError("need num >= 1, seed >= 0 and sample_offset >= 0")
+        device = self.step.a.device
+        shape: List[int] = [num] + self.sample_shape
+        x = self.noise(shape, seed, 0, sample_offset, device)  # x_T: step 0
+        for t in range(self.T, 0, -1):
+            z = self.noise(shape, seed, t, sample_offset, device) if t > 1 else torch.zeros_like(x)
+            x = self.step(x, torch.full([num], t, dtype=torch.int64, device=device), z)
+        return x

@@ -1,0 +1,102 @@
+"""ONNX export: ``denoiser.onnx`` and ``step.onnx`` with a dynamic batch, pyddpm metadata, checked by
+``onnx.checker`` and validated against PyTorch under onnxruntime before they count as written."""
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+_INSTALL_HINT = "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'pyddpm[export]'"
+
+
+class ExportError(RuntimeError):
+    """An export that failed, or whose result does not reproduce PyTorch."""
+
+
+def _require_onnx():
+    try:
+        import onnx
+        import onnxruntime
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+    except ImportError as err:
+        raise ExportError(f"{_INSTALL_HINT} ({err})") from None
+    return onnx, onnxruntime
+
+
+def _to_proto(module: nn.Module, args: tuple, input_names: list[str], output_name: str):
+    """The ONNX model of ``module`` with dim 0 of every input dynamic ("batch"), and the exporter that made it:
+    torch.export-based (``dynamo=True``) where it works, else the deprecated TorchScript-based one, with a warning."""
+    onnx, _ = _require_onnx()
+    batch = torch.export.Dim("batch")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
+            program = torch.onnx.export(module, args, dynamo=True, input_names=input_names,
+                                        output_names=[output_name], dynamic_shapes=tuple({0: batch} for _ in args),
+                                        external_data=False, verbose=False)
+        return program.model_proto, "torch.export (dynamo=True)"
+    except Exception as err:  # noqa: BLE001 - any failure of the new exporter falls back to the old one
+        warnings.warn(f"torch.onnx.export(dynamo=True) failed for {type(module).__name__} "
+                      f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); falling back to the "
+                      "deprecated TorchScript-based exporter (dynamo=False)", stacklevel=2)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(module, args, buffer, dynamo=False, input_names=input_names, output_names=[output_name],
+                          dynamic_axes={name: {0: "batch"} for name in input_names}, opset_version=17)
+    return onnx.load_from_string(buffer.getvalue()), "TorchScript-based (dynamo=False, deprecated)"
+
+
+def export_onnx(module: nn.Module, args: tuple, path: str | Path, input_names: list[str], output_name: str,
+                metadata: dict[str, str], atol: float = 1e-4) -> str:
+    """Write ``module`` to ``path`` as ONNX with ``metadata`` in metadata_props; returns the exporter used.
+
+    The file is checked with ``onnx.checker`` (full check) and run once under onnxruntime on ``args`` and on a
+    batch of another size; ExportError if it differs from PyTorch by more than ``atol`` (relative to 1 or the
+    output's magnitude, whichever is larger).
+    """
+    onnx, _ = _require_onnx()
+    proto, exporter = _to_proto(module, args, input_names, output_name)
+    metadata = {**metadata, "exporter": exporter}
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name, proto.producer_version = "pyddpm-export", metadata["pyddpm_version"]
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as err:
+        raise ExportError(f"{Path(path).name}: onnx.checker rejected the exported model: {err}") from None
+    path = Path(path)
+    onnx.save(proto, path)
+    validate_onnx(path, module, args, atol)
+    return exporter
+
+
+def run_onnx(session, names: list[str], args: tuple) -> np.ndarray:
+    """The first output of an onnxruntime session for torch tensors ``args``."""
+    return session.run(None, {n: a.detach().cpu().numpy() for n, a in zip(names, args)})[0]
+
+
+def validate_onnx(path: Path, module: nn.Module, args: tuple, atol: float) -> None:
+    """Run the ONNX file under onnxruntime on ``args`` and on them cut to a smaller batch; compare with PyTorch."""
+    _, ort = _require_onnx()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    batch = args[0].shape[0]
+    for inputs in (args, tuple(a[: max(1, batch // 2)] for a in args)):
+        with torch.no_grad():
+            expected = module(*inputs).numpy()
+        got = run_onnx(session, names, inputs)
+        if got.shape != expected.shape:
+            raise ExportError(f"{path.name}: onnxruntime returned shape {got.shape}, PyTorch {expected.shape}")
+        diff = float(abs(got - expected).max())
+        tol = atol * max(1.0, float(abs(expected).max()))
+        if not diff <= tol:
+            raise ExportError(f"{path.name} does not reproduce PyTorch: max abs difference {diff:.3g} > {tol:.3g} "
+                              f"at batch {inputs[0].shape[0]}; the network may use an op the exporter mistranslates")
