@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""Sample a pyddpm model exported to ONNX with numpy and onnxruntime only (no torch, no pyddpm).
+
+    python onnx_sampler.py EXPORT_DIR --num 64 --seed 0 --out samples.npy
+
+EXPORT_DIR is what `pyddpm-export RUN --out EXPORT_DIR` wrote (step.onnx is used), or the path of step.onnx
+or denoiser.onnx (then the update is computed here from the coefficients in its metadata). The model's
+metadata gives T, the sample shape and the map to data space; x_T and every z are drawn with pyddpm's
+counter-based Philox rule (a numpy port of pyddpm/philox.py, float32 operation by operation), so the same
+seed gives the samples `pyddpm-sample RUN --seed S` gives. Writes .npy (data space, as pyddpm-sample
+writes it) or .png (images: the same grid as pyddpm-sample; 2-D points: a density histogram).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+EXPORT_FORMAT = "1"
+NOISE_SPEC = "pyddpm-philox4x32-10-boxmuller-1"
+
+# ---- pyddpm's noise rule (pyddpm/philox.py, csrc/philox.h), in numpy --------------------------------------
+_U64 = np.uint64
+_MASK32 = _U64(0xFFFFFFFF)
+_M0, _M1 = _U64(0xD2511F53), _U64(0xCD9E8D57)
+_W0, _W1 = 0x9E3779B9, 0xBB67AE85
+_F32 = np.float32
+_LN2_HI = _F32(float.fromhex("0x1.63p-1"))
+_LN2_LO = _F32(float.fromhex("-0x1.bd0106p-13"))
+_LOG_POLY = [_F32(float.fromhex(h)) for h in (
+    "0x1.555554p-2", "-0x1.000226p-2", "0x1.99a008p-3", "-0x1.547244p-3",
+    "0x1.22da1cp-3", "-0x1.0d8544p-3", "0x1.055b72p-3", "-0x1.38b582p-4")]
+_SIN_POLY = [_F32(float.fromhex(h)) for h in ("0x1.921fb6p+0", "-0x1.4abbbap-1", "0x1.465ec6p-4", "-0x1.2d9bb6p-8")]
+_COS_POLY = [_F32(float.fromhex(h)) for h in ("-0x1.3bd3ccp+0", "0x1.03c1dep-2", "-0x1.55c5ep-6", "0x1.d9d57ep-11")]
+
+
+def philox4x32_10(c0, c1, c2, c3, k0: int, k1: int):
+    """Philox4x32-10 of counters (uint64 arrays of u32 words) and key (k0, k1); the products are exact in uint64."""
+    for r in range(10):
+        if r:
+            k0, k1 = (k0 + _W0) & 0xFFFFFFFF, (k1 + _W1) & 0xFFFFFFFF
+        p0, p1 = c0 * _M0, c2 * _M1
+        c0, c1, c2, c3 = (p1 >> _U64(32)) ^ c1 ^ _U64(k0), p1 & _MASK32, (p0 >> _U64(32)) ^ c3 ^ _U64(k1), p0 & _MASK32
+    return c0, c1, c2, c3
+
+
+def _horner(coefficients, x):
+    p = np.full_like(x, coefficients[-1])
+    for c in reversed(coefficients[:-1]):
+        p = p * x + c
+    return p
+
+
+def normal_pair(ra, rb):
+    """(rho cos, rho sin) in float32 from two arrays of u32 words, one binary32 rounding per operation."""
+    u1 = ((ra >> _U64(8)) + _U64(1)).astype(_F32) * _F32(2.0**-24)
+    bits = u1.view(np.uint32)
+    big = (bits & np.uint32(0x7FFFFF)) > np.uint32(0x3504F3)
+    f = ((bits & np.uint32(0x7FFFFF)) | np.where(big, np.uint32(0x3F000000), np.uint32(0x3F800000))).view(_F32)
+    e = ((bits >> np.uint32(23)).astype(np.int32) - np.where(big, 126, 127).astype(np.int32)).astype(_F32)
+    x = f - _F32(1)
+    z = x * x
+    y = (x * z) * _horner(_LOG_POLY, x)
+    y = y + e * _LN2_LO
+    y = y - _F32(0.5) * z
+    log_u1 = (x + y) + e * _LN2_HI
+    rho = np.sqrt((_F32(-2) * log_u1).astype(np.float64)).astype(_F32)  # correctly rounded float32 sqrt
+    k = (rb >> _U64(8)).astype(np.int64)
+    q = (k + 0x200000) >> 22
+    x = (k - (q << 22)).astype(_F32) * _F32(2.0**-22)
+    z = x * x
+    s = _horner(_SIN_POLY, z) * x
+    c = _horner(_COS_POLY, z) * z + _F32(1)
+    odd = (q & 1) == 1
+    cos_mag, sin_mag = np.where(odd, s, c), np.where(odd, c, s)
+    cos = np.where(((q ^ (q >> 1)) & 1) == 1, -cos_mag, cos_mag)
+    sin = np.where((q & 2) != 0, -sin_mag, sin_mag)
+    return rho * cos, rho * sin
+
+
+def philox_normal(shape, seed: int, step: int, sample_offset: int = 0) -> np.ndarray:
+    """z ~ N(0, I) of ``shape`` (dim 0 = batch, sample i = global index sample_offset + i), float32, as pyddpm."""
+    batch, n = shape[0], math.prod(shape[1:])
+    groups = (n + 3) // 4
+    h = np.arange(batch * groups, dtype=np.uint64)
+    i = _U64(sample_offset) + h // _U64(groups)
+    r0, r1, r2, r3 = philox4x32_10(h % _U64(groups), i & _MASK32, i >> _U64(32), np.full_like(h, step),
+                                   seed & 0xFFFFFFFF, seed >> 32)
+    lanes = np.stack((*normal_pair(r0, r1), *normal_pair(r2, r3)), -1)
+    return lanes.reshape(batch, 4 * groups)[:, :n].reshape(shape)
+
+
+# ---- the exported model ------------------------------------------------------------------------------------
+class SamplerError(RuntimeError):
+    """A model that is not a usable pyddpm export, or bad arguments."""
+
+
+class ExportedModel:
+    """step.onnx or denoiser.onnx with its pyddpm metadata; ``step(x_t, t, z)`` is x_{t-1}."""
+
+    def __init__(self, path: str | Path, threads: int = 0):
+        path = Path(path)
+        if path.is_dir():
+            path = next((path / n for n in ("step.onnx", "denoiser.onnx") if (path / n).is_file()), path / "step.onnx")
+        if not path.is_file():
+            raise SamplerError(f"{path} does not exist; export a run with `pyddpm-export RUN_DIR --out DIR` and pass "
+                               "DIR or DIR/step.onnx")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise SamplerError("onnxruntime is not installed: pip install onnxruntime") from None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises several types for unreadable files
+            raise SamplerError(f"{path} is not a loadable ONNX model ({str(err).splitlines()[0]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "pyddpm_export" not in meta:
+            raise SamplerError(f"{path} is not a pyddpm export (its ONNX metadata has no pyddpm_export entry); "
+                               "export a trained run with `pyddpm-export RUN_DIR --out DIR`")
+        if meta["pyddpm_export"] != EXPORT_FORMAT:
+            raise SamplerError(f"{path} uses pyddpm export format {meta['pyddpm_export']}, this sampler reads "
+                               f"format {EXPORT_FORMAT}; use the onnx_sampler.py of the pyddpm that exported it")
+        if meta.get("noise_spec") != NOISE_SPEC:
+            raise SamplerError(f"{path} refers to noise rule {meta.get('noise_spec')!r}; this sampler implements "
+                               f"{NOISE_SPEC!r}")
+        try:
+            self.kind = meta["model"]
+            self.T = int(meta["T"])
+            self.shape = tuple(json.loads(meta["sample_shape"]))
+            transform = json.loads(meta["data_transform"])
+            self.center, self.scale = _F32(transform["center"]), _F32(transform["scale"])
+            self.value_range = json.loads(meta["value_range"])
+            self.image_shape = json.loads(meta["image_shape"])
+            table = json.loads(meta["step_coefficients"])
+            self.a, self.b, self.sigma = (np.asarray(table[k], dtype=_F32) for k in ("a", "b", "sigma"))
+        except (KeyError, ValueError, TypeError) as err:
+            raise SamplerError(f"{path}: incomplete or malformed pyddpm metadata ({err!r})") from None
+        self._check_io(path)
+
+    def _check_io(self, path: Path) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        names = {"step": ["x_t", "t", "z"], "denoiser": ["x_t", "t"]}.get(self.kind)
+        if names is None:
+            raise SamplerError(f"{path} holds a pyddpm {self.kind!r} model; pass step.onnx or denoiser.onnx")
+        if sorted(inputs) != sorted(names):
+            raise SamplerError(f"{path} has inputs {sorted(inputs)}, a pyddpm {self.kind} has {names}")
+        for name in names:
+            dims = inputs[name].shape
+            expected = ["batch"] if name == "t" else ["batch", *self.shape]
+            if len(dims) != len(expected) or list(dims[1:]) != expected[1:]:
+                raise SamplerError(f"{path}: input {name} has shape {dims}, but the metadata's sample shape "
+                                   f"{list(self.shape)} needs {expected}")
+        if len(self.a) != self.T or len(self.b) != self.T or len(self.sigma) != self.T:
+            raise SamplerError(f"{path}: the metadata's step coefficients do not have T = {self.T} entries")
+
+    def step(self, x: np.ndarray, t: int, z: np.ndarray) -> np.ndarray:
+        """x_{t-1} for the 1-based step t: (a_t x_t + b_t eps_hat) + sigma_t z (Alg. 2 line 4)."""
+        steps = np.full(x.shape[0], t, dtype=np.int64)
+        if self.kind == "step":
+            out = self.session.run(None, {"x_t": x, "t": steps, "z": z})[0]
+        else:
+            eps = self.session.run(None, {"x_t": x, "t": steps})[0]
+            out = (self.a[t - 1] * x + self.b[t - 1] * eps) + self.sigma[t - 1] * z
+        if out.shape != x.shape:
+            raise SamplerError(f"the model returned shape {out.shape} for x_t of shape {x.shape}")
+        return out
+
+    def to_data(self, x: np.ndarray) -> np.ndarray:
+        """Model space -> data space (x / scale + center), clamped to the value range for images."""
+        x = x / self.scale + self.center
+        return np.clip(x, *self.value_range).astype(_F32) if self.value_range else x
+
+
+def sample(model: ExportedModel, num: int, seed: int, batch_size: int = 10000) -> np.ndarray:
+    """``num`` samples in data space by Algorithm 2; sample i depends only on (seed, i), as in pyddpm."""
+    out = []
+    for start in range(0, num, batch_size):
+        shape = (min(batch_size, num - start), *model.shape)
+        x = philox_normal(shape, seed, 0, start)  # x_T (Alg. 2 line 1)
+        for t in range(model.T, 0, -1):
+            z = philox_normal(shape, seed, t, start) if t > 1 else np.zeros(shape, _F32)  # sigma_1 = 0
+            x = model.step(x, t, z)
+        out.append(model.to_data(x))
+    return np.concatenate(out)
+
+
+# ---- output ------------------------------------------------------------------------------------------------
+def write_png(path: Path, pixels: np.ndarray) -> None:
+    """uint8 pixels (H, W) grayscale or (H, W, 3) RGB as a PNG, with the standard library only."""
+    height, width = pixels.shape[:2]
+    raw = b"".join(b"\x00" + row.tobytes() for row in np.ascontiguousarray(pixels, dtype=np.uint8))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0 if pixels.ndim == 2 else 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9))
+                     + chunk(b"IEND", b""))
+
+
+def image_grid(images: np.ndarray) -> np.ndarray:
+    """(n, C, H, W) values in [0, 1] as one uint8 grid with 2-pixel white borders, as pyddpm-sample draws it."""
+    n, c, h, w = images.shape
+    nrow = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    canvas = np.ones((c, rows * (h + 2) + 2, nrow * (w + 2) + 2), dtype=_F32)
+    for k in range(n):
+        r, col = divmod(k, nrow)
+        canvas[:, 2 + r * (h + 2):2 + r * (h + 2) + h, 2 + col * (w + 2):2 + col * (w + 2) + w] = images[k]
+    pixels = np.round(np.clip(canvas, 0, 1).transpose(1, 2, 0) * 255).astype(np.uint8)
+    return pixels[..., 0] if c == 1 else pixels
+
+
+def point_histogram(points: np.ndarray, size: int = 300) -> np.ndarray:
+    """A grayscale 2-D histogram (log counts, white = dense, y up) of 2-D points over their range."""
+    lo, hi = points.min(0), points.max(0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    cells = np.clip(((points - lo) / span * (size - 1)).astype(int), 0, size - 1)
+    counts = np.zeros((size, size))
+    np.add.at(counts, (size - 1 - cells[:, 1], cells[:, 0]), 1)
+    return np.round(255 * np.log1p(counts) / max(np.log1p(counts).max(), 1e-12)).astype(np.uint8)
+
+
+def save(samples: np.ndarray, model: ExportedModel, path: Path) -> None:
+    """.npy (data space) or .png (image grid, or a histogram of 2-D points)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".npy":
+        np.save(path, samples)
+    elif model.image_shape:
+        write_png(path, image_grid(samples.reshape(-1, *model.image_shape)))
+    elif samples.ndim == 2 and samples.shape[1] == 2:
+        write_png(path, point_histogram(samples))
+    else:
+        raise SamplerError(f"no picture for samples of shape {samples.shape[1:]}; write .npy instead")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="onnx_sampler.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="export directory (uses step.onnx) or the path of step.onnx or denoiser.onnx")
+    p.add_argument("--num", type=int, default=1000, help="number of samples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed; sample i depends only on (seed, i) (default 0)")
+    p.add_argument("--out", default="samples.png", help="output file: .npy (data space) or .png (default samples.png)")
+    p.add_argument("--batch-size", type=int, default=10000, help="samples per batch (default 10000)")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default 0: its choice)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    try:
+        if out.suffix.lower() not in (".npy", ".png"):
+            raise SamplerError(f"--out must end in .npy or .png, got {str(out)!r}")
+        if args.num < 1 or args.batch_size < 1:
+            raise SamplerError(f"--num and --batch-size must be positive, got {args.num} and {args.batch_size}")
+        if not 0 <= args.seed < 2**63:
+            raise SamplerError(f"--seed must be in [0, 2**63), got {args.seed}")
+        model = ExportedModel(args.model, args.threads)
+        save(sample(model, args.num, args.seed, args.batch_size), model, out)
+    except SamplerError as err:
+        print(f"onnx_sampler.py: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.num} samples to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
