@@ -1,0 +1,192 @@
+// pyddpm-sampler-cpp: Algorithm 2 (Ho et al. 2020) over a model exported by pyddpm-export, without Python.
+//
+//   pyddpm-sampler-cpp MODEL.pt --num N --seed S --out samples.npy [--batch-size B] [--threads K]
+//
+// MODEL.pt is sampler.pt or denoiser.pt; both carry T, the sample shape, the data transform and the per-step
+// coefficients (attributes T, sample_shape, center, scale, clamp_output, value_lo, value_hi; buffers step.a,
+// step.b, step.sigma) and a `denoise(x_t, t)` method (t: 1-based int64 steps, shape (batch,)). The network runs
+// in libtorch; x_T, every z and the update x_{t-1} = (a_t x_t + b_t eps_hat) + sigma_t z run in pyddpm's fused
+// CPU kernel with in-kernel Philox noise (csrc/), as `pyddpm-sample RUN --seed S` does, so the same seed gives
+// the same samples. Output: float32 .npy in data space (x / scale + center, clamped for images).
+#include <ATen/Parallel.h>
+#include <torch/script.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "reverse_step.h"
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: pyddpm-sampler-cpp MODEL.pt [--num N] [--seed S] [--out FILE.npy] [--batch-size B] [--threads K]\n"
+    "  MODEL.pt      sampler.pt or denoiser.pt written by pyddpm-export\n"
+    "  --num N       number of samples (default 1000)\n"
+    "  --seed S      noise seed in [0, 2^63); sample i depends only on (seed, i) (default 0)\n"
+    "  --out FILE    output .npy, data space as pyddpm-sample writes it (default samples.npy)\n"
+    "  --batch-size  samples per batch (default 10000)\n"
+    "  --threads K   CPU threads for libtorch and the kernel (default: their choice)\n";
+
+struct Options {
+  std::string model, out = "samples.npy";
+  int64_t num = 1000, batch_size = 10000;
+  uint64_t seed = 0;
+  int threads = 0;
+};
+
+struct Model {
+  torch::jit::Module module;
+  int64_t T = 0;
+  std::vector<int64_t> shape;
+  double center = 0, scale = 1, lo = 0, hi = 0;
+  bool clamp = false;
+  std::vector<pyddpm::StepCoef> coefs;  // index t - 1
+};
+
+int64_t parse_int(const std::string& flag, const std::string& value, int64_t lo, int64_t hi) {
+  size_t used = 0;
+  long long v = 0;
+  try {
+    v = std::stoll(value, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != value.size() || used == 0 || v < lo || v > hi)
+    throw std::invalid_argument(flag + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                                "], got '" + value + "'");
+  return v;
+}
+
+Options parse_args(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "-h" || arg == "--help") {
+      std::cout << kUsage;
+      std::exit(0);
+    }
+    if (arg.rfind("--", 0) != 0) {
+      if (!o.model.empty()) throw std::invalid_argument("more than one model given: '" + arg + "'");
+      o.model = arg;
+      continue;
+    }
+    if (i + 1 >= argc) throw std::invalid_argument(arg + " needs a value");
+    const std::string value = argv[++i];
+    if (arg == "--num") o.num = parse_int(arg, value, 1, INT64_MAX / 2);
+    else if (arg == "--seed") o.seed = static_cast<uint64_t>(parse_int(arg, value, 0, INT64_MAX));
+    else if (arg == "--out") o.out = value;
+    else if (arg == "--batch-size") o.batch_size = parse_int(arg, value, 1, INT64_MAX / 2);
+    else if (arg == "--threads") o.threads = static_cast<int>(parse_int(arg, value, 0, 1024));
+    else throw std::invalid_argument("unknown option " + arg + "\n" + kUsage);
+  }
+  if (o.model.empty()) throw std::invalid_argument(std::string("no model given\n") + kUsage);
+  if (o.out.size() < 4 || o.out.substr(o.out.size() - 4) != ".npy")
+    throw std::invalid_argument("--out must end in .npy, got '" + o.out + "'");
+  return o;
+}
+
+Model load_model(const std::string& path) {
+  Model m;
+  try {
+    m.module = torch::jit::load(path, torch::kCPU);
+  } catch (const c10::Error& e) {
+    throw std::runtime_error(path + " cannot be loaded as TorchScript (" + e.what_without_backtrace() +
+                             "); pass the sampler.pt or denoiser.pt written by pyddpm-export");
+  }
+  for (const char* name : {"T", "sample_shape", "center", "scale", "clamp_output", "value_lo", "value_hi", "step"})
+    if (!m.module.hasattr(name))
+      throw std::runtime_error(path + " is not a pyddpm export (it has no attribute '" + name +
+                               "'); export a trained run with `pyddpm-export RUN_DIR --out DIR`");
+  if (!m.module.find_method("denoise"))
+    throw std::runtime_error(path + " is not a pyddpm export (it has no denoise method)");
+  m.T = m.module.attr("T").toInt();
+  m.shape = m.module.attr("sample_shape").toIntVector();
+  m.center = m.module.attr("center").toDouble();
+  m.scale = m.module.attr("scale").toDouble();
+  m.clamp = m.module.attr("clamp_output").toBool();
+  m.lo = m.module.attr("value_lo").toDouble();
+  m.hi = m.module.attr("value_hi").toDouble();
+  const auto step = m.module.attr("step").toModule();
+  std::vector<torch::Tensor> table;
+  for (const char* name : {"a", "b", "sigma"}) {
+    auto v = step.attr(name).toTensor().to(torch::kFloat32).contiguous();
+    if (v.dim() != 1 || v.size(0) != m.T)
+      throw std::runtime_error(path + ": step." + name + " must have T = " + std::to_string(m.T) + " entries");
+    table.push_back(v);
+  }
+  for (int64_t i = 0; i < m.T; ++i) {
+    pyddpm::StepCoef c;
+    c.a = table[0][i].item<float>();
+    c.b = table[1][i].item<float>();
+    c.sigma = table[2][i].item<float>();
+    m.coefs.push_back(c);
+  }
+  return m;
+}
+
+// x_0 in data space for samples [start, start + batch): Algorithm 2 with the fused kernel and its Philox noise.
+torch::Tensor sample_batch(Model& m, int64_t batch, int64_t start, uint64_t seed, int threads) {
+  std::vector<int64_t> sizes{batch};
+  sizes.insert(sizes.end(), m.shape.begin(), m.shape.end());
+  torch::Tensor x = torch::empty(sizes, torch::kFloat32);
+  const int64_t n = x.numel() / batch;
+  const uint64_t offset = static_cast<uint64_t>(start);
+  pyddpm::normal_cpu(x.data_ptr<float>(), batch, n, {seed, 0, offset}, threads);  // x_T: step 0 (Alg. 2 line 1)
+  auto denoise = m.module.get_method("denoise");
+  for (int64_t t = m.T; t >= 1; --t) {
+    torch::Tensor eps = denoise({x, torch::full({batch}, t, torch::kInt64)}).toTensor();
+    if (eps.sizes() != x.sizes() || eps.scalar_type() != torch::kFloat32)
+      throw std::runtime_error("the model's denoise returned " + std::string(c10::toString(eps.scalar_type())) +
+                               " of shape " + c10::str(eps.sizes()) + " for x_t of shape " + c10::str(x.sizes()));
+    eps = eps.contiguous();
+    const pyddpm::PhiloxArgs rng{seed, static_cast<uint32_t>(t), offset};  // z of step t
+    pyddpm::reverse_step_cpu(x.data_ptr<float>(), x.data_ptr<float>(), eps.data_ptr<float>(), nullptr, batch, n,
+                             m.coefs[t - 1], rng, threads);  // Alg. 2 line 4, in place
+  }
+  torch::Tensor data = x / m.scale + m.center;
+  return m.clamp ? data.clamp(m.lo, m.hi) : data;
+}
+
+void write_npy(const std::string& path, const torch::Tensor& samples) {
+  std::string shape = "(";
+  for (int64_t d : samples.sizes()) shape += std::to_string(d) + ", ";
+  if (samples.dim() > 1) shape.resize(shape.size() - 2);
+  shape += ")";
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': " + shape + ", }";
+  header.append(63 - (10 + header.size()) % 64, ' ');
+  header += '\n';
+  std::ofstream f(path, std::ios::binary);
+  if (!f) throw std::runtime_error("cannot write " + path);
+  const uint16_t len = static_cast<uint16_t>(header.size());
+  f.write("\x93NUMPY\x01\x00", 8);
+  f.put(static_cast<char>(len & 0xff)).put(static_cast<char>(len >> 8));
+  f << header;
+  f.write(reinterpret_cast<const char*>(samples.data_ptr<float>()), samples.numel() * sizeof(float));
+  if (!f) throw std::runtime_error("writing " + path + " failed");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Options o = parse_args(argc, argv);
+    if (o.threads > 0) at::set_num_threads(o.threads);
+    c10::InferenceMode guard;
+    Model m = load_model(o.model);
+    std::vector<torch::Tensor> parts;
+    for (int64_t start = 0; start < o.num; start += o.batch_size)
+      parts.push_back(sample_batch(m, std::min(o.batch_size, o.num - start), start, o.seed, o.threads));
+    write_npy(o.out, torch::cat(parts).contiguous());
+    std::cout << "wrote " << o.num << " samples to " << o.out << "\n";
+  } catch (const std::exception& e) {
+    std::cerr << "pyddpm-sampler-cpp: error: " << e.what() << "\n";
+    return 2;
+  }
+  return 0;
+}
