@@ -26,11 +26,12 @@ def pick_device(device: str) -> torch.device:
 
 def generate_samples(model, data_config: dict, num: int, *, seed: int, batch_size: int = 10000,
                      backend: str = "fused", steps: int | None = None, eta: float = 0.0,
-                     variance: str | None = None, clip: bool = False, progress: bool = False) -> torch.Tensor:
+                     variance: str | None = None, clip: bool = False, progress: bool = False,
+                     graph: bool | None = None) -> torch.Tensor:
     """``num`` samples mapped back to data space (images clamped to their value range), on the CPU.
 
     Samples are drawn in batches with the counter-based noise, so sample i is the same whatever the batch size.
-    ``steps`` switches to DDIM with that many steps.
+    ``steps`` switches to DDIM with that many steps; ``graph`` is the samplers' CUDA-graph option.
     """
     if num < 1 or batch_size < 1:
         raise ValueError(f"--num and --batch-size must be positive, got {num} and {batch_size}")
@@ -41,10 +42,10 @@ def generate_samples(model, data_config: dict, num: int, *, seed: int, batch_siz
         b = min(batch_size, num - start)
         if steps is None:
             x = ddpm_sample(model, (b, *shape), seed=seed, backend=backend, variance=variance, clip=clip,
-                            sample_offset=start, progress=progress)
+                            sample_offset=start, progress=progress, graph=graph)
         else:
             x = ddim_sample(model, (b, *shape), steps, eta=eta, seed=seed, backend=backend, clip=clip,
-                            sample_offset=start, progress=progress)
+                            sample_offset=start, progress=progress, graph=graph)
         out.append(transform.from_model(x.float()).cpu())
     samples = torch.cat(out)
     if "value_range" in data_config and not is_toy(data_config["name"]):
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", action="store_true", help="clamp the x0 estimate to [-1, 1] at every step")
     p.add_argument("--backend", choices=BACKENDS, default="fused",
                    help="fused C++/CUDA step or the plain-torch reference (default fused)")
+    p.add_argument("--graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay each step's network evaluation from a CUDA graph (default: on for the fused "
+                        "backend on CUDA; same samples as without)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ... (default auto)")
     return p
 
@@ -92,7 +96,7 @@ def main(argv=None) -> int:
         model, config = load_model(args.run_dir, device)
         samples = generate_samples(model, config["data"], args.num, seed=args.seed, batch_size=args.batch_size,
                                    backend=args.backend, steps=args.steps, eta=args.eta,
-                                   variance=args.variance, clip=args.clip, progress=True)
+                                   variance=args.variance, clip=args.clip, progress=True, graph=args.graph)
         save_samples(samples, config["data"], args.out)
     except (CheckpointError, ValueError, RuntimeError) as err:
         print(f"pyddpm-sample: error: {err}", file=sys.stderr)

@@ -8,10 +8,13 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -23,8 +26,9 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .checkpoint import (CHECKPOINT_FILE, CheckpointError, build_model, load_weights, read_checkpoint, save_checkpoint,
-                         write_json)
-from .data import DataTransform, canonical_name, is_toy, load_training_data, toy_distribution
+                         write_atomic, write_json)
+from .data import (IMAGE_DATASETS, DataTransform, canonical_name, data_config_entries, is_toy, load_training_data,
+                   to_data_space, toy_distribution)
 from .ema import EMA
 from .evaluate.toy import toy_metrics
 from .nets.fc import ACTIVATIONS, TIME_EMBEDDINGS
@@ -40,11 +44,17 @@ class TrainConfig:
     """Every setting of a training run; stored in the run's config so a run can be rebuilt and resumed."""
 
     data: str = "chequerboard"
+    data_dir: str | None = None
+    download: bool = False
     net: str = "fc"
     hidden: int = 256
     depth: int = 4
     activation: str = "silu"
     time_embedding: str = "sinusoidal"
+    channels: list[int] | None = None
+    num_res_blocks: int = 2
+    dropout: float = 0.1
+    attention: bool = True
     T: int = 1000
     schedule: str = "linear"
     beta_1: float = 1e-4
@@ -64,6 +74,8 @@ class TrainConfig:
     checkpoint_every: int = 1000
     max_steps: int | None = None
     num_samples: int = 5000
+    grid_samples: int = 64
+    grid_steps: int = 50
     amp: bool | None = None
     compile: bool = False
 
@@ -82,25 +94,36 @@ class NonFiniteLoss(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------------------
-def network_settings(cfg: TrainConfig, sample_dim: int) -> dict:
-    """The ``{"name", "kwargs"}`` entry of the run config that rebuilds the network."""
+NETWORK_CHOICES = ("fc", "unet", "unet-ddpm")
+DEFAULT_CHANNELS = {"unet": [32, 64, 128, 256, 256], "unet-ddpm": [64, 128, 128]}
+
+
+def network_settings(cfg: TrainConfig, data: dict) -> dict:
+    """The ``{"name", "kwargs"}`` entry of the run config that rebuilds the network for the ``data`` config."""
     if cfg.net == "fc":
-        kwargs = dict(input_dim=sample_dim, num_hidden=cfg.hidden, num_layers=cfg.depth,
+        kwargs = dict(input_dim=math.prod(data["shape"]), num_hidden=cfg.hidden, num_layers=cfg.depth,
                       activation=cfg.activation, time_embedding=cfg.time_embedding)
+    elif cfg.net in DEFAULT_CHANNELS:
+        if "image_shape" not in data:
+            raise ValueError(f"--net {cfg.net} needs image data (--data {' or '.join(IMAGE_DATASETS)}), "
+                             f"not {data['name']}")
+        kwargs = dict(channels=list(cfg.channels or DEFAULT_CHANNELS[cfg.net]), image_shape=data["image_shape"])
+        if cfg.net == "unet-ddpm":
+            kwargs.update(num_res_blocks=cfg.num_res_blocks, dropout=cfg.dropout, attention=cfg.attention)
     else:
-        raise ValueError(f"unknown network {cfg.net!r}; choose one of fc")
+        raise ValueError(f"unknown network {cfg.net!r}; choose one of {', '.join(NETWORK_CHOICES)}")
     return {"name": cfg.net, "kwargs": kwargs}
 
 
 def run_config(cfg: TrainConfig, train_data: torch.Tensor) -> dict:
     """The JSON config of a run: enough to rebuild the model and map samples back to data space."""
-    shape = list(train_data.shape[1:])
-    data = {"name": canonical_name(cfg.data), "shape": shape, "center": 0.5, "scale": cfg.resolved_scale()}
+    data = {"name": canonical_name(cfg.data), "shape": list(train_data.shape[1:]), "center": 0.5,
+            "scale": cfg.resolved_scale(), **data_config_entries(cfg.data)}
     return {
         "pyddpm_version": __version__,
         "diffusion": {"T": cfg.T, "schedule": cfg.schedule, "beta_1": cfg.beta_1, "beta_T": cfg.beta_T,
                       "variance": cfg.variance},
-        "network": network_settings(cfg, int(torch.tensor(shape).prod())),
+        "network": network_settings(cfg, data),
         "data": data,
         "train": dataclasses.asdict(cfg),
     }
@@ -141,22 +164,54 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------
+class StopRequest:
+    """Turns the first SIGINT/SIGTERM into a request to stop at the next step boundary, so the run saves a
+    consistent checkpoint; a second signal interrupts at once (KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
 class Trainer:
     """Holds the state of one run; ``run()`` is the training loop."""
 
     def __init__(self, cfg: TrainConfig, out: Path, device: torch.device, resume: bool):
         self.cfg, self.out = cfg, out
-        self.world, self.rank, self.local_rank = _distributed_setup()
+        self.world, self.rank, self.local_rank = _distributed_setup(device)
         self.master = self.rank == 0
         if device.type == "cuda" and self.world > 1:
             device = torch.device("cuda", self.local_rank)
             torch.cuda.set_device(device)
         self.device = device
 
-        train = load_training_data(cfg.data, num_train=cfg.num_train, seed=cfg.seed)
+        if cfg.download and self.world > 1 and not self.master:
+            dist.barrier()  # rank 0 downloads first
+        train = load_training_data(cfg.data, num_train=cfg.num_train, seed=cfg.seed, data_dir=cfg.data_dir,
+                                   download=cfg.download and self.master)
+        if cfg.download and self.world > 1 and self.master:
+            dist.barrier()
         self.config = run_config(cfg, train)
+        self.images = not is_toy(cfg.data)
         self.transform = DataTransform(0.5, cfg.resolved_scale())
-        self.train = train.to(device)  # the data sets pyddpm trains on fit on any device
+        self.train = train.to(device)  # the data sets pyddpm trains on fit on any device (MNIST: 47 MB of uint8)
         self.global_batch = cfg.batch_size * self.world
         self.steps_per_epoch = len(train) // self.global_batch
         if self.steps_per_epoch < 1:
@@ -171,11 +226,14 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         torch.manual_seed(cfg.seed + 1000 * self.rank)  # distinct noise per rank
         self.step = 0
+        self.train_seconds = 0.0  # time spent in optimizer steps (not checkpoints or pictures), over all sessions
         self._order_epoch, self._order = -1, None
         if not resume and (out / CHECKPOINT_FILE).exists():
             raise ValueError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
         if resume:
             self._restore(read_checkpoint(out))
+            if self.master:
+                self._truncate_log()
 
         self.amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
         wrapped = self.model
@@ -186,6 +244,7 @@ class Trainer:
 
     # ----- checkpoints ----------------------------------------------------------------------------------
     def sampling_model(self):
+        """The model samples come from: the EMA weights when training keeps them."""
         return self.ema.shadow if self.ema is not None else self.model
 
     def _rng_states(self) -> list[torch.Tensor]:
@@ -196,6 +255,10 @@ class Trainer:
 
     def save(self) -> None:
         """Write the checkpoint (all ranks take part in gathering RNG states; rank 0 writes)."""
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise NonFiniteLoss(f"the weights became NaN or infinite by step {self.step}; stopped. The last good "
+                                f"checkpoint (step {self._last_saved}) in {self.out} is kept: lower --lr or "
+                                "--grad-clip and resume from it")
         rng = self._rng_states()
         if self.world > 1:
             gathered = [None] * self.world
@@ -213,7 +276,8 @@ class Trainer:
             for i, s in enumerate(states):
                 tensors[f"train.rng.{rank}.{i}"] = s
         state = {"step": self.step, "world": self.world, "optimizer": opt_settings,
-                 "ema_updates": self.ema.updates if self.ema is not None else 0}
+                 "ema_updates": self.ema.updates if self.ema is not None else 0,
+                 "train_seconds": self.train_seconds}
         save_checkpoint(self.out, self.config, tensors, state)
 
     def _restore(self, checkpoint) -> None:
@@ -234,19 +298,35 @@ class Trainer:
         if len(rng) > 1:
             torch.cuda.set_rng_state(rng[1], self.device)
         self.step = state["step"]
+        self.train_seconds = state.get("train_seconds", 0.0)
+
+    def _truncate_log(self) -> None:
+        """Drop rows of metrics.csv logged after the checkpoint being resumed (they will be logged again)."""
+        path = self.out / METRICS_CSV
+        if not path.exists():
+            return
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [r for r in rows[1:] if int(r[0]) <= self.step]
+        if len(kept) < len(rows):
+            text = io.StringIO()
+            csv.writer(text).writerows(kept)
+            write_atomic(path, text.getvalue().encode())
 
     # ----- the loop -------------------------------------------------------------------------------------
     def batch(self, step: int) -> torch.Tensor:
-        """This rank's batch of ``step``: epochs are seeded permutations, so a resumed run sees the same order."""
+        """This rank's batch of ``step`` in model space: epochs are seeded permutations, so a resumed run sees the
+        same order; image pixels are dequantised afresh for every batch."""
         epoch, position = divmod(step, self.steps_per_epoch)
         if self._order_epoch != epoch:
             generator = torch.Generator().manual_seed(self.cfg.seed + epoch)
             self._order = torch.randperm(len(self.train), generator=generator).to(self.device)
             self._order_epoch = epoch
         start = position * self.global_batch + self.rank * self.cfg.batch_size
-        return self.transform.to_model(self.train[self._order[start:start + self.cfg.batch_size]])
+        return self.transform.to_model(to_data_space(self.train[self._order[start:start + self.cfg.batch_size]]))
 
     def train_step(self, step: int) -> torch.Tensor:
+        """One optimizer step of Algorithm 1 on this rank's batch; returns the (unsynchronised) mean loss."""
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.cfg, step, self.schedule_steps)
         x = self.batch(step)
@@ -262,8 +342,9 @@ class Trainer:
             self.ema.update(self.model)
         return loss.detach()
 
-    def run(self, log_every: int = 25) -> None:
-        """Train until ``total_steps``; checkpoint every ``checkpoint_every`` steps and at the end."""
+    def run(self, log_every: int = 25) -> bool:
+        """Train until ``total_steps``, checkpointing every ``checkpoint_every`` steps and at the end, with a sample
+        grid per epoch for images. Returns False when a signal (Ctrl-C) stopped it early, after saving."""
         cfg = self.cfg
         if self.master:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -271,53 +352,72 @@ class Trainer:
             print(f"pyddpm-train: {cfg.data} with {cfg.net} on {self.device} x {self.world}; "
                   f"{self.total_steps} steps of batch {self.global_batch} (= {cfg.batch_size} x {self.world}), "
                   f"lr {cfg.lr}; writing {self.out}", flush=True)
+        self._pending: list[torch.Tensor] = []
+        self._last_saved = self.step
+        self._restart_clock()
+        stopping = False
         bar = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step",
                    disable=not self.master, dynamic_ncols=True)
-        self._pending: list[torch.Tensor] = []
-        self._tick, self._tick_step = time.perf_counter(), self.step
-        self._last_saved = self.step
         try:
-            while self.step < self.total_steps:
-                self._pending.append(self.train_step(self.step))
-                self.step += 1
-                bar.update(1)
-                at_checkpoint = self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps
-                if len(self._pending) == log_every or at_checkpoint:
-                    self._flush(bar)
-                if at_checkpoint:
-                    self._save()
+            with StopRequest() as stop:
+                while self.step < self.total_steps and not stopping:
+                    self._pending.append(self.train_step(self.step))
+                    self.step += 1
+                    bar.update(1)
+                    at_checkpoint = self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps
+                    at_epoch_end = self.step % self.steps_per_epoch == 0
+                    if (len(self._pending) == log_every or at_checkpoint or at_epoch_end
+                            or (self.world == 1 and stop.requested)):
+                        stopping = self._flush(bar, stop.requested)
+                    if at_checkpoint or stopping:
+                        self._save()
+                    if at_epoch_end and not stopping and self.images and cfg.grid_samples > 0 and self.master:
+                        self.write_grid(self.out / "grids" / f"epoch_{self.step // self.steps_per_epoch:03d}.png")
+                        self._restart_clock()
         except KeyboardInterrupt:
-            bar.close()
-            self._flush(bar)
-            self._save()
             if self.master:
-                print(f"\ninterrupted at step {self.step}; checkpoint saved. Continue with: "
-                      f"pyddpm-train --resume {self.out}", file=sys.stderr)
+                print(f"\ninterrupted twice: stopped without saving; the checkpoint of step {self._last_saved} in "
+                      f"{self.out} is kept", file=sys.stderr)
             raise
         finally:
             bar.close()
+        if stopping and self.master:
+            print(f"stopped at step {self.step}; checkpoint saved. Continue with: pyddpm-train --resume {self.out}",
+                  file=sys.stderr)
+        return not stopping
+
+    def _restart_clock(self) -> None:
+        self._tick, self._tick_step = time.perf_counter(), self.step
 
     def _save(self) -> None:
         self.save()
         self._last_saved = self.step
+        self._restart_clock()
 
-    def _flush(self, bar) -> None:
-        """Check and log the losses since the last flush; stop on a non-finite one before anything is saved."""
-        if not self._pending:
-            return
+    def _flush(self, bar, stop_requested: bool) -> bool:
+        """Check and log the losses since the last flush; stop on a non-finite one before anything is saved.
+        Returns whether to stop because a signal reached this process (under DDP: any process)."""
         losses = torch.stack(self._pending).float().cpu()
         self._pending.clear()
-        if not torch.isfinite(losses).all():
+        flags = torch.tensor([float(not torch.isfinite(losses).all()), float(stop_requested)])
+        if self.world > 1:  # every rank flushes at the same steps, so all agree on stopping
+            flags = flags.to(self.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            flags = flags.cpu()
+        if flags[0]:
+            bad = losses[~torch.isfinite(losses)]
+            value = f"{bad[0].item()}" if len(bad) else "non-finite on another process"
             raise NonFiniteLoss(
-                f"the loss became {losses[~torch.isfinite(losses)][0].item()} by step {self.step}; stopped. "
-                f"The last good checkpoint (step {self._last_saved}) in {self.out} is kept: lower --lr or "
-                "--grad-clip and resume from it")
-        rate = (self.step - self._tick_step) * self.global_batch / (time.perf_counter() - self._tick)
-        self._tick, self._tick_step = time.perf_counter(), self.step
+                f"the loss became {value} by step {self.step}; stopped. The last good checkpoint "
+                f"(step {self._last_saved}) in {self.out} is kept: lower --lr or --grad-clip and resume from it")
+        elapsed = time.perf_counter() - self._tick
+        self.train_seconds += elapsed
+        rate = (self.step - self._tick_step) * self.global_batch / elapsed
+        self._restart_clock()
         bar.set_postfix(loss=f"{losses.mean():.4f}", img_s=f"{rate:,.0f}")
         if self.master:
             self._log(losses, rate)
-        bar.close()
+        return bool(flags[1])
 
     def _log(self, losses: torch.Tensor, rate: float) -> None:
         path = self.out / METRICS_CSV
@@ -330,18 +430,44 @@ class Trainer:
                              f"{self.optimizer.param_groups[0]['lr']:.6g}", f"{rate:.1f}"])
 
     # ----- results ----------------------------------------------------------------------------------------
+    def write_grid(self, path: Path, steps: int | None = None) -> float:
+        """A PNG grid of ``grid_samples`` images from the sampling (EMA) weights, by DDIM with ``grid_steps`` steps
+        (``steps``=0: all T steps of Algorithm 2); the same seed every time, so grids are comparable. Returns seconds."""
+        steps = self.cfg.grid_steps if steps is None else steps
+        model = self.sampling_model()
+        was_training = model.training
+        start = time.perf_counter()
+        model.eval()
+        try:
+            images = generate_samples(model, self.config["data"], self.cfg.grid_samples, seed=self.cfg.seed,
+                                      steps=min(steps, self.cfg.T) or None, progress=steps == 0)
+        finally:
+            model.train(was_training)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image_grid(images.reshape(-1, *self.config["data"]["image_shape"]), path)
+        return time.perf_counter() - start
+
     def report(self) -> dict:
-        """Write ``loss.png`` and, for toy data, samples beside the true density and ``metrics.json``."""
+        """Write ``loss.png``, ``metrics.json`` and ``samples.png``: toy data beside its true density (with the toy
+        metrics), images as a grid drawn by Algorithm 2 with all T steps."""
         with open(self.out / METRICS_CSV) as f:
             rows = list(csv.DictReader(f))
         plot_loss([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], self.out / "loss.png",
                   title=f"{self.cfg.data}, {self.cfg.net}")
+        timing = {"steps": self.step, "epochs": round(self.step / self.steps_per_epoch, 3),
+                  "train_seconds": round(self.train_seconds, 2),
+                  "train_images_per_s": round(self.step * self.global_batch / max(self.train_seconds, 1e-9), 1)}
+        if self.images:
+            metrics = dict(timing)
+            if self.cfg.grid_samples > 0:
+                metrics.update(sampling_seconds=round(self.write_grid(self.out / "samples.png", steps=0), 2),
+                               sampled_images=self.cfg.grid_samples)
+            write_json(self.out / "metrics.json", metrics)
+            return metrics
         model = self.sampling_model().eval()
-        data_cfg = self.config["data"]
-        if not is_toy(self.cfg.data):
-            return {}
         start = time.perf_counter()
-        samples = generate_samples(model, data_cfg, self.cfg.num_samples, seed=self.cfg.seed, progress=True)
+        samples = generate_samples(model, self.config["data"], self.cfg.num_samples, seed=self.cfg.seed,
+                                   progress=True)
         seconds = time.perf_counter() - start
         distribution = toy_distribution(self.cfg.data)
         metrics = toy_metrics(distribution, samples, seed=self.cfg.seed + 1)
@@ -351,30 +477,57 @@ class Trainer:
         return metrics
 
 
-def _distributed_setup() -> tuple[int, int, int]:
-    """(world size, rank, local rank); initialises the process group under torchrun."""
+def _distributed_setup(device: torch.device) -> tuple[int, int, int]:
+    """(world size, rank, local rank); under torchrun initialises the process group (NCCL for CUDA, else gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
 
 
 # ----------------------------------------------------------------------------------------------------------
+IMAGE_DEFAULTS = {"batch_size": 128, "epochs": 20}  # toy defaults are TrainConfig's
+NET_DEFAULT_LR = {"unet-ddpm": 2e-4}  # Ho et al.'s rate for their U-Net; 1e-3 (TrainConfig's) otherwise
+
+
+def _channel_list(text: str) -> list[int]:
+    try:
+        channels = [int(c) for c in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 32,64,128, got {text!r}") from None
+    if not channels or min(channels) < 1:
+        raise argparse.ArgumentTypeError(f"channels must be positive, got {text!r}")
+    return channels
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(
         prog="pyddpm-train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train a DDPM (Ho et al. 2020, Algorithm 1) and write a run directory with the weights "
-                    "(safetensors), config.json, metrics.csv, loss.png and, for the toy data, samples.png "
-                    "beside the true density and metrics.json.")
+                    "(safetensors), config.json, metrics.csv, loss.png, metrics.json and samples.png (toy data: "
+                    "beside the true density; images: a grid, plus grids/epoch_NNN.png after every epoch). "
+                    "Under torchrun it trains with DDP.")
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=d.data, help="chequerboard (cb) or two-gaussians (tg)")
+    g.add_argument("--data", default=d.data,
+                   help="chequerboard (cb), two-gaussians (tg), mnist or fashion-mnist")
+    g.add_argument("--data-dir", default=None,
+                   help="directory with the IDX files (gzipped or not) of mnist / fashion-mnist (default: mnist "
+                        "../shared/data/mnist when it exists, else ./data/MNIST/raw; fashion-mnist "
+                        "/usr/share/datasets/fashion-mnist from `apt-get install dataset-fashion-mnist`, else "
+                        "./data/FashionMNIST/raw)")
+    g.add_argument("--download", action="store_true",
+                   help="fetch missing image files through torchvision into the data directory (nothing is "
+                        "downloaded without this flag)")
     g.add_argument("--data-scale", type=float, default=None,
                    help="the model sees (x - 0.5) * scale; default 32 for toy data (measured, see README), "
                         "2 for images (the exercise's [-1, 1])")
-    g.add_argument("--num-train", type=int, default=d.num_train, help="toy training set size")
+    g.add_argument("--num-train", type=int, default=d.num_train,
+                   help="toy data: training set size; images: use at most the first N training images")
     g = p.add_argument_group("network")
-    g.add_argument("--net", "--network", dest="net", default=d.net, help="network architecture: fc")
+    g.add_argument("--net", "--network", dest="net", default=d.net, choices=NETWORK_CHOICES,
+                   help="fc: the exercise's MLP; unet: the exercise's MNIST U-Net; unet-ddpm: Ho et al.'s U-Net "
+                        "(residual blocks, GroupNorm, attention at 7x7)")
     g.add_argument("--hidden", "--num-hidden", dest="hidden", type=int, default=d.hidden,
                    help="units per hidden layer (fc; the exercise uses 64)")
     g.add_argument("--depth", "--num-layers", dest="depth", type=int, default=d.depth,
@@ -383,6 +536,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="activation (fc; the exercise uses relu)")
     g.add_argument("--time-embedding", choices=list(TIME_EMBEDDINGS), default=d.time_embedding,
                    help="how the network sees t (fc; the exercise uses linear)")
+    g.add_argument("--channels", type=_channel_list, default=None,
+                   help="feature channels per resolution level, comma-separated (unet: 5 levels, default "
+                        "32,64,128,256,256 as the exercise; unet-ddpm: default 64,128,128 for 28, 14, 7)")
+    g.add_argument("--num-res-blocks", type=int, default=d.num_res_blocks, help="residual blocks per level (unet-ddpm)")
+    g.add_argument("--dropout", type=float, default=d.dropout, help="dropout in the residual blocks (unet-ddpm)")
+    g.add_argument("--attention", action=argparse.BooleanOptionalAction, default=d.attention,
+                   help="self-attention at the lowest resolution and in the middle (unet-ddpm)")
     g = p.add_argument_group("diffusion")
     g.add_argument("--T", type=int, default=d.T, help="number of diffusion steps")
     g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="beta schedule")
@@ -391,11 +551,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--variance", choices=["beta", "beta_tilde"], default=d.variance,
                    help="reverse-process variance sigma_t^2 used when sampling")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=None, help=f"passes over the training set (default {d.epochs})")
+    g.add_argument("--epochs", type=int, default=None,
+                   help=f"passes over the training set (default {d.epochs} for toy data, "
+                        f"{IMAGE_DEFAULTS['epochs']} for images)")
     g.add_argument("--max-steps", type=int, default=None, help="stop after at most this many optimizer steps (for smoke runs; the "
                         "learning-rate schedule still follows --epochs, so a resumed run continues it exactly)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step and process")
-    g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help=f"examples per step and process (default {d.batch_size} for toy data, "
+                        f"{IMAGE_DEFAULTS['batch_size']} for images)")
+    g.add_argument("--lr", type=float, default=None,
+                   help=f"AdamW learning rate (default {d.lr}; {NET_DEFAULT_LR['unet-ddpm']} for unet-ddpm)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     g.add_argument("--warmup", type=int, default=d.warmup, help="linear learning-rate warm-up steps")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
@@ -411,9 +576,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default=None, help="run directory (default runs/DATA-NET-TIMESTAMP)")
     g.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue the run in RUN_DIR exactly where it stopped (its settings are used; "
-                        "--epochs and --max-steps may extend it)")
+                        "--epochs and --max-steps may extend it, --data-dir may point to moved data)")
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
-    g.add_argument("--num-samples", type=int, default=d.num_samples, help="samples for the final picture and metrics")
+    g.add_argument("--num-samples", type=int, default=d.num_samples,
+                   help="toy data: samples for the final picture and metrics")
+    g.add_argument("--grid-samples", type=int, default=d.grid_samples,
+                   help="images: samples in each epoch's grid and in the final samples.png (0: no grids)")
+    g.add_argument("--grid-steps", type=int, default=d.grid_steps,
+                   help="images: DDIM steps for the per-epoch grids (0: all T steps); samples.png always uses "
+                        "Algorithm 2 with all T steps")
     return p
 
 
@@ -422,17 +593,29 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.resume:
         stored = read_checkpoint(args.resume).config["train"]
         cfg = TrainConfig(**{k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__})
+        cfg.max_steps = None  # a resumed run goes on to the end of its schedule unless --max-steps says otherwise
+        if args.data_dir is not None:
+            cfg.data_dir = args.data_dir
     else:
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+        if not is_toy(cfg.data):
+            for name, value in IMAGE_DEFAULTS.items():
+                if getattr(args, name) is None:
+                    setattr(cfg, name, value)
+        if args.lr is None:
+            cfg.lr = NET_DEFAULT_LR.get(cfg.net, cfg.lr)
     if args.epochs is not None:
         cfg.epochs = args.epochs
     if args.max_steps is not None:
         cfg.max_steps = args.max_steps
     cfg.data = canonical_name(cfg.data)
-    for name in ("T", "batch_size", "num_train", "epochs", "checkpoint_every", "hidden", "depth"):
+    for name in ("T", "batch_size", "num_train", "epochs", "checkpoint_every", "hidden", "depth", "num_res_blocks"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(cfg, name)}")
+    for name in ("grid_samples", "grid_steps"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise ValueError(f"--max-steps must be a positive integer, got {cfg.max_steps}")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
@@ -447,11 +630,11 @@ def main(argv=None) -> int:
         device = pick_device(args.device)
         out = Path(args.resume or args.out or f"runs/{cfg.data}-{cfg.net}-{time.strftime('%Y%m%d-%H%M%S')}")
         trainer = Trainer(cfg, out, device, resume=bool(args.resume))
-        trainer.run()
+        if not trainer.run():
+            return 130
         if trainer.master:
             metrics = trainer.report()
-            if metrics:
-                print(json.dumps(metrics, indent=2))
+            print(json.dumps(metrics, indent=2))
             print(f"done: {out}")
     except KeyboardInterrupt:
         return 130

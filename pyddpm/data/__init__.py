@@ -5,10 +5,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .mnist import IMAGE_DATASETS, IMAGE_SHAPE, DataError, dequantize, load_images
 from .toy import TOY_DATASETS, Chequerboard, TwoGaussians
 
-ALIASES = {"cb": "chequerboard", "tg": "two-gaussians", "two_gaussians": "two-gaussians"}
-DATASETS = tuple(TOY_DATASETS)
+ALIASES = {"cb": "chequerboard", "tg": "two-gaussians", "two_gaussians": "two-gaussians",
+           "fashion_mnist": "fashion-mnist", "fmnist": "fashion-mnist"}
+DATASETS = tuple(TOY_DATASETS) + tuple(IMAGE_DATASETS)
 
 
 def canonical_name(name: str) -> str:
@@ -53,12 +55,31 @@ def toy_distribution(name: str):
     return TOY_DATASETS[canonical_name(name)]()
 
 
-def load_training_data(name: str, *, num_train: int, seed: int) -> torch.Tensor:
-    """The training set in data space, shape (N, *sample_shape); toy sets draw ``num_train`` points from ``seed``."""
+def load_training_data(name: str, *, num_train: int, seed: int, data_dir: str | None = None,
+                       download: bool = False) -> torch.Tensor:
+    """The training set, shape (N, *sample_shape): toy sets draw ``num_train`` points in data space from ``seed``;
+    image sets return the first ``num_train`` training images as flat uint8 pixels (N, 784), which
+    ``to_data_space`` dequantises per batch."""
     name = canonical_name(name)
+    if name in IMAGE_DATASETS:
+        images, _ = load_images(name, "train", data_dir, download_missing=download)
+        return images[:num_train].reshape(min(num_train, len(images)), -1)
     generator = torch.Generator().manual_seed(seed)
     return toy_distribution(name).sample(num_train, generator=generator)
 
 
-__all__ = ["Chequerboard", "TwoGaussians", "DataTransform", "DATASETS", "canonical_name", "is_toy",
-           "toy_distribution", "load_training_data"]
+def to_data_space(batch: torch.Tensor) -> torch.Tensor:
+    """A training batch in data space: uint8 pixels are dequantised to [0, 256/255) (``mnist.dequantize``)."""
+    return dequantize(batch) if batch.dtype == torch.uint8 else batch
+
+
+def data_config_entries(name: str) -> dict:
+    """Entries of a run's ``data`` config beyond name, shape and transform: picture shape and value range of images."""
+    if canonical_name(name) in IMAGE_DATASETS:
+        return {"image_shape": list(IMAGE_SHAPE), "value_range": [0.0, 1.0]}
+    return {}
+
+
+__all__ = ["Chequerboard", "TwoGaussians", "DataTransform", "DataError", "DATASETS", "IMAGE_DATASETS",
+           "canonical_name", "is_toy", "toy_distribution", "load_training_data", "load_images", "to_data_space",
+           "data_config_entries"]

@@ -4,8 +4,10 @@ from __future__ import annotations
 from torch import nn
 
 from .fc import FcNetwork
+from .unet import ExerciseUNet
+from .unet_ddpm import DDPMUNet
 
-NETWORKS: dict[str, type[nn.Module]] = {"fc": FcNetwork}
+NETWORKS: dict[str, type[nn.Module]] = {"fc": FcNetwork, "unet": ExerciseUNet, "unet-ddpm": DDPMUNet}
 
 
 def build_network(name: str, **kwargs) -> nn.Module:
@@ -18,4 +20,4 @@ def build_network(name: str, **kwargs) -> nn.Module:
         raise ValueError(f"bad settings for network {name!r}: {err}") from None
 
 
-__all__ = ["FcNetwork", "NETWORKS", "build_network"]
+__all__ = ["DDPMUNet", "ExerciseUNet", "FcNetwork", "NETWORKS", "build_network"]
