@@ -93,6 +93,8 @@ Options parse_args(int argc, char** argv) {
 
 Model load_model(const std::string& path) {
   Model m;
+  if (!std::ifstream(path))
+    throw std::runtime_error(path + " does not exist; export a run with `pyddpm-export RUN_DIR --out DIR`");
   try {
     m.module = torch::jit::load(path, torch::kCPU);
   } catch (const c10::Error& e) {

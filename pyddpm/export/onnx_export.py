@@ -45,8 +45,8 @@ def _to_proto(module: nn.Module, args: tuple, input_names: list[str], output_nam
                       "deprecated TorchScript-based exporter (dynamo=False)", stacklevel=2)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
+        for category in (FutureWarning, DeprecationWarning, torch.jit.TracerWarning):
+            warnings.simplefilter("ignore", category)
         torch.onnx.export(module, args, buffer, dynamo=False, input_names=input_names, output_names=[output_name],
                           dynamic_axes={name: {0: "batch"} for name in input_names}, opset_version=17)
     return onnx.load_from_string(buffer.getvalue()), "TorchScript-based (dynamo=False, deprecated)"

@@ -1,0 +1,77 @@
+"""Tiny trained and exported runs shared by the export tests (trained once per test session), pyddpm-sample's
+output to compare against, and an environment in which torch and pyddpm cannot be imported."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pyddpm.export import export_run
+from pyddpm.nets import NETWORKS
+from pyddpm.sample import main as sample_main
+from pyddpm.train import main as train_main
+
+ROOT = Path(__file__).resolve().parents[1]
+ONNX_SAMPLER = ROOT / "export" / "onnx_sampler.py"
+MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
+PYTHON = sys.executable
+
+RUNS = {
+    "toy": ["--data", "cb", "--hidden", "16", "--depth", "2", "--T", "20"],
+    "unet": ["--data", "mnist", "--data-dir", str(MNIST_DIR), "--net", "unet", "--channels", "8,16,16",
+             "--T", "8", "--grid-samples", "4", "--grid-steps", "2"],
+}
+COMMON = ["--max-steps", "4", "--batch-size", "32", "--num-train", "256", "--num-samples", "8", "--seed", "3",
+          "--device", "cpu"]
+_cache: dict = {}
+
+
+def unet_available() -> tuple[bool, str]:
+    """Whether the exercise's U-Net and MNIST are there to train a tiny run on (and why not)."""
+    if "unet" not in NETWORKS:
+        return False, "the exercise's U-Net (pyddpm.nets 'unet') is not registered yet"
+    if not (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        return False, f"MNIST is not in {MNIST_DIR}"
+    return True, ""
+
+
+def trained_run(factory, name: str) -> Path:
+    """A tiny run directory trained with the settings RUNS[name], once per session."""
+    if ("run", name) not in _cache:
+        out = factory.mktemp(f"run-{name}") / "run"
+        assert train_main(["--out", str(out), *RUNS[name], *COMMON]) == 0
+        _cache["run", name] = out
+    return _cache["run", name]
+
+
+def exported(factory, name: str, variance: str | None = None) -> Path:
+    """The export directory (ONNX and TorchScript) of the run ``name``, once per session and variance."""
+    key = ("export", name, variance)
+    if key not in _cache:
+        out = factory.mktemp(f"export-{name}")
+        export_run(trained_run(factory, name), out, variance=variance)
+        _cache[key] = out
+    return _cache[key]
+
+
+def pyddpm_samples(run: Path, tmp_path: Path, num: int, seed: int, *extra: str) -> np.ndarray:
+    """What ``pyddpm-sample RUN --num --seed --out x.npy`` writes."""
+    out = tmp_path / f"pyddpm-{seed}-{num}.npy"
+    assert sample_main([str(run), "--num", str(num), "--seed", str(seed), "--out", str(out), "--device", "cpu",
+                        *extra]) == 0
+    return np.load(out)
+
+
+def torchless_env(tmp_path: Path) -> dict:
+    """Environment variables for a Python in which ``import torch`` and ``import pyddpm`` raise ImportError."""
+    blocker = tmp_path / "blocked-imports"
+    for package in ("torch", "pyddpm"):
+        (blocker / package).mkdir(parents=True, exist_ok=True)
+        (blocker / package / "__init__.py").write_text(
+            f"raise ImportError('{package} must not be imported by the standalone sampler')\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(blocker)
+    return env
+
