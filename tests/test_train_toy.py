@@ -14,8 +14,8 @@ from pyddpm.sample import generate_samples
 from pyddpm.sample import main as sample_main
 from pyddpm.train import main as train_main
 
-SMALL = ["--hidden", "64", "--depth", "3", "--batch-size", "500", "--num-train", "50000", "--T", "200",
-         "--num-samples", "3000", "--checkpoint-every", "200"]
+SMALL = ["--hidden", "64", "--depth", "3", "--batch-size", "500", "--num-train", "50000",
+         "--num-samples", "2000", "--checkpoint-every", "200"]
 
 
 def untrained_metrics(run_dir, data, seed=0):
@@ -24,7 +24,7 @@ def untrained_metrics(run_dir, data, seed=0):
     torch.manual_seed(seed)  # the trainer seeds the initial weights with --seed
     fresh = type(model.network)(**config["network"]["kwargs"])
     model.network.load_state_dict(fresh.state_dict())
-    samples = generate_samples(model, config["data"], 3000, seed=seed)
+    samples = generate_samples(model, config["data"], 2000, seed=seed)
     return toy_metrics(toy_distribution(data), samples, seed=1)
 
 
