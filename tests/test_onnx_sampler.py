@@ -1,0 +1,132 @@
+"""export/onnx_sampler.py: run where torch cannot be imported, against pyddpm-sample with the same seed; its numpy
+Philox port against pyddpm's; its pictures and its errors."""
+import importlib.util
+import io
+import json
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from export_runs import ONNX_SAMPLER, PYTHON, exported, pyddpm_samples, torchless_env, trained_run, unet_available
+from PIL import Image
+
+from pyddpm import philox
+
+NETS = ["toy", pytest.param("unet", marks=pytest.mark.skipif(not unet_available()[0], reason=unet_available()[1]))]
+
+
+def load_sampler_module():
+    spec = importlib.util.spec_from_file_location("onnx_sampler", ONNX_SAMPLER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_sampler(tmp_path, *args):
+    """The sampler as a user runs it, in a Python where importing torch or pyddpm raises."""
+    return subprocess.run([PYTHON, str(ONNX_SAMPLER), *map(str, args)], capture_output=True, text=True,
+                          env=torchless_env(tmp_path), cwd=tmp_path, timeout=300)
+
+
+def test_the_subprocess_really_cannot_import_torch(tmp_path):
+    result = subprocess.run([PYTHON, "-c", "import torch"], capture_output=True, text=True,
+                            env=torchless_env(tmp_path), cwd=tmp_path, timeout=60)
+    assert result.returncode != 0 and "must not be imported" in result.stderr
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_same_seed_same_samples_as_pyddpm_sample(net, tmp_path_factory, tmp_path):
+    out, run = exported(tmp_path_factory, net), trained_run(tmp_path_factory, net)
+    num, seed = (40, 5) if net == "toy" else (3, 11)
+    expected = pyddpm_samples(run, tmp_path, num, seed)
+    models = [out, out / "denoiser.onnx"] if net == "toy" else [out]  # step.onnx, or denoiser.onnx + numpy step
+    for model in models:
+        result = run_sampler(tmp_path, model, "--num", num, "--seed", seed, "--out", tmp_path / "onnx.npy",
+                             "--batch-size", 16)
+        assert result.returncode == 0, result.stderr
+        got = np.load(tmp_path / "onnx.npy")
+        assert got.shape == expected.shape and got.dtype == np.float32
+        assert np.abs(got - expected).max() <= 1e-3, model
+
+
+def test_numpy_philox_is_bit_identical_to_pyddpm():
+    sampler = load_sampler_module()
+    for shape, seed, step, offset in [((1, 8), 42, 0, 0), ((1, 8), 2**40 + 5, 7, 3), ((3, 7), 1, 2, 3),
+                                      ((5, 2), 2**63 - 1, 2**32 - 1, 2**32 - 3), ((2, 1, 28, 28), 123, 17, 5)]:
+        got = sampler.philox_normal(shape, seed, step, offset)
+        expected = philox.philox_normal(shape, seed, step, offset).numpy()
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.int32), expected.view(np.int32))
+    words = (np.arange(0, 2**24, 89, dtype=np.uint64) << np.uint64(8)) | np.uint64(0xA5)
+    t = torch.from_numpy(words.astype(np.int64))
+    for got, expected in zip(sampler.normal_pair(words, words[::-1]), philox.normal_pair(t, t.flip(0))):
+        assert np.array_equal(got.view(np.int32), expected.numpy().view(np.int32))
+
+
+def test_png_output(tmp_path_factory, tmp_path):
+    out = exported(tmp_path_factory, "toy")
+    result = run_sampler(tmp_path, out, "--num", 200, "--out", tmp_path / "s.png")
+    assert result.returncode == 0, result.stderr
+    image = Image.open(tmp_path / "s.png")
+    assert image.mode == "L" and image.size == (300, 300) and np.asarray(image).max() == 255
+
+
+@pytest.mark.skipif(not unet_available()[0], reason=unet_available()[1])
+def test_image_png_is_pyddpm_samples_grid(tmp_path_factory, tmp_path):
+    out, run = exported(tmp_path_factory, "unet"), trained_run(tmp_path_factory, "unet")
+    samples = pyddpm_samples(run, tmp_path, 5, 2)
+    assert run_sampler(tmp_path, out, "--num", 5, "--seed", 2, "--out", tmp_path / "g.png").returncode == 0
+    grid = np.asarray(Image.open(tmp_path / "g.png"))
+    assert grid.shape == (2 + 2 * 30, 2 + 3 * 30)  # 3 per row, 28 x 28 images with 2-pixel borders
+    first = grid[2:30, 2:30].astype(int)
+    assert np.abs(first - np.round(samples[0].reshape(28, 28) * 255)).max() <= 1
+
+
+def with_metadata(path, target, **changes):
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update({k: v for k, v in changes.items() if v is not None})
+    for k in [k for k, v in changes.items() if v is None]:
+        props.pop(k)
+    del model.metadata_props[:]
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.save(model, str(target))
+    return target
+
+
+def test_errors_name_the_problem(tmp_path_factory, tmp_path):
+    out = exported(tmp_path_factory, "toy")
+    step = out / "step.onnx"
+    identity = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 2])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 2])]))
+    onnx.save(identity, str(tmp_path / "other.onnx"))
+    (tmp_path / "text.onnx").write_text("not a model")
+    cases = [
+        ((tmp_path / "missing",), "does not exist"),
+        ((tmp_path / "text.onnx",), "not a loadable ONNX model"),
+        ((tmp_path / "other.onnx",), "not a pyddpm export"),
+        ((with_metadata(step, tmp_path / "shape.onnx", sample_shape=json.dumps([3])),), "input x_t has shape"),
+        ((with_metadata(step, tmp_path / "future.onnx", pyddpm_export="2"),), "export format 2"),
+        ((with_metadata(step, tmp_path / "noise.onnx", noise_spec="other-rng"),), "noise rule"),
+        ((with_metadata(step, tmp_path / "partial.onnx", T=None),), "malformed pyddpm metadata"),
+        ((step, "--out", tmp_path / "s.txt"), "must end in .npy or .png"),
+        ((step, "--num", 0), "must be positive"),
+        ((step, "--seed", -1), "--seed must be in"),
+    ]
+    for args, message in cases:
+        result = run_sampler(tmp_path, *args)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (
+            args, result.stderr)
+
+
+def test_help_names_every_flag(tmp_path):
+    result = run_sampler(tmp_path, "--help")
+    assert result.returncode == 0
+    for flag in ("--num", "--seed", "--out", "--batch-size", "--threads"):
+        assert flag in result.stdout
+    assert io.StringIO(result.stdout).readline().startswith("usage: onnx_sampler.py")
