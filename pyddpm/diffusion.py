@@ -62,6 +62,52 @@ class DDPM(nn.Module):
         abar = self.alpha_cumprod[t - 1].reshape(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
 
+    # ----- the reverse process as distributions (for the bound, eq. 5) -------------------------------
+    def schedule_at(self, t: torch.Tensor, ndim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """float64 (beta_t, abar_t, abar_{t-1}) for 1-based steps t of shape (batch,), shaped to broadcast
+        over a batch with ``ndim`` dimensions; abar_0 = 1."""
+        beta = self._beta64.to(t.device)
+        abar = torch.cumprod(1 - beta, 0)
+        abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
+        shape = (-1,) + (1,) * (ndim - 1)
+        return tuple(v[t - 1].reshape(shape) for v in (beta, abar, abar_prev))
+
+    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean mu_tilde_t(x_t, x0) and variance beta_tilde_t of q(x_{t-1} | x_t, x0) (eqs. 6-7), float64.
+
+        mu_tilde_t = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x0 + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) x_t,
+        beta_tilde_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t; t is 1-based of shape (batch,).
+        """
+        beta, abar, abar_prev = self.schedule_at(t, x0.dim())
+        mean = (abar_prev.sqrt() * beta / (1 - abar) * x0.double()
+                + (1 - beta).sqrt() * (1 - abar_prev) / (1 - abar) * x_t.double())
+        return mean, (1 - abar_prev) / (1 - abar) * beta
+
+    def reverse_variance(self, t: torch.Tensor, ndim: int = 1, variance: str | None = None) -> torch.Tensor:
+        """sigma_t^2 of p_theta(x_{t-1} | x_t) (sec. 3.2): beta_t, or beta_tilde_t of eq. 7, float64.
+
+        beta_tilde_1 = 0, so at t = 1 (the decoder of sec. 3.3) beta_tilde uses beta_tilde_2 instead, as Ho et
+        al.'s code does (its clipped posterior log-variance); Algorithm 2 adds no noise at t = 1 either way.
+        """
+        variance = variance or self.variance
+        if variance not in VARIANCES:
+            raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+        sigma2 = self._beta64.to(t.device)
+        if variance == "beta_tilde":
+            abar = torch.cumprod(1 - sigma2, 0)
+            sigma2 = torch.cat([sigma2[:1], (1 - abar[:-1]) / (1 - abar[1:]) * sigma2[1:]])  # eq. 7, t >= 2
+            sigma2[0] = sigma2[min(1, self.T - 1)]  # beta_tilde_1 = 0 -> beta_tilde_2 (beta_1 when T = 1)
+        return sigma2[t - 1].reshape((-1,) + (1,) * (ndim - 1))
+
+    def p_mean_variance(self, x_t: torch.Tensor, t: torch.Tensor,
+                        variance: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean mu_theta(x_t, t) = (x_t - beta_t / sqrt(1 - abar_t) eps_theta(x_t, t)) / sqrt(alpha_t) (eq. 11)
+        and variance sigma_t^2 (``reverse_variance``) of p_theta(x_{t-1} | x_t), float64; t 1-based, (batch,)."""
+        eps_hat = self.network(x_t.to(self.beta.dtype), self.time_input(t)).double()
+        beta, abar, _ = self.schedule_at(t, x_t.dim())
+        mean = (x_t.double() - beta / (1 - abar).sqrt() * eps_hat) / (1 - beta).sqrt()
+        return mean, self.reverse_variance(t, x_t.dim(), variance)
+
     def time_input(self, t: torch.Tensor | int, batch: int | None = None) -> torch.Tensor:
         """What the network sees for 1-based step t: (t - 1) / T with shape (batch, 1)."""
         if isinstance(t, int):
