@@ -1,0 +1,71 @@
+"""The C++ sampler in export/: built with CMake against the pip torch's libtorch, run on sampler.pt and
+denoiser.pt, against pyddpm-sample with the same seed.
+
+The build (about a minute) goes to a per-session temporary directory; set PYDDPM_CPP_BUILD_DIR to keep it
+between sessions (ninja then rebuilds only what changed).
+"""
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from export_runs import ROOT, exported, pyddpm_samples, trained_run, unet_available
+
+pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit\..* is deprecated:FutureWarning")
+NETS = ["toy", pytest.param("unet", marks=pytest.mark.skipif(not unet_available()[0], reason=unet_available()[1]))]
+
+
+@pytest.fixture(scope="session")
+def cpp_sampler(tmp_path_factory):
+    """Path of the built pyddpm-sampler-cpp executable."""
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not installed (pip install cmake)")
+    build = os.environ.get("PYDDPM_CPP_BUILD_DIR") or str(tmp_path_factory.mktemp("cpp-sampler-build"))
+    configure = [cmake, "-S", str(ROOT / "export"), "-B", build, f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"]
+    if shutil.which("ninja") and not os.path.exists(os.path.join(build, "CMakeCache.txt")):
+        configure += ["-G", "Ninja"]
+    for command in (configure, [cmake, "--build", build, "-j", "2"]):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return os.path.join(build, "pyddpm-sampler-cpp")
+
+
+def run_cpp(binary, *args):
+    return subprocess.run([binary, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_same_seed_same_samples_as_pyddpm_sample(net, cpp_sampler, tmp_path_factory, tmp_path):
+    out, run = exported(tmp_path_factory, net), trained_run(tmp_path_factory, net)
+    num, seed = (40, 5) if net == "toy" else (3, 11)
+    expected = pyddpm_samples(run, tmp_path, num, seed)
+    for model, batch in (("sampler.pt", 10000), ("denoiser.pt", 16)):
+        result = run_cpp(cpp_sampler, out / model, "--num", num, "--seed", seed, "--out", tmp_path / "cpp.npy",
+                         "--batch-size", batch, "--threads", 2)
+        assert result.returncode == 0, result.stderr
+        got = np.load(tmp_path / "cpp.npy")
+        assert got.shape == expected.shape and got.dtype == np.float32
+        assert np.abs(got - expected).max() <= 1e-3, model
+
+
+def test_errors_name_the_problem(cpp_sampler, tmp_path_factory, tmp_path):
+    out = exported(tmp_path_factory, "toy")
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "linear.pt"))
+    cases = [
+        ((tmp_path / "missing.pt",), "does not exist"),
+        ((out / "step.onnx",), "cannot be loaded as TorchScript"),
+        ((tmp_path / "linear.pt",), "is not a pyddpm export"),
+        ((out / "sampler.pt", "--out", "s.png"), "--out must end in .npy"),
+        ((out / "sampler.pt", "--num", "x"), "--num must be an integer"),
+        ((out / "sampler.pt", "--seed", "-1"), "--seed must be an integer"),
+        ((out / "sampler.pt", "--colour", "1"), "unknown option --colour"),
+        ((), "no model given"),
+    ]
+    for args, message in cases:
+        result = run_cpp(cpp_sampler, *args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+    result = run_cpp(cpp_sampler, "--help")
+    assert result.returncode == 0 and all(f in result.stdout for f in ("--num", "--seed", "--out"))
