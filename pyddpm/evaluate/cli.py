@@ -1,0 +1,209 @@
+"""`pyddpm-eval RUN_DIR`: the metrics of a trained run, printed as a table and written to RUN_DIR/eval.json.
+
+Toy runs: the toy metrics (``pyddpm.evaluate.toy.toy_metrics``) of ``--num`` samples. Image runs: the variational
+bound in bits/dim (+- standard error) on the test split (``likelihood``) and the sample quality of ``--num``
+samples in the classifier's feature space (``frechet``), each beside its real-data floor: the same metric for as
+many training images as samples, against the test split.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import CheckpointError, load_model, write_json
+from ..data import DataError, DataTransform, is_toy, load_images, toy_distribution
+from ..plots import plot_toy_samples, save_image_grid
+from ..sample import generate_samples, pick_device
+from .classifier import (ClassifierError, checksum_path, classify, default_classifier_path, load_classifier,
+                         pixels_to_unit)
+from .frechet import gaussian_statistics, quality_metrics
+from .likelihood import pixels_to_model, variational_bound
+from .toy import toy_metrics
+
+EVAL_FILE = "eval.json"
+GRID_IMAGES = 100
+
+
+def samples_to_pixels(samples: torch.Tensor) -> torch.Tensor:
+    """Data-space samples in [0, 1] -> uint8 pixels floor(255 x), the inverse of the dequantisation (k + u) / 255."""
+    return (samples * 255).floor().clamp(0, 255).to(torch.uint8)
+
+
+def sampler_name(T: int, steps: int | None) -> str:
+    return f"DDIM {steps} steps" if steps else f"DDPM (Alg. 2) {T} steps"
+
+
+def draw_samples(model, config: dict, args) -> tuple[torch.Tensor, dict]:
+    """``args.num`` samples in data space and how they were drawn (sampler, variance, seed, seconds)."""
+    start = time.perf_counter()
+    samples = generate_samples(model, config["data"], args.num, seed=args.seed, batch_size=args.batch_size,
+                               steps=args.steps, variance=args.variance, progress=True)
+    seconds = time.perf_counter() - start
+    return samples, {"num_samples": args.num, "sampler": sampler_name(model.T, args.steps),
+                     "variance": args.variance or model.variance, "seed": args.seed,
+                     "sampling_seconds": round(seconds, 2), "seconds_per_sample": seconds / args.num}
+
+
+def evaluate_toy(model, config: dict, args, grid_path: Path) -> dict:
+    """Samples of a toy run and their toy metrics (with the energy distance's two-true-samples floor)."""
+    samples, info = draw_samples(model, config, args)
+    distribution = toy_distribution(config["data"]["name"])
+    plot_toy_samples(distribution, samples, grid_path, title=info["sampler"])
+    return {"samples": {**info, **toy_metrics(distribution, samples, seed=args.seed + 1), "picture": str(grid_path)}}
+
+
+def evaluate_images(model, config: dict, args, grid_path: Path) -> dict:
+    """Bits/dim on the test split and sample quality beside the real-data floor for an image run."""
+    data = config["data"]
+    name = data["name"]
+    if DataTransform(data["center"], data["scale"]) != DataTransform(0.5, 2.0):
+        raise ValueError(f"the bound needs images mapped to [-1, 1] (center 0.5, scale 2); this run used "
+                         f"center {data['center']}, scale {data['scale']}")
+    data_dir = args.data_dir or config.get("train", {}).get("data_dir")
+    classifier = None
+    if not args.no_samples:  # fail before the long work if the classifier is missing or tampered with
+        classifier_path = Path(args.classifier) if args.classifier else default_classifier_path(name)
+        classifier, classifier_info = load_classifier(classifier_path, args.device)
+    test_pixels, _ = load_images(name, "test", data_dir)
+    results: dict = {}
+    if not args.no_bound:
+        n = min(args.test_images or len(test_pixels), len(test_pixels))
+        x0 = pixels_to_model(test_pixels[:n].reshape(n, *data["shape"]))
+        start = time.perf_counter()
+        bound = variational_bound(model, x0, t_samples=args.t_samples, batch_size=args.batch_size,
+                                  variance=args.variance, seed=args.seed, progress=True)
+        results["bound"] = {
+            "bits_per_dim": bound.bits_per_dim, "standard_error": bound.standard_error,
+            "prior_L_T": float(bound.prior.mean()), "diffusion_sum_L_t": float(bound.diffusion.mean()),
+            "decoder_L_0": float(bound.decoder.mean()), "test_images": n,
+            "t_samples": args.t_samples, "variance": args.variance or model.variance, "seed": args.seed,
+            "seconds": round(time.perf_counter() - start, 2),
+            "convention": "pixels k at x0 = 2k/255 - 1, bins of width 2/255 (outer bins to +-inf)",
+            "per_t": bound.per_t}
+    if classifier is not None:
+        samples, info = draw_samples(model, config, args)
+        pixels = samples_to_pixels(samples)
+        save_image_grid(pixels[:GRID_IMAGES].reshape(-1, *data["image_shape"]).float() / 255, grid_path)
+        test_features, _ = classify(classifier, pixels_to_unit(test_pixels))
+        reference = gaussian_statistics(test_features)
+        train_pixels, _ = load_images(name, "train", data_dir)
+        generator = torch.Generator().manual_seed(args.seed)
+        floor_pixels = train_pixels[torch.randperm(len(train_pixels), generator=generator)[:args.num]]
+        model_metrics = quality_metrics(*classify(classifier, pixels_to_unit(pixels)), reference)
+        floor_metrics = quality_metrics(*classify(classifier, pixels_to_unit(floor_pixels)), reference)
+        results["samples"] = {**info, **model_metrics, "picture": str(grid_path),
+                              "floor": {"num_images": len(floor_pixels), **floor_metrics},
+                              "reference": f"{len(test_pixels)} test images",
+                              "classifier": {"path": str(classifier_path), "test_accuracy":
+                                             classifier_info["test_accuracy"],
+                                             "sha256": checksum_path(classifier_path).read_text().split()[0]}}
+    return results
+
+
+def format_table(title: str, results: dict) -> str:
+    """The results as a Markdown table: metric | model | real-data floor."""
+    rows = [f"{title}", "", "| metric | model | real data (train vs test) |", "|---|---:|---:|"]
+    b = results.get("bound")
+    if b:
+        how = "all T terms" if b["t_samples"] is None else f"{b['t_samples']} sampled t per image"
+        rows.append(f"| bits/dim ({b['test_images']} test images, {how}) | {b['bits_per_dim']:.4f} ± "
+                    f"{b['standard_error']:.4f} | |")
+        rows.append(f"| L_T / sum L_(t-1) / L_0 (bits/dim) | {b['prior_L_T']:.2e} / {b['diffusion_sum_L_t']:.4f} / "
+                    f"{b['decoder_L_0']:.4f} | |")
+    s = results.get("samples")
+    if s:
+        head = f"{s['num_samples']} samples, {s['sampler']}, sigma^2 = {s['variance']}"
+        rows.append(f"| sampling time ({head}) | {s['sampling_seconds']:.1f} s "
+                    f"({s['seconds_per_sample'] * 1000:.1f} ms/sample) | |")
+        floor = s.get("floor")
+        if floor:
+            hist = lambda h: " ".join(f"{v:.2f}" for v in h)  # noqa: E731
+            rows += [f"| Frechet distance (vs {s['reference']}) | {s['frechet_distance']:.3f} | "
+                     f"{floor['frechet_distance']:.3f} |",
+                     f"| label histogram 0-9 | {hist(s['label_histogram'])} | {hist(floor['label_histogram'])} |",
+                     f"| label TV distance from uniform | {s['label_tv_from_uniform']:.3f} | "
+                     f"{floor['label_tv_from_uniform']:.3f} |",
+                     f"| mean classifier confidence | {s['mean_confidence']:.3f} | {floor['mean_confidence']:.3f} |"]
+        else:  # toy
+            rows.append(f"| energy distance | {s['energy_distance']:.2e} | {s['energy_distance_floor']:.2e} |")
+            rows.append(f"| mean true log-density | {s['mean_log_prob']:.3f} | {s['true_mean_log_prob']:.3f} |")
+            if "support_fraction" in s:
+                rows.append(f"| support fraction | {s['support_fraction']:.2%} | 100% |")
+                rows.append(f"| mass per square | {' '.join(f'{m:.3f}' for m in s['square_mass'])} | "
+                            f"{' '.join('0.200' for _ in s['square_mass'])} |")
+            if "mixture_weights" in s:
+                rows.append(f"| mixture weights | {' / '.join(f'{w:.3f}' for w in s['mixture_weights'])} | "
+                            "0.200 / 0.800 |")
+    return "\n".join(rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pyddpm-eval", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run_dir", help="run directory written by pyddpm-train")
+    p.add_argument("--num", type=int, default=None,
+                   help="samples to draw (default 5000 for toy data, 1000 for images)")
+    p.add_argument("--t-samples", type=int, default=None, metavar="K",
+                   help="images: estimate sum_{t>=2} L_{t-1} from K uniformly drawn t per image (unbiased; L_T and "
+                        "L_0 exact) instead of computing all T terms")
+    p.add_argument("--test-images", type=int, default=None,
+                   help="images: evaluate the bound on the first N test images (default: all)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per network call (bound and sampling)")
+    p.add_argument("--steps", type=int, default=None, metavar="K",
+                   help="sample with DDIM in K steps instead of Algorithm 2's T steps")
+    p.add_argument("--variance", choices=["beta", "beta_tilde"], default=None,
+                   help="sigma_t^2 of p_theta for the bound and the sampler (default: the run's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples, the bound's noise and the floor's images")
+    p.add_argument("--classifier", default=None,
+                   help="images: the classifier file (default ~/.cache/pyddpm/DATA-classifier.safetensors, "
+                        "trained once by `python -m pyddpm.evaluate.classifier`)")
+    p.add_argument("--data-dir", default=None, help="images: IDX directory (default: the run's)")
+    p.add_argument("--no-bound", action="store_true", help="images: skip the bound")
+    p.add_argument("--no-samples", action="store_true", help="images: skip sampling and sample quality")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--out", default=None,
+                   help=f"JSON file to write (default RUN_DIR/{EVAL_FILE}); the samples' picture goes beside "
+                        "it with the suffix .png")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        for flag in ("num", "t_samples", "test_images", "steps"):
+            value = getattr(args, flag)
+            if value is not None and value < 1:
+                raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
+        if args.no_bound and args.no_samples:
+            raise ValueError("nothing to evaluate: --no-bound and --no-samples together leave no metric")
+        args.device = pick_device(args.device)
+        model, config = load_model(args.run_dir, args.device)
+        toy = is_toy(config["data"]["name"])
+        if args.num is None:
+            args.num = 5000 if toy else 1000
+        out = Path(args.out) if args.out else Path(args.run_dir) / EVAL_FILE
+        grid_path = out.with_suffix(".png")
+        with torch.no_grad():
+            results = (evaluate_toy if toy else evaluate_images)(model, config, args, grid_path)
+    except (CheckpointError, ClassifierError, DataError, ValueError, RuntimeError) as err:
+        print(f"pyddpm-eval: error: {err}", file=sys.stderr)
+        return 2
+    net, diff = config["network"], config["diffusion"]
+    title = (f"pyddpm-eval {args.run_dir}: {config['data']['name']}, {net['name']}, T = {diff['T']} on "
+             f"{args.device}")
+    record = {"run_dir": str(args.run_dir), "data": config["data"]["name"], "network": net, "diffusion": diff,
+              "device": str(args.device), **results}
+    write_json(out, record)
+    print(format_table(title, results))
+    print(f"wrote {out}" + (f" and {grid_path}" if "samples" in results else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""`pyddpm-eval` on tiny toy and MNIST runs, as a user runs it, with a tiny classifier stand-in (nothing downloads)."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyddpm.evaluate.classifier import ImageClassifier, checksum_path, save_classifier
+from pyddpm.evaluate.cli import main as eval_main
+from pyddpm.evaluate.cli import samples_to_pixels
+from pyddpm.train import main as train_main
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared MNIST not found at {SHARED}")
+
+
+def test_samples_to_pixels_inverts_the_dequantisation():
+    pixels = torch.arange(256)
+    for u in (0.0, 0.5, 0.999):
+        torch.testing.assert_close(samples_to_pixels((pixels + u) / 255).long(), pixels)
+    assert samples_to_pixels(torch.tensor([-0.1, 1.0, 1.2])).tolist() == [0, 255, 255]
+
+
+def test_toy_run(tmp_path, capsys):
+    run = tmp_path / "toy"
+    assert train_main(["--out", str(run), "--max-steps", "20", "--hidden", "16", "--depth", "2", "--batch-size", "100",
+                       "--num-train", "1000", "--T", "20", "--num-samples", "100"]) == 0
+    assert eval_main([str(run), "--num", "300", "--steps", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "support fraction" in out and "energy distance" in out
+    record = json.loads((run / "eval.json").read_text())
+    samples = record["samples"]
+    assert samples["num_samples"] == 300 and samples["sampler"] == "DDIM 10 steps"
+    assert 0 <= samples["support_fraction"] <= 1 and samples["energy_distance_floor"] > 0
+    assert (run / "eval.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mnist")
+    run = root / "run"
+    assert train_main(["--data", "mnist", "--data-dir", str(SHARED), "--net", "fc", "--hidden", "32", "--depth", "1",
+                       "--max-steps", "3", "--batch-size", "16", "--T", "20", "--grid-samples", "0",
+                       "--out", str(run)]) == 0
+    torch.manual_seed(0)
+    classifier = root / "clf.safetensors"
+    save_classifier(ImageClassifier((4, 8), 16), classifier, {"data": "mnist", "test_accuracy": 0.5})
+    return run, classifier
+
+
+@needs_shared
+def test_mnist_run_writes_bound_and_sample_quality(mnist_run, capsys):
+    run, classifier = mnist_run
+    out = run / "custom.json"
+    assert eval_main([str(run), "--num", "40", "--test-images", "30", "--t-samples", "5", "--classifier",
+                      str(classifier), "--out", str(out), "--variance", "beta_tilde"]) == 0
+    table = capsys.readouterr().out
+    assert "bits/dim (30 test images, 5 sampled t per image)" in table and "Frechet distance" in table
+    record = json.loads(out.read_text())
+    bound, samples = record["bound"], record["samples"]
+    assert bound["test_images"] == 30 and bound["variance"] == "beta_tilde" and bound["per_t"] is None
+    assert bound["bits_per_dim"] > 0 and bound["standard_error"] > 0
+    assert bound["bits_per_dim"] == pytest.approx(bound["prior_L_T"] + bound["diffusion_sum_L_t"]
+                                                  + bound["decoder_L_0"], rel=1e-9)
+    assert samples["num_samples"] == 40 and samples["floor"]["num_images"] == 40
+    assert sum(samples["label_histogram"]) == pytest.approx(1.0) and samples["frechet_distance"] >= 0
+    assert samples["classifier"]["sha256"] == checksum_path(classifier).read_text().split()[0]
+    assert out.with_suffix(".png").is_file()
+
+
+@needs_shared
+def test_mnist_run_with_a_tampered_classifier_is_a_clear_error(mnist_run, tmp_path, capsys):
+    run, classifier = mnist_run
+    bad = tmp_path / "bad.safetensors"
+    data = bytearray(classifier.read_bytes())
+    data[-3] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    checksum_path(bad).write_text(checksum_path(classifier).read_text())
+    assert eval_main([str(run), "--num", "10", "--classifier", str(bad), "--out", str(tmp_path / "e.json")]) == 2
+    err = capsys.readouterr().err
+    assert "checksum mismatch" in err and "Traceback" not in err
+    assert not (tmp_path / "e.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--t-samples", "0"], "--t-samples must be a positive integer"),
+    (["--t-samples", "50"], "T - 1 = 19"),
+    (["--no-bound", "--no-samples"], "nothing to evaluate"),
+])
+@needs_shared
+def test_bad_arguments_are_clear_errors(mnist_run, args, message, capsys):
+    run, classifier = mnist_run
+    assert eval_main([str(run), "--test-images", "4", "--classifier", str(classifier), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_run_is_a_clear_error(tmp_path, capsys):
+    assert eval_main([str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
