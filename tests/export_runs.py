@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +23,18 @@ RUNS = {
     "toy": ["--data", "cb", "--hidden", "16", "--depth", "2", "--T", "20"],
     "unet": ["--data", "mnist", "--data-dir", str(MNIST_DIR), "--net", "unet", "--channels", "8,16,16",
              "--T", "8", "--grid-samples", "4", "--grid-steps", "2"],
+    "unet-ddpm": ["--data", "mnist", "--data-dir", str(MNIST_DIR), "--net", "unet-ddpm", "--channels", "16,32",
+                  "--num-res-blocks", "1", "--T", "6", "--grid-samples", "0", "--max-steps", "1", "--batch-size", "8"],
 }
 COMMON = ["--max-steps", "4", "--batch-size", "32", "--num-train", "256", "--num-samples", "8", "--seed", "3",
           "--device", "cpu"]
 _cache: dict = {}
 
 
-def unet_available() -> tuple[bool, str]:
-    """Whether the exercise's U-Net and MNIST are there to train a tiny run on (and why not)."""
-    if "unet" not in NETWORKS:
-        return False, "the exercise's U-Net (pyddpm.nets 'unet') is not registered yet"
+def unet_available(name: str = "unet") -> tuple[bool, str]:
+    """Whether the U-Net ``name`` and MNIST are there to train a tiny run on (and why not)."""
+    if name not in NETWORKS:
+        return False, f"the U-Net {name!r} is not registered in pyddpm.nets"
     if not (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
         return False, f"MNIST is not in {MNIST_DIR}"
     return True, ""
@@ -41,7 +44,7 @@ def trained_run(factory, name: str) -> Path:
     """A tiny run directory trained with the settings RUNS[name], once per session."""
     if ("run", name) not in _cache:
         out = factory.mktemp(f"run-{name}") / "run"
-        assert train_main(["--out", str(out), *RUNS[name], *COMMON]) == 0
+        assert train_main(["--out", str(out), *COMMON, *RUNS[name]]) == 0
         _cache["run", name] = out
     return _cache["run", name]
 
@@ -51,7 +54,9 @@ def exported(factory, name: str, variance: str | None = None) -> Path:
     key = ("export", name, variance)
     if key not in _cache:
         out = factory.mktemp(f"export-{name}")
-        export_run(trained_run(factory, name), out, variance=variance)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*falling back to the deprecated TorchScript-based exporter")
+            export_run(trained_run(factory, name), out, variance=variance)
         _cache[key] = out
     return _cache[key]
 

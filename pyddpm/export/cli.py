@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from ..checkpoint import CheckpointError, load_model
 from ..diffusion import VARIANCES
 from .metadata import export_metadata
 from .modules import Denoiser, ReverseStep
-from .onnx_export import ExportError, export_onnx
+from .onnx_export import DYNAMO, ExportError, export_onnx
 from .torchscript import export_torchscript
 
 FORMATS = ("onnx", "torchscript")
@@ -50,11 +51,14 @@ def export_run(run_dir: str | Path, out: str | Path, formats=FORMATS, variance: 
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if "onnx" in formats:
+        exporter = DYNAMO
         for name, module, args, inputs, output in (
                 ("denoiser", step.denoiser, (x, t), ["x_t", "t"], "eps_hat"),
                 ("step", step, (x, t, z), ["x_t", "t", "z"], "x_prev")):
             path = out / f"{name}.onnx"
-            exporter = export_onnx(module, args, path, inputs, output, {**metadata, "model": name})
+            # the step holds the denoiser: where dynamo failed on that, it fails again
+            exporter = export_onnx(module, args, path, inputs, output, {**metadata, "model": name},
+                                   dynamo=exporter == DYNAMO)
             written.append((path, f"ONNX, {exporter} exporter"))
     if "torchscript" in formats:
         value_range = None if metadata["value_range"] == "null" else data["value_range"]
@@ -80,10 +84,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     formats = [f.strip().lower() for f in args.format.split(",") if f.strip()]
     try:
-        written = export_run(args.run_dir, args.out, formats, args.variance, args.batch)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            written = export_run(args.run_dir, args.out, formats, args.variance, args.batch)
     except (CheckpointError, ExportError, ValueError) as err:
         print(f"pyddpm-export: error: {err}", file=sys.stderr)
         return 2
+    for warning in caught:
+        print(f"pyddpm-export: warning: {warning.message}", file=sys.stderr)
     for path, note in written:
         print(f"wrote {path} ({note}; validated against PyTorch)")
     return 0

@@ -13,6 +13,10 @@ from torch import nn
 _INSTALL_HINT = "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'pyddpm[export]'"
 
 
+DYNAMO = "torch.export (dynamo=True)"
+FALLBACK = "TorchScript-based (dynamo=False, deprecated)"
+
+
 class ExportError(RuntimeError):
     """An export that failed, or whose result does not reproduce PyTorch."""
 
@@ -27,41 +31,47 @@ def _require_onnx():
     return onnx, onnxruntime
 
 
-def _to_proto(module: nn.Module, args: tuple, input_names: list[str], output_name: str):
+def _to_proto(module: nn.Module, args: tuple, input_names: list[str], output_name: str, dynamo: bool):
     """The ONNX model of ``module`` with dim 0 of every input dynamic ("batch"), and the exporter that made it:
-    torch.export-based (``dynamo=True``) where it works, else the deprecated TorchScript-based one, with a warning."""
+    torch.export-based (``dynamo=True``) where it works, else (or with ``dynamo=False``) the deprecated
+    TorchScript-based one, with a warning naming why."""
     onnx, _ = _require_onnx()
-    batch = torch.export.Dim("batch")
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
-            program = torch.onnx.export(module, args, dynamo=True, input_names=input_names,
-                                        output_names=[output_name], dynamic_shapes=tuple({0: batch} for _ in args),
-                                        external_data=False, verbose=False)
-        return program.model_proto, "torch.export (dynamo=True)"
-    except Exception as err:  # noqa: BLE001 - any failure of the new exporter falls back to the old one
-        warnings.warn(f"torch.onnx.export(dynamo=True) failed for {type(module).__name__} "
-                      f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); falling back to the "
-                      "deprecated TorchScript-based exporter (dynamo=False)", stacklevel=2)
+    if dynamo:
+        batch = torch.export.Dim("batch")
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
+                program = torch.onnx.export(module, args, dynamo=True, input_names=input_names,
+                                            output_names=[output_name], external_data=False, verbose=False,
+                                            dynamic_shapes=tuple({0: batch} for _ in args))
+            return program.model_proto, DYNAMO
+        except Exception as err:  # noqa: BLE001 - any failure of the new exporter falls back to the old one
+            root = err
+            while root.__cause__ is not None:
+                root = root.__cause__
+            reason = f"{type(root).__name__}: {(str(root).splitlines() or [''])[0]}"
+            warnings.warn(f"torch.onnx.export(dynamo=True) failed for {type(module).__name__} ({reason}); falling "
+                          "back to the deprecated TorchScript-based exporter (dynamo=False)", stacklevel=3)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         for category in (FutureWarning, DeprecationWarning, torch.jit.TracerWarning):
             warnings.simplefilter("ignore", category)
         torch.onnx.export(module, args, buffer, dynamo=False, input_names=input_names, output_names=[output_name],
                           dynamic_axes={name: {0: "batch"} for name in input_names}, opset_version=17)
-    return onnx.load_from_string(buffer.getvalue()), "TorchScript-based (dynamo=False, deprecated)"
+    return onnx.load_from_string(buffer.getvalue()), FALLBACK
 
 
 def export_onnx(module: nn.Module, args: tuple, path: str | Path, input_names: list[str], output_name: str,
-                metadata: dict[str, str], atol: float = 1e-4) -> str:
-    """Write ``module`` to ``path`` as ONNX with ``metadata`` in metadata_props; returns the exporter used.
+                metadata: dict[str, str], atol: float = 1e-4, dynamo: bool = True) -> str:
+    """Write ``module`` to ``path`` as ONNX with ``metadata`` in metadata_props; returns the exporter used
+    (``DYNAMO``, or ``FALLBACK`` when the dynamo exporter fails or ``dynamo`` is False).
 
     The file is checked with ``onnx.checker`` (full check) and run once under onnxruntime on ``args`` and on a
     batch of another size; ExportError if it differs from PyTorch by more than ``atol`` (relative to 1 or the
     output's magnitude, whichever is larger).
     """
     onnx, _ = _require_onnx()
-    proto, exporter = _to_proto(module, args, input_names, output_name)
+    proto, exporter = _to_proto(module, args, input_names, output_name, dynamo)
     metadata = {**metadata, "exporter": exporter}
     del proto.metadata_props[:]
     for key, value in metadata.items():
