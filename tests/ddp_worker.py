@@ -1,0 +1,26 @@
+"""Run by tests/test_ddp.py under torchrun: trains with pyddpm-train's Trainer, then saves this rank's weights
+(raw and EMA) as rank{RANK}.safetensors in the run directory, so the test can compare the ranks."""
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+from safetensors.torch import save_file
+
+from pyddpm.sample import pick_device
+from pyddpm.train import Trainer, build_parser, config_from_args
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    trainer = Trainer(config_from_args(args), Path(args.out), pick_device(args.device), resume=False)
+    if not trainer.run():
+        return 130
+    weights = {f"raw.{k}": v for k, v in trainer.model.state_dict().items()}
+    weights.update({f"ema.{k}": v for k, v in trainer.sampling_model().state_dict().items()})
+    save_file({k: v.contiguous() for k, v in weights.items()}, Path(args.out) / f"rank{trainer.rank}.safetensors")
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
