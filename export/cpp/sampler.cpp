@@ -12,6 +12,7 @@
 #include <torch/script.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
@@ -181,11 +182,13 @@ int main(int argc, char** argv) {
     if (o.threads > 0) at::set_num_threads(o.threads);
     c10::InferenceMode guard;
     Model m = load_model(o.model);
+    const auto begin = std::chrono::steady_clock::now();
     std::vector<torch::Tensor> parts;
     for (int64_t start = 0; start < o.num; start += o.batch_size)
       parts.push_back(sample_batch(m, std::min(o.batch_size, o.num - start), start, o.seed, o.threads));
+    const std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - begin;
     write_npy(o.out, torch::cat(parts).contiguous());
-    std::cout << "wrote " << o.num << " samples to " << o.out << "\n";
+    std::cout << "wrote " << o.num << " samples to " << o.out << " (sampling " << seconds.count() << " s)\n";
   } catch (const std::exception& e) {
     std::cerr << "pyddpm-sampler-cpp: error: " << e.what() << "\n";
     return 2;
