@@ -68,7 +68,9 @@ def export_run(run_dir: str | Path, out: str | Path, formats=FORMATS, variance: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pyddpm-export", description=__doc__.split("\n\n")[0].split(";")[0] + ".")
+    summary, details = __doc__.split("\n\n", 1)
+    p = argparse.ArgumentParser(prog="pyddpm-export", description=summary.split(";")[0] + ".", epilog=details,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="run directory written by pyddpm-train")
     p.add_argument("--out", required=True, help="directory to write the exported files into (created if missing)")
     p.add_argument("--format", default="onnx,torchscript",
