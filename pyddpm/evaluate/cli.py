@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..checkpoint import CheckpointError, load_model, write_json
@@ -43,6 +44,8 @@ def draw_samples(model, config: dict, args) -> tuple[torch.Tensor, dict]:
     samples = generate_samples(model, config["data"], args.num, seed=args.seed, batch_size=args.batch_size,
                                steps=args.steps, variance=args.variance, progress=True)
     seconds = time.perf_counter() - start
+    if args.save_samples:
+        np.save(args.save_samples, samples.numpy())
     return samples, {"num_samples": args.num, "sampler": sampler_name(model.T, args.steps),
                      "variance": args.variance or model.variance, "seed": args.seed,
                      "sampling_seconds": round(seconds, 2), "seconds_per_sample": seconds / args.num}
@@ -164,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="images: IDX directory (default: the run's)")
     p.add_argument("--no-bound", action="store_true", help="images: skip the bound")
     p.add_argument("--no-samples", action="store_true", help="images: skip sampling and sample quality")
+    p.add_argument("--save-samples", default=None, metavar="FILE.npy",
+                   help="also write the samples the metrics were computed on (data space) to this .npy file")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--out", default=None,
                    help=f"JSON file to write (default RUN_DIR/{EVAL_FILE}); the samples' picture goes beside "
@@ -189,8 +194,10 @@ def main(argv=None) -> int:
             args.num = 5000 if toy else 1000
         out = Path(args.out) if args.out else Path(args.run_dir) / EVAL_FILE
         grid_path = out.with_suffix(".png")
+        start = time.perf_counter()
         with torch.no_grad():
             results = (evaluate_toy if toy else evaluate_images)(model, config, args, grid_path)
+        seconds = time.perf_counter() - start
     except (CheckpointError, ClassifierError, DataError, ValueError, RuntimeError) as err:
         print(f"pyddpm-eval: error: {err}", file=sys.stderr)
         return 2
@@ -198,7 +205,8 @@ def main(argv=None) -> int:
     title = (f"pyddpm-eval {args.run_dir}: {config['data']['name']}, {net['name']}, T = {diff['T']} on "
              f"{args.device}")
     record = {"run_dir": str(args.run_dir), "data": config["data"]["name"], "network": net, "diffusion": diff,
-              "device": str(args.device), **results}
+              "parameters": sum(p.numel() for p in model.network.parameters()), "device": str(args.device),
+              "eval_seconds": round(seconds, 1), **results}
     write_json(out, record)
     print(format_table(title, results))
     print(f"wrote {out}" + (f" and {grid_path}" if "samples" in results else ""))
