@@ -87,7 +87,8 @@ class DDPM(nn.Module):
         """sigma_t^2 of p_theta(x_{t-1} | x_t) (sec. 3.2): beta_t, or beta_tilde_t of eq. 7, float64.
 
         beta_tilde_1 = 0, so at t = 1 (the decoder of sec. 3.3) beta_tilde uses beta_tilde_2 instead, as Ho et
-        al.'s code does (its clipped posterior log-variance); Algorithm 2 adds no noise at t = 1 either way.
+        al.'s code does (its clipped posterior log-variance; their code also uses beta_tilde_2 at t = 1 for
+        sigma_t^2 = beta_t, where pyddpm keeps beta_1). Algorithm 2 adds no noise at t = 1 either way.
         """
         variance = variance or self.variance
         if variance not in VARIANCES:
