@@ -12,8 +12,9 @@ Backends:
     onnx        export/onnx_sampler.py with step.onnx under onnxruntime (numpy Philox noise included)
     onnx-step   the step.onnx session.run calls alone (noise precomputed), to separate onnxruntime's share
     torchscript sampler.pt's sample() (loop, step and Philox noise all in TorchScript)
-    cpp         export's pyddpm-sampler-cpp on sampler.pt (with --cpp PATH): its own timing of the loop, without
-                process start and model loading
+    cpp         export's pyddpm-sampler-cpp on sampler.pt (with --cpp PATH), from the loop time it reports: a run of
+                4 batches minus a run of 1 batch, i.e. 3 batches in steady state (no process start, model loading or
+                TorchScript's warm-up, which a fresh process pays in its first steps)
 
     python benchmarks/bench_export.py [--nets fc,unet,unet-ddpm] [--threads N] [--repeats N] [--steps N]
                                       [--batch-fc 1000] [--batch-image 64] [--cpp build/cpp/pyddpm-sampler-cpp]
@@ -106,9 +107,12 @@ def bench_net(net: str, batch: int, args, onnx_sampler) -> list[tuple[str, float
             results.append(("onnx-step", median_seconds(onnx_steps, args.repeats)))
             results.append(("torchscript", median_seconds(lambda: sampler.sample(batch, 0, 0), args.repeats)))
         if args.cpp:
-            command = [args.cpp, str(out / "sampler.pt"), "--num", str(batch), "--out", str(Path(tmp) / "c.npy"),
-                       "--threads", str(args.threads)]
-            results.append(("cpp", median_seconds(lambda: cpp_seconds(command), args.repeats, timed_by_fn=True)))
+            def cpp_steady_state():
+                command = [args.cpp, str(out / "sampler.pt"), "--batch-size", str(batch), "--out",
+                           str(Path(tmp) / "c.npy"), "--threads", str(args.threads), "--num"]
+                return (cpp_seconds(command + [str(4 * batch)]) - cpp_seconds(command + [str(batch)])) / 3
+
+            results.append(("cpp", median_seconds(cpp_steady_state, args.repeats, timed_by_fn=True)))
         return results
 
 
