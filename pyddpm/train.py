@@ -500,10 +500,17 @@ def _channel_list(text: str) -> list[int]:
     return channels
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each flag's default, except None: those flags state their default in words."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(
-        prog="pyddpm-train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="pyddpm-train", formatter_class=_HelpFormatter,
         description="Train a DDPM (Ho et al. 2020, Algorithm 1) and write a run directory with the weights "
                     "(safetensors), config.json, metrics.csv, loss.png, metrics.json and samples.png (toy data: "
                     "beside the true density; images: a grid, plus grids/epoch_NNN.png after every epoch). "
