@@ -8,6 +8,7 @@ PyTorch before the command reports success.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -61,7 +62,7 @@ def export_run(run_dir: str | Path, out: str | Path, formats=FORMATS, variance: 
                                    dynamo=exporter == DYNAMO)
             written.append((path, f"ONNX, {exporter} exporter"))
     if "torchscript" in formats:
-        value_range = None if metadata["value_range"] == "null" else data["value_range"]
+        value_range = json.loads(metadata["value_range"])  # images only: toy samples are not clamped
         for path in export_torchscript(step, coefs, list(data["shape"]), data, value_range, out, metadata, (x, t, z)):
             written.append((path, "TorchScript"))
     return written
