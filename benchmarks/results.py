@@ -48,6 +48,7 @@ class Budget:
     quality_samples: int  # samples per network for (2)
     quality_steps: int  # DDIM steps for (2)
     sampler_samples: int  # samples per sampler for (3)
+    long_fc: list[str]  # the flags that give the FcNetwork about the exercise U-Net's training wall time
     ddim_steps: list[int] = field(default_factory=lambda: [100, 50])
 
 
@@ -57,13 +58,13 @@ FULL = Budget(
     mnist_train=["--epochs", "1", "--num-train", "19200", "--batch-size", "64", "--lr", "1e-3", "--warmup", "50",
                  "--T", "1000", "--grid-samples", "0", "--checkpoint-every", "100"],
     bound_images=200, t_samples=10, full_bound_images=100, quality_samples=250, quality_steps=20,
-    sampler_samples=300)
+    sampler_samples=300, long_fc=["--num-train", "22699", "--epochs", "8"])
 QUICK = Budget(
     toy_train=["--epochs", "1", "--num-train", "20000", "--batch-size", "1000", "--T", "100", "--num-samples", "100"],
     toy_samples=500,
     mnist_train=["--epochs", "1", "--num-train", "256", "--batch-size", "64", "--T", "100", "--grid-samples", "0"],
     bound_images=20, t_samples=3, full_bound_images=10, quality_samples=30, quality_steps=5, sampler_samples=30,
-    ddim_steps=[20, 10])
+    long_fc=["--num-train", "256", "--epochs", "2"], ddim_steps=[20, 10])
 
 # (1) FcNetwork variants on the Chequerboard: (name, what changes, flags); data scale 32 (the toy default)
 TOY_VARIANTS = [
@@ -85,8 +86,6 @@ MNIST_NETS = [
     ("unet-ddpm", "DDPM U-Net, reduced for CPU: channels 32,64,64, 1 res. block, attention at 7x7",
      ["--net", "unet-ddpm", "--channels", "32,64,64", "--num-res-blocks", "1"]),
 ]
-# the FcNetwork again with ~the exercise U-Net's training wall time: 8 epochs of all training images
-LONG_FC = ("fc-long", "FcNetwork 1024 x 3 (as above), 8 epochs", ["--num-train", "22699", "--epochs", "8"])
 SAMPLER_NET = "fc-long"  # (3) runs on an FcNetwork: Algorithm 2 costs T network calls per sample
 
 
@@ -233,7 +232,8 @@ def main() -> None:
     # (2) MNIST networks -------------------------------------------------------------------------------
     classifier = ensure_classifier()
     mnist_rows = []
-    networks = [*MNIST_NETS, (LONG_FC[0], LONG_FC[1], [*MNIST_NETS[0][2], *LONG_FC[2]])]
+    networks = [*MNIST_NETS, ("fc-long", f"FcNetwork as above, `{' '.join(budget.long_fc)}`",
+                              [*MNIST_NETS[0][2], *budget.long_fc])]
     for name, what, flags in networks:
         run_dir = runs / f"mnist-{name}"
         train_metrics = train(run_dir, [*mnist, *budget.mnist_train, *flags])  # later flags override
@@ -336,7 +336,7 @@ def render(budget: Budget, classifier: dict, toy_rows, mnist_rows, sampler_rows,
     # (2)
     add("## 2. Can a fully connected network learn MNIST?\n")
     add(f"Three networks with the same training budget {flags(budget.mnist_train)} (seed 0, EMA 0.999 weights), "
-        f"on the shared MNIST training images, and the FcNetwork once more with `{' '.join(LONG_FC[2])}` (about the "
+        f"on the shared MNIST training images, and the FcNetwork once more with `{' '.join(budget.long_fc)}` (about the "
         "exercise U-Net's training wall time). Bits/dim on the first {budget.bound_images} test images with "
         f"`--t-samples {budget.t_samples}`; sample quality on {budget.quality_samples} samples drawn by DDIM with "
         f"{budget.quality_steps} steps (`pyddpm-eval RUN --steps {budget.quality_steps} --num "
@@ -360,6 +360,23 @@ def render(budget: Budget, classifier: dict, toy_rows, mnist_rows, sampler_rows,
     add("Bound parts (bits/dim, mean over images): L_T / sum L_(t-1) / L_0: " + "; ".join(
         f"{n}: {b['bound']['prior_L_T']:.1e} / {b['bound']['diffusion_sum_L_t']:.3f} / {b['bound']['decoder_L_0']:.3f}"
         for n, _, _, _, b, _, _ in mnist_rows) + ".\n")
+    by_name = {n: (what, tm, b["bound"], q["samples"]) for n, what, _, tm, b, q, _ in mnist_rows}
+
+    def summary(name: str) -> str:
+        _, tm, bb, ss = by_name[name]
+        return (f"{bb['bits_per_dim']:.2f} +- {bb['standard_error']:.2f} bits/dim, Frechet distance "
+                f"{ss['frechet_distance']:.0f}")
+
+    equal = [n for n, *_ in MNIST_NETS]
+    ranked = sorted(equal, key=lambda n: by_name[n][2]["bits_per_dim"])
+    floor = by_name["fc"][3]["floor"]["frechet_distance"]
+    add(f"**Answer.** At the equal budget of {by_name['fc'][1]['steps']} steps the ranking by bits/dim is "
+        + " < ".join(f"{by_name[n][0]} ({summary(n)})" for n in ranked)
+        + f"; the real-data floor of the Frechet distance is {floor:.0f}. Given {by_name['fc-long'][1]['steps']} "
+          f"steps ({by_name['fc-long'][1]['wall_seconds'] / 60:.0f} min, about the exercise U-Net's "
+          f"{by_name['unet'][1]['wall_seconds'] / 60:.0f} min), the FcNetwork reaches {summary('fc-long')}, "
+          f"with its samples' labels {by_name['fc-long'][3]['label_tv_from_uniform']:.2f} in total variation from "
+          f"uniform (real images: {by_name['fc-long'][3]['floor']['label_tv_from_uniform']:.2f}).\n")
 
     # (3)
     add("## 3. sigma_t^2 = beta_t vs beta_tilde_t, and DDPM (1000 steps) vs DDIM (50 / 100 steps)\n")
@@ -383,6 +400,16 @@ def render(budget: Budget, classifier: dict, toy_rows, mnist_rows, sampler_rows,
     add("| " + " | ".join(f"![{label}]({g})" for label, _, g in sampler_rows) + " |")
     add("\n![per-t terms of the bound](results/bound-per-t.png)\n")
     add("Where the bits go: the mean of each term L_(t-1) of the bound against t for the two variances.\n")
+    (_, beta_rec, _), (_, tilde_rec, _) = sampler_rows[:2]
+    b1, b2 = beta_rec["bound"]["bits_per_dim"], tilde_rec["bound"]["bits_per_dim"]
+    t_ddpm = beta_rec["samples"]["seconds_per_sample"]
+    add(f"**Answer.** For the bound, sigma_t^2 = beta_t gives {b1:.2f} bits/dim and beta_tilde_t {b2:.2f} "
+        f"(the {'larger' if b1 < b2 else 'smaller'} variance is the tighter bound for this network). For samples, "
+        f"the Frechet distances are {beta_rec['samples']['frechet_distance']:.0f} (beta_t) and "
+        f"{tilde_rec['samples']['frechet_distance']:.0f} (beta_tilde_t). DDIM is "
+        + ", ".join(f"{t_ddpm / rec['samples']['seconds_per_sample']:.0f}x faster with {label.split(',')[1].strip()} "
+                    f"(Frechet distance {rec['samples']['frechet_distance']:.0f})" for label, rec, _ in sampler_rows[2:])
+        + f" than Algorithm 2's {beta_rec['diffusion']['T']} steps.\n")
 
     add("## Reproduce\n")
     add("```\npython -m pyddpm.evaluate.classifier          # once: the MNIST classifier (cached)\n"
