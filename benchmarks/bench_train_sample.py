@@ -18,6 +18,7 @@ Weights are freshly initialised (speed does not depend on them).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import tempfile
@@ -90,7 +91,7 @@ def sample_images_per_s(net: str, args, device: torch.device) -> dict[str, float
         if kwargs["graph"] and device.type != "cuda":
             result[name] = None
             continue
-        ddim_sample(model, shape, 3, **kwargs)  # warm-up: same code path, 3 steps
+        ddim_sample(model, shape, min(3, args.sample_T), **kwargs)  # warm-up: same code path, 3 steps
         seconds = _median_seconds(lambda: ddpm_sample(model, shape, **kwargs), args.sample_repeats, device)
         result[name] = args.sample_batch / seconds
     return result
@@ -123,7 +124,7 @@ def main() -> None:
     nets = [n for n in args.nets.split(",") if n]
     batches = [int(b) for b in args.batches.split(",")]
 
-    name = torch.cuda.get_device_name(device) if cuda else f"{platform.processor() or 'CPU'}"
+    name = torch.cuda.get_device_name(device) if cuda else f"{platform.machine()}, {os.cpu_count()} cores"
     print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"fused extension {'with' if ops.cuda_built() else 'without'} CUDA")
     print(f"training: median of {args.repeats} x {args.train_steps} steps"
@@ -131,7 +132,7 @@ def main() -> None:
           f"sampling: T = {args.sample_T}, batch {args.sample_batch}, median of {args.sample_repeats}\n")
     header = ([f"train b{b} img/s" for b in batches] + ["100 ep x 60k (min)"]
               + [f"sample {s} img/s" for s in SAMPLERS] + ["fused/exercise", "graph/exercise"])
-    print(f"{'network':<10}" + "".join(f"{h:>21}" for h in header))
+    print(f"{'network':<10}" + "".join(f"{h:>23}" for h in header))
     for net in nets:
         train = [train_images_per_s(net, b, args, device) for b in batches]
         sample = sample_images_per_s(net, args, device)
@@ -139,7 +140,7 @@ def main() -> None:
         ratios = [None if sample[s] is None else sample[s] / sample["exercise"] for s in ("fused", "graph")]
         cells = ([_fmt(v) for v in train] + [_fmt(minutes)] + [_fmt(sample[s], 2) for s in SAMPLERS]
                  + [_fmt(r, 2) for r in ratios])
-        print(f"{net:<10}" + "".join(f"{c:>21}" for c in cells), flush=True)
+        print(f"{net:<10}" + "".join(f"{c:>23}" for c in cells), flush=True)
 
 
 if __name__ == "__main__":
