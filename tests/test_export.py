@@ -207,6 +207,7 @@ def test_missing_run_directory_is_a_clear_error(tmp_path, capsys):
 @pytest.mark.skipif(not unet_available("unet-ddpm")[0], reason=unet_available("unet-ddpm")[1])
 def test_ddpm_unet_round_trip(tmp_path_factory, tmp_path):
     out, run = exported(tmp_path_factory, "unet-ddpm"), trained_run(tmp_path_factory, "unet-ddpm")
+    assert "dynamo" in onnx_metadata(out / "step.onnx")["exporter"]  # attention exports without the fallback
     model, _ = load_model(run)
     x, z = torch.randn(3, 784), torch.randn(3, 784)
     for t in (1, model.T):

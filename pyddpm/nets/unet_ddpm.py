@@ -47,9 +47,10 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2).unbind(1)
-        attended = F.scaled_dot_product_attention(q, k, v)  # (b, h*w, c)
-        return x + self.out(attended.transpose(-1, -2).reshape(b, c, h, w))
+        # (b, 1 head, h*w, c): 4-D inputs, which the ONNX (dynamo) exporter converts
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, 1, c, h * w).transpose(-1, -2).unbind(1)
+        attended = F.scaled_dot_product_attention(q, k, v)  # (b, 1, h*w, c)
+        return x + self.out(attended.squeeze(1).transpose(-1, -2).reshape(b, c, h, w))
 
 
 class DDPMUNet(nn.Module):
