@@ -6,8 +6,8 @@ Sampling: images/s of Algorithm 2 with T steps at one batch size for
 
     exercise  the exercise-style loop: torch.randn per step and the plain-torch reference update
     fused     pyddpm eager: the network, then the fused C++/CUDA step drawing its noise in the kernel
-    graph     pyddpm with the network replayed from a CUDA graph, then the fused step (CUDA only; the
-              capture is inside the timed call)
+    graph     pyddpm replaying one captured whole step (network + scheduled fused update) from a CUDA graph
+              (CUDA only; the capture is inside the timed call)
 
 Every figure is the median over --repeats timed runs after a warm-up; ratios are against the exercise loop.
 Weights are freshly initialised (speed does not depend on them).

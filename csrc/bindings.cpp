@@ -104,6 +104,41 @@ void reverse_step(int device, int dtype, uintptr_t out, uintptr_t x_t, uintptr_t
 #endif
 }
 
+void reverse_step_scheduled(int device, int dtype, uintptr_t x_t, uintptr_t eps_hat, int64_t batch,
+                            int64_t numel_per_sample, uintptr_t table, uintptr_t steps,
+                            uintptr_t index, int64_t rows, bool clip, uint64_t seed,
+                            uint64_t sample_offset, uintptr_t stream, int num_threads) {
+  check_common(device, dtype, x_t, batch, numel_per_sample);
+  if (batch * numel_per_sample > 0 && eps_hat == 0)
+    throw std::invalid_argument("eps_hat must not be a null pointer");
+  if (table == 0 || steps == 0 || index == 0 || rows < 1)
+    throw std::invalid_argument("the schedule needs table, steps and index pointers and rows >= 1");
+  const pyddpm::Schedule sched{reinterpret_cast<const float*>(table),
+                               reinterpret_cast<const int64_t*>(steps),
+                               reinterpret_cast<const int64_t*>(index), rows};
+  const pyddpm::PhiloxArgs rng = philox_args(seed, 0, sample_offset);
+  py::gil_scoped_release release;
+  if (device == kCpu) {  // the schedule is in host memory: read the row here, then the usual kernel
+    const int64_t s = *sched.index;
+    if (s < 0 || s >= rows) return;
+    const pyddpm::StepCoef coef = pyddpm::schedule_row(sched.table + 8 * s, clip);
+    pyddpm::PhiloxArgs at_step = rng;
+    at_step.step = static_cast<uint32_t>(sched.steps[s]);
+    float* x = reinterpret_cast<float*>(x_t);
+    pyddpm::reverse_step_cpu(x, x, reinterpret_cast<const float*>(eps_hat), nullptr, batch,
+                             numel_per_sample, coef, at_step, num_threads);
+    return;
+  }
+#if defined(PYDDPM_WITH_CUDA)
+  pyddpm::reverse_step_scheduled_cuda(reinterpret_cast<void*>(x_t),
+                                      reinterpret_cast<const void*>(eps_hat),
+                                      static_cast<pyddpm::DType>(dtype), batch, numel_per_sample,
+                                      sched, clip, rng, stream);
+#else
+  (void)stream;
+#endif
+}
+
 void normal(int device, int dtype, uintptr_t out, int64_t batch, int64_t numel_per_sample,
             uint64_t seed, uint32_t step, uint64_t sample_offset, uintptr_t stream,
             int num_threads) {
@@ -154,6 +189,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("noise"), py::arg("batch"), py::arg("numel_per_sample"), py::arg("a"), py::arg("b"),
         py::arg("sigma"), py::arg("clip"), py::arg("c"), py::arg("p"), py::arg("q"), py::arg("lo"),
         py::arg("hi"), py::arg("seed"), py::arg("step"), py::arg("sample_offset"),
+        py::arg("stream"), py::arg("num_threads"));
+  m.def("reverse_step_scheduled", &reverse_step_scheduled,
+        "x_t <- the reverse step of schedule row s = *index: table[s] = (a, b, sigma, c, p, q, lo, hi), "
+        "Philox step steps[s], noise always from Philox(seed, ...). The schedule is read where the "
+        "kernel runs, so one CUDA graph replays every step.",
+        py::arg("device"), py::arg("dtype"), py::arg("x_t"), py::arg("eps_hat"), py::arg("batch"),
+        py::arg("numel_per_sample"), py::arg("table"), py::arg("steps"), py::arg("index"),
+        py::arg("rows"), py::arg("clip"), py::arg("seed"), py::arg("sample_offset"),
         py::arg("stream"), py::arg("num_threads"));
   m.def("normal", &normal,
         "Fills out (batch x numel_per_sample) with the Philox normals of samples sample_offset + i "

@@ -13,6 +13,8 @@
 
 #include <stdint.h>
 
+#include "philox.h"  // PYDDPM_HD
+
 namespace pyddpm {
 
 // Coefficients of one reverse step (binary32, as the kernels compute).
@@ -28,6 +30,32 @@ struct PhiloxArgs {
   uint32_t step = 0;           // 0 = x_T, t = 1..T = the reverse step at t
   uint64_t sample_offset = 0;  // global index of the first sample of this batch
 };
+
+// A schedule of K steps that the kernel reads at run time, so that one captured CUDA graph replays every
+// step of a sampling loop: it uses row s = *index of `table` (K x 8 binary32: a, b, sigma, c, p, q, lo, hi)
+// and Philox step steps[s]. All three pointers live where the kernel runs (device memory for CUDA). An
+// index outside [0, rows) leaves x untouched (nothing is read out of bounds).
+struct Schedule {
+  const float* table = nullptr;
+  const int64_t* steps = nullptr;
+  const int64_t* index = nullptr;
+  int64_t rows = 0;
+};
+
+// The coefficients of one schedule row (8 binary32 values in StepCoef's order).
+PYDDPM_HD StepCoef schedule_row(const float* row, bool clip) {
+  StepCoef k;
+  k.a = row[0];
+  k.b = row[1];
+  k.sigma = row[2];
+  k.c = row[3];
+  k.p = row[4];
+  k.q = row[5];
+  k.lo = row[6];
+  k.hi = row[7];
+  k.clip = clip;
+  return k;
+}
 
 // Storage types of the CUDA kernels (the CPU kernels take float32 only).
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
@@ -48,6 +76,11 @@ void reverse_step_cuda(void* out, const void* x, const void* eps, const void* no
                        const PhiloxArgs& rng, uintptr_t stream);
 void normal_cuda(void* out, DType dtype, int64_t batch, int64_t numel_per_sample,
                  const PhiloxArgs& rng, uintptr_t stream);
+// In place (x <- x_{t-1}) with the coefficients and Philox step of schedule row *sched.index; noise is
+// always drawn in the kernel (rng.step is ignored). Also a plain launch: capturable in a CUDA graph.
+void reverse_step_scheduled_cuda(void* x, const void* eps, DType dtype, int64_t batch,
+                                 int64_t numel_per_sample, const Schedule& sched, bool clip,
+                                 const PhiloxArgs& rng, uintptr_t stream);
 #endif
 
 }  // namespace pyddpm

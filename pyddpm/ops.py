@@ -263,6 +263,64 @@ def reverse_step(x_t: Tensor, eps_hat: Tensor, coef: StepCoefficients, *, noise:
     return out
 
 
+class StepSchedule(NamedTuple):
+    """The steps of one sampling loop on a device, for ``reverse_step_scheduled``: row s of ``table`` holds
+    (a, b, sigma, c, p, q, lo, hi) of the s-th step taken and ``steps[s]`` its Philox step (the t of Alg. 2);
+    ``index`` (0-dim int64) is the row the next call uses."""
+    table: Tensor
+    steps: Tensor
+    index: Tensor
+    clip: bool
+
+
+def step_schedule(coefs: Sequence[StepCoefficients], steps: Sequence[int], device="cpu") -> StepSchedule:
+    """The schedule of taking ``coefs[s]`` at Philox step ``steps[s]`` for s = 0, 1, ..., starting at row 0."""
+    if len(coefs) != len(steps) or not coefs:
+        raise ValueError(f"need one Philox step per coefficient row, got {len(coefs)} rows and {len(steps)} steps")
+    if len({c.clip for c in coefs}) != 1:
+        raise ValueError("every step of a schedule must have the same coef.clip")
+    for step in steps:
+        philox.check_counter_args(0, step, 0, 1)
+    table = torch.tensor([_coefficient_list(c) for c in coefs], dtype=torch.float32, device=device)
+    return StepSchedule(table, torch.tensor(list(steps), dtype=torch.int64, device=device),
+                        torch.zeros((), dtype=torch.int64, device=device), coefs[0].clip)
+
+
+def reverse_step_scheduled(x_t: Tensor, eps_hat: Tensor, schedule: StepSchedule, *, seed: int,
+                           sample_offset: int = 0) -> Tensor:
+    """x_t <- the reverse step of row ``schedule.index`` of the schedule, in place, with in-kernel Philox noise.
+
+    The row is read where the kernel runs and nothing waits for the host, so one CUDA graph holding the
+    network, this call and ``schedule.index.add_(1)`` replays every step of a sampling loop. The same call
+    with the row's coefficients to ``reverse_step`` gives the same bits.
+    """
+    _check_tensor("x_t", x_t, None)
+    _check_tensor("eps_hat", eps_hat, x_t)
+    for name, t in (("x_t", x_t), ("eps_hat", eps_hat)):
+        _check_fused(name, t)
+    for name, t, dtype in (("table", schedule.table, torch.float32), ("steps", schedule.steps, torch.int64),
+                           ("index", schedule.index, torch.int64)):
+        if t.device != x_t.device or t.dtype != dtype or not t.is_contiguous():
+            raise ValueError(f"schedule.{name} must be a contiguous {dtype} tensor on {x_t.device}")
+    if schedule.table.dim() != 2 or schedule.table.shape[1] != 8 or schedule.steps.shape != schedule.table.shape[:1]:
+        raise ValueError("schedule.table must have shape (K, 8) and schedule.steps shape (K,)")
+    if schedule.index.dim() != 0:
+        raise ValueError("schedule.index must be a 0-dim tensor")
+    seed, _, sample_offset = philox.check_counter_args(seed, 0, sample_offset, x_t.shape[0])
+    _require_extension(x_t.device)
+    _check_no_partial_overlap(x_t, {"eps_hat": eps_hat})
+    cuda = x_t.device.type == "cuda"
+    with torch.cuda.device(x_t.device) if cuda else contextlib.nullcontext():
+        _C.reverse_step_scheduled(
+            device=int(cuda), dtype=_DTYPE_CODES[x_t.dtype], x_t=x_t.data_ptr(), eps_hat=eps_hat.data_ptr(),
+            batch=x_t.shape[0], numel_per_sample=math.prod(x_t.shape[1:]), table=schedule.table.data_ptr(),
+            steps=schedule.steps.data_ptr(), index=schedule.index.data_ptr(), rows=schedule.table.shape[0],
+            clip=schedule.clip, seed=seed, sample_offset=sample_offset,
+            stream=torch.cuda.current_stream().cuda_stream if cuda else 0, num_threads=torch.get_num_threads())
+    torch.autograd.graph.increment_version(x_t)
+    return x_t
+
+
 def reverse_step_reference(x_t: Tensor, eps_hat: Tensor, coef: StepCoefficients, *, noise: Optional[Tensor] = None,
                            seed: Optional[int] = None, step: int = 0, sample_offset: int = 0) -> Tensor:
     """x_{t-1} of ``reverse_step`` in plain torch (the specification): float32 math, any device/layout, no out."""

@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="fused",
                    help="fused C++/CUDA step or the plain-torch reference (default fused)")
     p.add_argument("--graph", action=argparse.BooleanOptionalAction, default=None,
-                   help="replay each step's network evaluation from a CUDA graph (default: on for the fused "
-                        "backend on CUDA; same samples as without)")
+                   help="replay each whole step (network + fused update) from one CUDA graph (default: on for "
+                        "the fused backend on CUDA; same samples as without)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ... (default auto)")
     return p
 

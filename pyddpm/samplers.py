@@ -5,11 +5,10 @@ sample i depends only on (seed, i): not on the batch size, the device or the bac
 fused backend draws a seed from torch's global generator and the torch backend uses ``torch.randn``
 exactly as the exercise does.
 
-On CUDA the network evaluation of a step is captured once in a CUDA graph and replayed at every step (its
-inputs x_t and t live in static buffers), so a step costs three launches: filling t, the graph replay and
-the fused update, which writes x_{t-1} in place into the graph's input. The update itself stays outside
-the graph because the kernel takes its per-step coefficients and Philox step as launch arguments, which a
-replayed graph would freeze.
+On CUDA, with the fused backend, one whole step (the network's time input, eps_theta, the fused update and
+the advance to the next step) is captured once in a CUDA graph and replayed T times: the update reads its
+coefficients and Philox step from a schedule on the device (``ops.reverse_step_scheduled``), so a replay
+needs nothing from the host and gives the same samples as the eager loop.
 """
 from __future__ import annotations
 
@@ -73,27 +72,48 @@ def ddim_sample(
                          seed, backend, sample_offset, progress, graph)
 
 
-def capture_network(model, x: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
-    """(graph, t, eps_hat): one CUDA-graph capture of eps_theta(x, t) reading the static tensors ``x`` and
-    ``t`` (filled before each replay) and writing ``eps_hat``. Run under torch.no_grad()."""
-    device = x.device
-    t = model.time_input(model.T, x.shape[0])
-    with torch.cuda.device(device):
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # warm-up outside the capture: cuBLAS/cuDNN handles, lazy initialisation
-            for _ in range(2):
-                model.network(x, t)
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            eps_hat = model.network(x, t)
-    return graph, t, eps_hat
+def step_runner(model, x: torch.Tensor, timesteps, coefs, seed: int, sample_offset: int = 0):
+    """A function that takes the next step of the loop (``coefs[s]`` at step ``timesteps[s]``) on ``x`` in place.
+
+    Everything it does is device work that waits for nothing on the host (the step's row is read from a
+    schedule on the device), so one CUDA-graph capture of it replays every step. Run under torch.no_grad().
+    """
+    device, batch = x.device, x.shape[0]
+    schedule = ops.step_schedule(coefs, timesteps, device=device)
+    t_inputs = torch.tensor([(t - 1) / model.T for t in timesteps], device=device)  # = model.time_input(t)
+    t_in = t_inputs[:1].expand(batch, 1).clone()
+
+    def step() -> None:
+        t_in.copy_(t_inputs.index_select(0, schedule.index.reshape(1)).expand(batch, 1))
+        eps_hat = model.network(x, t_in).contiguous()
+        ops.reverse_step_scheduled(x, eps_hat, schedule, seed=seed, sample_offset=sample_offset)
+        schedule.index.add_(1)
+
+    step.warm_up = lambda: model.network(x, t_in)  # the network alone, leaving x and the schedule as they are
+    return step
+
+
+def capture_step(step) -> torch.cuda.CUDAGraph:
+    """One CUDA-graph capture of ``step`` (from ``step_runner``), after warming the network up on a side stream
+    (cuBLAS/cuDNN handles and lazy initialisation must not happen inside the capture)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step.warm_up()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph
 
 
 def _use_graph(graph: bool | None, backend: str, device: torch.device) -> bool:
     if graph is None:
         return device.type == "cuda" and backend == "fused"
+    if graph and backend != "fused":
+        raise ValueError("CUDA-graph sampling replays the fused step (backend='fused'); the torch reference "
+                         "samples eagerly (graph=False)")
     if graph and device.type != "cuda":
         raise ValueError(f"CUDA-graph sampling needs a CUDA device, the model is on {device}; "
                          "sample without --graph (graph=False)")
@@ -109,31 +129,28 @@ def _reverse_loop(model, shape, timesteps, coefs, seed, backend, sample_offset, 
     if seed is not None and not 0 <= int(seed) < 2**63:
         raise ValueError(f"seed must be an integer in [0, 2**63), got {seed}")
     device = model.beta.device
+    use_graph = _use_graph(graph, backend, device)
     if seed is None and backend == "fused":
         seed = int(torch.randint(0, 2**62, (1,)).item())
     if seed is None:
         x = torch.randn(shape, device=device)
     else:
         x = ops.normal_noise(shape, seed=seed, step=0, sample_offset=sample_offset, device=device, backend=backend)
+    steps = tqdm(list(zip(timesteps, coefs)), desc="sampling", unit="step", disable=not progress, leave=False)
     with torch.no_grad():
-        if _use_graph(graph, backend, device):
-            captured, t_static, eps_static = capture_network(model, x)
-        else:
-            captured = None
-        for t, coef in tqdm(list(zip(timesteps, coefs)), desc="sampling", unit="step", disable=not progress,
-                            leave=False):
-            if captured is not None:
-                t_static.fill_((t - 1) / model.T)  # = model.time_input(t, batch)
-                captured.replay()
-                eps_hat = eps_static
-            else:
-                eps_hat = model.network(x, model.time_input(t, shape[0]))
+        if use_graph:
+            with torch.cuda.device(device):
+                captured = capture_step(step_runner(model, x, timesteps, coefs, seed, sample_offset))
+                for _ in steps:
+                    captured.replay()
+            return x
+        for t, coef in steps:
+            eps_hat = model.network(x, model.time_input(t, shape[0])).contiguous()
             step_seed = seed if coef.sigma != 0 else None
             if backend == "fused":
                 x = ops.reverse_step(x, eps_hat, coef, seed=step_seed, step=t, sample_offset=sample_offset, out=x)
             else:
                 noise = torch.randn_like(x) if seed is None and coef.sigma != 0 else None
-                x_next = ops.reverse_step_reference(x, eps_hat, coef, noise=noise, seed=step_seed, step=t,
-                                                    sample_offset=sample_offset)
-                x = x.copy_(x_next) if captured is not None else x_next  # the graph reads x in place
+                x = ops.reverse_step_reference(x, eps_hat, coef, noise=noise, seed=step_seed, step=t,
+                                               sample_offset=sample_offset)
     return x

@@ -1,11 +1,12 @@
-"""CUDA-graph sampling: replaying the captured network gives the same samples as eager evaluation (CUDA tests skip
-cleanly without a GPU); on CPU asking for a graph is a clear error."""
+"""CUDA-graph sampling: replaying one captured whole step (network + scheduled fused update) gives the same samples
+as the eager loop (CUDA tests skip cleanly without a GPU); the step that is captured is checked on CPU too, and on
+CPU asking for a graph is a clear error."""
 import pytest
 import torch
 
 from pyddpm import DDPM, ops
 from pyddpm.nets import DDPMUNet, ExerciseUNet
-from pyddpm.samplers import ddim_sample, ddpm_sample
+from pyddpm.samplers import ddim_sample, ddpm_sample, step_runner
 from pyddpm.sample import generate_samples
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -49,12 +50,50 @@ def test_graph_replay_equals_eager_ddim(eta):
     torch.testing.assert_close(graphed, eager, rtol=0, atol=1e-5)
 
 
-@cuda
-def test_graph_with_the_reference_step_equals_eager():
-    model = tiny_model(device="cuda")
-    eager = ddpm_sample(model, (4, 784), seed=1, backend="torch", graph=False)
-    graphed = ddpm_sample(model, (4, 784), seed=1, backend="torch", graph=True)
-    torch.testing.assert_close(graphed, eager, rtol=0, atol=1e-5)
+@pytest.mark.parametrize("variance, clip", [("beta", False), ("beta_tilde", True)])
+def test_the_captured_step_run_eagerly_equals_the_eager_loop_on_cpu(variance, clip):
+    """What the graph captures (time input from the device-side schedule, network, scheduled update, advance)
+    gives the eager loop's bits; on CUDA the same function is captured and replayed."""
+    model = tiny_model(T=12)
+    eager = ddpm_sample(model, (3, 784), seed=9, sample_offset=5, variance=variance, clip=clip, graph=False)
+    x = ops.normal_noise((3, 784), seed=9, sample_offset=5)
+    timesteps = list(range(model.T, 0, -1))
+    coefs = model.step_coefficients(variance, clip)
+    step = step_runner(model, x, timesteps, [coefs[t - 1] for t in timesteps], seed=9, sample_offset=5)
+    with torch.no_grad():
+        for _ in timesteps:
+            step()
+    assert torch.equal(x, eager)
+    ddim = ddim_sample(model, (3, 784), 4, eta=1.0, seed=2, graph=False)
+    x = ops.normal_noise((3, 784), seed=2)
+    timesteps = model.ddim_timesteps(4)
+    step = step_runner(model, x, timesteps, model.ddim_coefficients(timesteps, 1.0), seed=2)
+    with torch.no_grad():
+        for _ in timesteps:
+            step()
+    assert torch.equal(x, ddim)
+
+
+def test_scheduled_step_equals_the_plain_fused_step_and_ignores_rows_out_of_range():
+    g = torch.Generator().manual_seed(4)
+    x, eps = torch.randn(5, 37, generator=g), torch.randn(5, 37, generator=g)
+    coefs = [ops.StepCoefficients(1.01, -0.3, 0.2), ops.StepCoefficients(0.9, 0.1, 0.0)]
+    schedule = ops.step_schedule(coefs, [7, 1])
+    for s, (coef, t) in enumerate(zip(coefs, [7, 1])):
+        expected = ops.reverse_step(x, eps, coef, seed=11 if coef.sigma else None, step=t, sample_offset=2)
+        got = ops.reverse_step_scheduled(x.clone(), eps, schedule, seed=11, sample_offset=2)
+        assert torch.equal(got, expected), s
+        schedule.index.add_(1)
+    assert torch.equal(ops.reverse_step_scheduled(x.clone(), eps, schedule, seed=11), x)  # index 2 of 2 rows
+    with pytest.raises(ValueError, match="same coef.clip"):
+        ops.step_schedule([coefs[0], coefs[1]._replace(clip=True)], [2, 1])
+    with pytest.raises(ValueError, match="one Philox step per coefficient row"):
+        ops.step_schedule(coefs, [1])
+
+
+def test_graph_needs_the_fused_backend():
+    with pytest.raises(ValueError, match="backend='fused'"):
+        ddpm_sample(tiny_model(), (2, 784), seed=1, backend="torch", graph=True)
 
 
 @cuda

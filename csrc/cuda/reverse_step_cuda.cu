@@ -108,10 +108,19 @@ struct PhiloxParams {
 };
 
 // One thread per Philox call (4 consecutive elements of one sample). kNormalOnly: out = z, x and eps
-// unused. vec: n % 4 == 0 and every pointer 4-element aligned.
+// unused. vec: n % 4 == 0 and every pointer 4-element aligned. With sched.index set, the coefficients
+// and the Philox step come from the schedule row *sched.index (k.clip is kept), and sigma = 0 adds no
+// noise; otherwise the caller launches it only when sigma != 0.
 template <typename T, bool kNormalOnly>
 __global__ void philox_kernel(T* out, const T* x, const T* eps, PhiloxParams P, StepCoef k,
-                              bool vec) {
+                              bool vec, Schedule sched) {
+  if (sched.index != nullptr) {
+    const int64_t s = *sched.index;
+    if (s < 0 || s >= sched.rows) return;
+    k = schedule_row(sched.table + 8 * s, k.clip);
+    P.step = static_cast<uint32_t>(sched.steps[s]);
+  }
+  const bool noise = kNormalOnly || k.sigma != 0.f;
   const int64_t work = P.batch * P.groups;
   const bool narrow = work <= 0xffffffffLL;  // 32-bit division is much cheaper
   for (int64_t h = thread_index(); h < work; h += grid_stride()) {
@@ -119,9 +128,10 @@ __global__ void philox_kernel(T* out, const T* x, const T* eps, PhiloxParams P, 
                                                     static_cast<uint32_t>(P.groups))
                              : h / P.groups;
     const int64_t g = h - i * P.groups;
-    float z[4];
-    philox::normals4(static_cast<uint32_t>(g), P.sample_offset + static_cast<uint64_t>(i), P.step,
-                     P.k0, P.k1, z[0], z[1], z[2], z[3]);
+    float z[4] = {0.f, 0.f, 0.f, 0.f};
+    if (noise)
+      philox::normals4(static_cast<uint32_t>(g), P.sample_offset + static_cast<uint64_t>(i), P.step,
+                       P.k0, P.k1, z[0], z[1], z[2], z[3]);
     const int64_t base = i * P.n + 4 * g;
     if (vec) {
       float o[4];
@@ -133,7 +143,7 @@ __global__ void philox_kernel(T* out, const T* x, const T* eps, PhiloxParams P, 
         load<T, 4>(x + base, xv);
         load<T, 4>(eps + base, ev);
 #pragma unroll
-        for (int l = 0; l < 4; ++l) o[l] = step_value(xv[l], ev[l], z[l], k, true);
+        for (int l = 0; l < 4; ++l) o[l] = step_value(xv[l], ev[l], z[l], k, noise);
       }
       store<T, 4>(out + base, o);
     } else {
@@ -144,7 +154,7 @@ __global__ void philox_kernel(T* out, const T* x, const T* eps, PhiloxParams P, 
           const int64_t j = base + l;
           out[j] = from_float<T>(kNormalOnly ? z[l]
                                              : step_value(to_float(x[j]), to_float(eps[j]), z[l],
-                                                          k, true));
+                                                          k, noise));
         }
       }
     }
@@ -197,7 +207,8 @@ void launch_step(void* out_, const void* x_, const void* eps_, const void* noise
     const size_t pack = 4 * sizeof(T);
     const bool vec = n % 4 == 0 && aligned(out, pack) && aligned(x, pack) && aligned(eps, pack);
     const int64_t work = batch * P.groups;
-    philox_kernel<T, false><<<grid_for(work), kThreads, 0, stream>>>(out, x, eps, P, coef, vec);
+    philox_kernel<T, false>
+        <<<grid_for(work), kThreads, 0, stream>>>(out, x, eps, P, coef, vec, Schedule{});
   } else {
     const T* z = coef.sigma != 0.f ? noise : nullptr;
     const bool vec = aligned(out, 16) && aligned(x, 16) && aligned(eps, 16) && aligned(z, 16);
@@ -216,7 +227,22 @@ void launch_normal(void* out_, int64_t batch, int64_t n, const PhiloxArgs& rng,
   const bool vec = n % 4 == 0 && aligned(out, 4 * sizeof(T));
   philox_kernel<T, true>
       <<<grid_for(batch * P.groups), kThreads, 0, stream>>>(out, nullptr, nullptr, P, StepCoef{},
-                                                           vec);
+                                                           vec, Schedule{});
+  check_launch();
+}
+
+template <typename T>
+void launch_scheduled(void* x_, const void* eps_, int64_t batch, int64_t n, const Schedule& sched,
+                      bool clip, const PhiloxArgs& rng, cudaStream_t stream) {
+  T* x = static_cast<T*>(x_);
+  const T* eps = static_cast<const T*>(eps_);
+  const PhiloxParams P = philox_params(batch, n, rng);
+  const size_t pack = 4 * sizeof(T);
+  const bool vec = n % 4 == 0 && aligned(x, pack) && aligned(eps, pack);
+  StepCoef clip_only;
+  clip_only.clip = clip;
+  philox_kernel<T, false>
+      <<<grid_for(batch * P.groups), kThreads, 0, stream>>>(x, x, eps, P, clip_only, vec, sched);
   check_launch();
 }
 
@@ -234,6 +260,22 @@ void reverse_step_cuda(void* out, const void* x, const void* eps, const void* no
       return launch_step<__half>(out, x, eps, noise, batch, numel_per_sample, coef, rng, s);
     case DType::kBFloat16:
       return launch_step<__nv_bfloat16>(out, x, eps, noise, batch, numel_per_sample, coef, rng, s);
+  }
+  throw std::invalid_argument("pyddpm._C: unknown dtype code");
+}
+
+void reverse_step_scheduled_cuda(void* x, const void* eps, DType dtype, int64_t batch,
+                                 int64_t numel_per_sample, const Schedule& sched, bool clip,
+                                 const PhiloxArgs& rng, uintptr_t stream) {
+  if (batch * numel_per_sample == 0) return;
+  cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+  switch (dtype) {
+    case DType::kFloat32:
+      return launch_scheduled<float>(x, eps, batch, numel_per_sample, sched, clip, rng, s);
+    case DType::kFloat16:
+      return launch_scheduled<__half>(x, eps, batch, numel_per_sample, sched, clip, rng, s);
+    case DType::kBFloat16:
+      return launch_scheduled<__nv_bfloat16>(x, eps, batch, numel_per_sample, sched, clip, rng, s);
   }
   throw std::invalid_argument("pyddpm._C: unknown dtype code");
 }
