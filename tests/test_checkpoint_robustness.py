@@ -81,7 +81,7 @@ def test_sigint_saves_a_loadable_checkpoint_and_the_run_resumes(tmp_path):
     args = TINY + ["--net", "fc", "--hidden", "32", "--depth", "1", "--epochs", "1000", "--checkpoint-every",
                    "100000", "--out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "pyddpm.train", *args], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "pyddpm.train", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120

@@ -20,8 +20,7 @@ def test_two_process_gloo_run_ends_with_identical_parameters(tmp_path):
     args = ["--data", "mnist", "--data-dir", str(SHARED), "--net", "unet", "--channels", "4,8",
             "--num-train", "320", "--batch-size", "16", "--epochs", "2", "--T", "50", "--checkpoint-every", "15",
             "--grid-samples", "4", "--grid-steps", "2", "--device", "cpu", "--out", str(out)]
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # pyddpm as this test process imports it (installed in CI)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              str(ROOT / "tests" / "ddp_worker.py"), *args],
                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)

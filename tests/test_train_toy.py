@@ -120,5 +120,5 @@ def test_bad_sample_output_is_a_clear_error(tiny_run, tmp_path, capsys):
 
 def test_train_module_runs_as_a_script(tiny_run):
     result = subprocess.run([sys.executable, "-m", "pyddpm.sample", str(tiny_run), "--num", "10", "--out",
-                             str(tiny_run / "m.npy")], capture_output=True, text=True, timeout=300)
+                             str(tiny_run / "m.npy")], capture_output=True, text=True, timeout=300, cwd=tiny_run)
     assert result.returncode == 0, result.stderr
