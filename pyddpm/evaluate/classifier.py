@@ -65,7 +65,8 @@ class ImageClassifier(nn.Module):
 
 
 def default_classifier_path(data: str = "mnist") -> Path:
-    """``$PYDDPM_CACHE`` (else ``$XDG_CACHE_HOME/pyddpm``, else ``~/.cache/pyddpm``) / ``DATA-classifier.safetensors``."""
+    """Where the classifier of ``data`` is cached: ``DATA-classifier.safetensors`` in ``$PYDDPM_CACHE``, else in
+    ``$XDG_CACHE_HOME/pyddpm``, else in ``~/.cache/pyddpm``."""
     root = os.environ.get("PYDDPM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pyddpm"
     return Path(root) / f"{canonical_name(data)}-classifier.safetensors"
 
@@ -187,7 +188,8 @@ def main(argv=None) -> int:
                                 description="Train the classifier that pyddpm-eval's Frechet distance, label histogram "
                                             "and confidence use, and cache it with its SHA-256.")
     p.add_argument("--data", default="mnist", help="mnist or fashion-mnist (default mnist)")
-    p.add_argument("--data-dir", default=None, help="directory with the IDX files (default: the data set's usual place)")
+    p.add_argument("--data-dir", default=None,
+                   help="directory with the IDX files (default: the data set's usual place)")
     p.add_argument("--out", default=None, help="classifier file (default ~/.cache/pyddpm/DATA-classifier.safetensors; "
                                               "$PYDDPM_CACHE or $XDG_CACHE_HOME move it)")
     p.add_argument("--epochs", type=int, default=8, help="passes over the training split (default 8)")

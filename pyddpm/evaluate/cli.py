@@ -145,8 +145,8 @@ def format_table(title: str, results: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pyddpm-eval", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    summary = __doc__.split("\n\n")[0].split(": ", 1)[1]
+    p = argparse.ArgumentParser(prog="pyddpm-eval", description=summary[0].upper() + summary[1:])
     p.add_argument("run_dir", help="run directory written by pyddpm-train")
     p.add_argument("--num", type=int, default=None,
                    help="samples to draw (default 5000 for toy data, 1000 for images)")
@@ -155,12 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "L_0 exact) instead of computing all T terms")
     p.add_argument("--test-images", type=int, default=None,
                    help="images: evaluate the bound on the first N test images (default: all)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per network call (bound and sampling)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="images per network call, bound and sampling (default 256)")
     p.add_argument("--steps", type=int, default=None, metavar="K",
                    help="sample with DDIM in K steps instead of Algorithm 2's T steps")
     p.add_argument("--variance", choices=["beta", "beta_tilde"], default=None,
                    help="sigma_t^2 of p_theta for the bound and the sampler (default: the run's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the samples, the bound's noise and the floor's images")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the samples, the bound's noise and the floor's images (default 0)")
     p.add_argument("--classifier", default=None,
                    help="images: the classifier file (default ~/.cache/pyddpm/DATA-classifier.safetensors, "
                         "trained once by `python -m pyddpm.evaluate.classifier`)")
@@ -169,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-samples", action="store_true", help="images: skip sampling and sample quality")
     p.add_argument("--save-samples", default=None, metavar="FILE.npy",
                    help="also write the samples the metrics were computed on (data space) to this .npy file")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ... (default auto)")
     p.add_argument("--out", default=None,
                    help=f"JSON file to write (default RUN_DIR/{EVAL_FILE}); the samples' picture goes beside "
                         "it with the suffix .png")
