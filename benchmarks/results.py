@@ -389,17 +389,25 @@ def render(budget: Budget, classifier: dict, toy_rows, mnist_rows, studies, args
     add(f"**Answer.** At the equal budget of {by_name['fc'][1]['steps']} steps the ranking by bits/dim is "
         + " < ".join(f"{by_name[n][0]} ({summary(n)})" for n in ranked)
         + f"; the real-data floor of the Frechet distance is {floor:.0f}. Given {by_name['fc-long'][1]['steps']} "
-          f"steps ({by_name['fc-long'][1]['wall_seconds'] / 60:.0f} min; the exercise U-Net's {by_name['unet'][1]['steps']} took "
-          f"{by_name['unet'][1]['wall_seconds'] / 60:.0f} min), the FcNetwork reaches {summary('fc-long')}, "
+          f"steps ({by_name['fc-long'][1]['wall_seconds'] / 60:.0f} min; the exercise U-Net's "
+          f"{by_name['unet'][1]['steps']} took {by_name['unet'][1]['wall_seconds'] / 60:.0f} min), the FcNetwork "
+          f"reaches {summary('fc-long')}, "
           f"with its samples' labels {by_name['fc-long'][3]['label_tv_from_uniform']:.2f} in total variation from "
           f"uniform (real images: {by_name['fc-long'][3]['floor']['label_tv_from_uniform']:.2f}).")
-    fc_long, unet = by_name["fc-long"][2]["bits_per_dim"], by_name["unet"][2]["bits_per_dim"]
+
+    def versus(name: str) -> str:
+        """fc-long's bound against ``name``'s, in combined standard errors."""
+        a, b = by_name["fc-long"][2], by_name[name][2]
+        z = (a["bits_per_dim"] - b["bits_per_dim"]) / math.hypot(a["standard_error"], b["standard_error"])
+        where = "level with" if abs(z) < 2 else ("behind" if z > 0 else "ahead of")
+        return (f"{where} {by_name[name][0]} after {by_name[name][1]['steps']} ({b['bits_per_dim']:.2f} +- "
+                f"{b['standard_error']:.2f}; {abs(z):.1f} combined standard errors apart)")
+
     one_class = [n for n in by_name if by_name[n][3]["label_tv_from_uniform"] > 0.89]  # 0.9 = all in one class
     ratio = min(v[3]["frechet_distance"] / v[3]["floor"]["frechet_distance"] for v in by_name.values())
-    add(f"So at these budgets the FcNetwork {'does not' if fc_long > unet else 'does'} match the convolutional "
-        f"networks: after {by_name['fc-long'][1]['steps']} steps its bound is {fc_long:.2f} bits/dim against "
-        f"{unet:.2f} for the exercise U-Net after {by_name['unet'][1]['steps']}"
-        + (f", and the classifier puts every sample of {', '.join(one_class)} into one class" if one_class else "")
+    add(f"So after {by_name['fc-long'][1]['steps']} steps the FcNetwork's bound is {versus('unet')} and "
+        f"{versus('unet-ddpm')}"
+        + (f"; the classifier puts every sample of {', '.join(one_class)} into one class" if one_class else "")
         + f". No model is close to real digits yet (every Frechet distance is at least {ratio:.0f}x its floor): "
           "these are CPU-minute budgets, and the ranking, not the level, is the result.\n")
 
