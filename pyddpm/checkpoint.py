@@ -84,7 +84,7 @@ def read_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
     data = path.read_bytes()
     try:
         tensors = load_safetensors(data)
-        metadata = _read_metadata(data)
+        metadata = read_safetensors_metadata(data)
         config = json.loads(metadata["config"])
         state = json.loads(metadata["state"])
     except (SafetensorError, KeyError, ValueError) as err:
@@ -97,7 +97,8 @@ def read_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
     return Checkpoint(config=config, state=state, tensors=tensors)
 
 
-def _read_metadata(data: bytes) -> dict:
+def read_safetensors_metadata(data: bytes) -> dict:
+    """The ``__metadata__`` string table of a safetensors file's header (``ValueError`` if unreadable)."""
     if len(data) < 8:
         raise ValueError("file too short")
     header_len = int.from_bytes(data[:8], "little")

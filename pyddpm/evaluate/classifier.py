@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..checkpoint import _read_metadata, write_atomic
+from ..checkpoint import read_safetensors_metadata, write_atomic
 from ..data import IMAGE_DATASETS, DataError, canonical_name, load_images
 
 MIN_TEST_ACCURACY = {"mnist": 0.99, "fashion-mnist": 0.90}
@@ -108,7 +108,7 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
                               f"Delete it and {retrain}")
     try:
         tensors = load_safetensors(data)
-        metadata = _read_metadata(data)
+        metadata = read_safetensors_metadata(data)
         settings, info = json.loads(metadata["settings"]), json.loads(metadata["info"])
         model = ImageClassifier(tuple(settings["channels"]), settings["features"], settings["classes"])
         model.load_state_dict(tensors)
