@@ -54,7 +54,7 @@ class Budget:
 
 FULL = Budget(
     toy_train=["--epochs", "2", "--num-train", "1000000", "--batch-size", "1000", "--T", "1000",
-               "--num-samples", "500"],
+               "--data-scale", "32", "--num-samples", "500"],
     toy_samples=2000,
     mnist_train=["--epochs", "1", "--num-train", "19200", "--batch-size", "64", "--lr", "1e-3", "--warmup", "50",
                  "--T", "1000", "--grid-samples", "0", "--checkpoint-every", "100"],
@@ -71,7 +71,7 @@ QUICK = Budget(
                      ("unet", 8, ["--test-images", "10", "--t-samples", "3"])],
     long_fc=["--num-train", "256", "--epochs", "2"], ddim_steps=[20, 10])
 
-# (1) FcNetwork variants on the Chequerboard: (name, what changes, flags); data scale 32 (the toy default)
+# (1) FcNetwork variants on the Chequerboard: (name, what changes, flags); data scale 32 in the budget
 TOY_VARIANTS = [
     ("exercise", "the exercise's network", ["--hidden", "64", "--depth", "2", "--activation", "relu",
                                              "--time-embedding", "linear"]),
@@ -82,7 +82,7 @@ TOY_VARIANTS = [
     ("silu", "ReLU -> SiLU", ["--hidden", "64", "--depth", "2", "--activation", "silu", "--time-embedding", "linear"]),
     ("sinusoidal", "t -> sinusoidal embedding", ["--hidden", "64", "--depth", "2", "--activation", "relu",
                                                   "--time-embedding", "sinusoidal"]),
-    ("all", "all four (the toy default)", ["--hidden", "256", "--depth", "4", "--activation", "silu",
+    ("all", "all four (the default network)", ["--hidden", "256", "--depth", "4", "--activation", "silu",
                                           "--time-embedding", "sinusoidal"]),
 ]
 # (2) networks on MNIST
@@ -323,8 +323,7 @@ def render(budget: Budget, classifier: dict, toy_rows, mnist_rows, studies, args
 
     # (1)
     add("## 1. Can the Chequerboard fit be improved by the architecture?\n")
-    add(f"Six FcNetwork variants trained with the same budget {flags(budget.toy_train)} (data scale 32, the toy "
-        f"default; seed 0), each measured on {budget.toy_samples} samples from Algorithm 2 with all "
+    add(f"Six FcNetwork variants trained with the same budget {flags(budget.toy_train)} (seed 0), each measured on {budget.toy_samples} samples from Algorithm 2 with all "
         f"T = {toy_rows[0][4]['diffusion']['T']} steps "
         "(`pyddpm-eval RUN --num N`). Support fraction: samples inside the five squares (truth: 100%). Energy "
         "distance to fresh true samples, beside its floor (two true samples of the same size).\n")

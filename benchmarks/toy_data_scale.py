@@ -3,7 +3,7 @@
 The model sees (x - 0.5) * scale. Every run has the default budget of `pyddpm-train` (same network, steps,
 seed); only --data-scale changes. Prints a table of the toy metrics per scale (quality, not speed).
 
-    python benchmarks/toy_data_scale.py [--scales 2 8 16 32 64] [--data cb] [--out runs/scale-sweep]
+    python benchmarks/toy_data_scale.py [--scales 2 8 16 32 64 128] [--data cb] [--out runs/scale-sweep]
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pyddpm.train import main as train_main
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scales", type=float, nargs="+", default=[2, 8, 16, 32, 64])
+    p.add_argument("--scales", type=float, nargs="+", default=[2, 8, 16, 32, 64, 128])
     p.add_argument("--data", default="cb")
     p.add_argument("--out", default="runs/scale-sweep")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more pyddpm-train flags")

@@ -80,13 +80,13 @@ class TrainConfig:
     compile: bool = False
 
     def resolved_scale(self) -> float:
-        """The data scale: as given, else 32 for the toy sets (chosen by measurement, see README) and 2 for images."""
+        """The data scale: as given, else 64 for the toy sets (chosen by measurement, see README) and 2 for images."""
         if self.data_scale is not None:
             return self.data_scale
         return TOY_DATA_SCALE if is_toy(self.data) else 2.0
 
 
-TOY_DATA_SCALE = 32.0
+TOY_DATA_SCALE = 64.0
 
 
 class NonFiniteLoss(RuntimeError):
@@ -527,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fetch missing image files through torchvision into the data directory (nothing is "
                         "downloaded without this flag)")
     g.add_argument("--data-scale", type=float, default=None,
-                   help="the model sees (x - 0.5) * scale; default 32 for toy data (measured, see README), "
+                   help="the model sees (x - 0.5) * scale; default 64 for toy data (measured, see README), "
                         "2 for images (the exercise's [-1, 1])")
     g.add_argument("--num-train", type=int, default=d.num_train,
                    help="toy data: training set size; images: use at most the first N training images")
