@@ -381,6 +381,10 @@ class Trainer:
             raise
         finally:
             bar.close()
+        if self.world > 1:
+            # Leave together: a gloo rank that tears its process group down while a peer's last messages are
+            # still in flight can abort ("terminate called without an active exception").
+            dist.barrier()
         if stopping and self.master:
             print(f"stopped at step {self.step}; checkpoint saved. Continue with: pyddpm-train --resume {self.out}",
                   file=sys.stderr)
