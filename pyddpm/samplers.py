@@ -80,7 +80,7 @@ def step_runner(model, x: torch.Tensor, timesteps, coefs, seed: int, sample_offs
     """
     device, batch = x.device, x.shape[0]
     schedule = ops.step_schedule(coefs, timesteps, device=device)
-    t_inputs = torch.tensor([(t - 1) / model.T for t in timesteps], device=device)  # = model.time_input(t)
+    t_inputs = model.time_input(torch.tensor(list(timesteps), device=device))  # (K, 1): row s for step s
     t_in = t_inputs[:1].expand(batch, 1).clone()
 
     def step() -> None:
