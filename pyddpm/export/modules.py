@@ -8,21 +8,49 @@ z is ignored at t = 1 (sigma_1 = 0).
 """
 from __future__ import annotations
 
+import copy
 from typing import List
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ..ops import StepCoefficients
 from .noise import PhiloxNormal
 
 
+class StableLogSigmoid(nn.Module):
+    """log sigmoid(x) as -softplus(-x). The exporters write nn.LogSigmoid as Log(Sigmoid(x)), which is -inf once
+    Sigmoid underflows (x < -88 in float32; a trained exercise U-Net reaches -145), and then NaN downstream;
+    ONNX Softplus and torch's softplus stay finite and exact there."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return -F.softplus(-x)
+
+
+_STABLE_FOR_EXPORT = {nn.LogSigmoid: StableLogSigmoid}
+
+
+def stable_for_export(network: nn.Module) -> nn.Module:
+    """A copy of ``network`` with every activation the exporters translate unstably replaced by a stable
+    equivalent (the same function); ``network`` itself when it has none, and is left as it is either way."""
+    if not any(type(m) in _STABLE_FOR_EXPORT for m in network.modules()):
+        return network
+    network = copy.deepcopy(network)
+    for module in network.modules():
+        for name, child in module.named_children():
+            if type(child) in _STABLE_FOR_EXPORT:
+                setattr(module, name, _STABLE_FOR_EXPORT[type(child)]())
+    return network
+
+
 class Denoiser(nn.Module):
-    """eps_theta(x_t, t) for 1-based integer steps t of shape (batch,); any network pyddpm trains."""
+    """eps_theta(x_t, t) for 1-based integer steps t of shape (batch,); any network pyddpm trains, with its
+    activations in the stable form of ``stable_for_export``."""
 
     def __init__(self, network: nn.Module, T: int):
         super().__init__()
-        self.network = network
+        self.network = stable_for_export(network)
         self.T = T
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
