@@ -12,7 +12,8 @@ from export_runs import exported, pyddpm_samples, trained_run, unet_available
 
 from pyddpm import philox
 from pyddpm.checkpoint import load_model
-from pyddpm.export import EXPORT_FORMAT, NOISE_SPEC, ExportError, main
+from pyddpm.cli.export import main
+from pyddpm.export import EXPORT_FORMAT, NOISE_SPEC, ExportError
 from pyddpm.export.metadata import METADATA_FILE
 from pyddpm.export.noise import PhiloxNormal
 from pyddpm.export.torchscript import trace_network

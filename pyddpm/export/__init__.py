@@ -3,8 +3,8 @@
 Files: ``denoiser.onnx``/``step.onnx`` (``onnx_export``), ``denoiser.pt``/``sampler.pt`` (``torchscript``), the
 modules they hold (``modules``), their metadata (``metadata``) and the TorchScript Philox noise (``noise``).
 """
-from .cli import FORMATS, export_run, main
+from .run import FORMATS, export_run
 from .metadata import EXPORT_FORMAT, NOISE_SPEC
 from .onnx_export import ExportError
 
-__all__ = ["EXPORT_FORMAT", "FORMATS", "NOISE_SPEC", "ExportError", "export_run", "main"]
+__all__ = ["EXPORT_FORMAT", "FORMATS", "NOISE_SPEC", "ExportError", "export_run"]
