@@ -35,10 +35,10 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
-from pyddpm.checkpoint import build_model, load_model, save_checkpoint
+from pyddpm.store import build_model, load_model, save_checkpoint
 from pyddpm.export import export_run
 from pyddpm.samplers import ddpm_sample
-from pyddpm.train import TrainConfig, run_config
+from pyddpm.config import TrainConfig, run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NETS = {"fc": ("chequerboard", 2), "unet": ("mnist", 784), "unet-ddpm": ("mnist", 784)}

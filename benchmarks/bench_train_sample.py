@@ -28,10 +28,11 @@ from pathlib import Path
 import torch
 
 from pyddpm import ops
-from pyddpm.checkpoint import build_model
-from pyddpm.sample import pick_device
+from pyddpm.store import build_model
+from pyddpm.cli.common import pick_device
 from pyddpm.samplers import ddim_sample, ddpm_sample
-from pyddpm.train import Trainer, TrainConfig, network_settings
+from pyddpm.config import TrainConfig, network_settings
+from pyddpm.train import Trainer
 
 NETS = ("fc", "unet", "unet-ddpm")
 SAMPLERS = {  # name -> keyword arguments of ddpm_sample

@@ -121,7 +121,7 @@ def train(run_dir: Path, flags: list[str]) -> dict:
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         resume = (run_dir / "checkpoint.safetensors").exists()
-        run("pyddpm.train", ["--resume", str(run_dir)] if resume else [*flags, "--out", str(run_dir)],
+        run("pyddpm.cli.train", ["--resume", str(run_dir)] if resume else [*flags, "--out", str(run_dir)],
             run_dir.parent / f"{run_dir.name}.log")
         record = {"command": shlex.join(["pyddpm-train", *flags, "--out", str(run_dir)]),
                   "wall_seconds": record["wall_seconds"] + time.perf_counter() - start}
@@ -133,7 +133,7 @@ def evaluate(run_dir: Path, tag: str, flags: list[str]) -> dict:
     """``pyddpm-eval run_dir flags`` into eval-TAG.json (+ .png, .npy), reused when present."""
     out = run_dir / f"eval-{tag}.json"
     if not out.exists():
-        run("pyddpm.evaluate.cli", [str(run_dir), *flags, "--device", "cpu", "--out", str(out), "--save-samples",
+        run("pyddpm.cli.eval", [str(run_dir), *flags, "--device", "cpu", "--out", str(out), "--save-samples",
                                     str(out.with_suffix(".npy"))], run_dir.parent / f"{run_dir.name}.log")
     return json.loads(out.read_text())
 
@@ -143,7 +143,7 @@ def ensure_classifier() -> dict:
     path = default_classifier_path("mnist")
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        run("pyddpm.evaluate.classifier", ["--data-dir", str(MNIST_DIR)], path.parent / "mnist-classifier.log")
+        run("pyddpm.cli.classifier", ["--data-dir", str(MNIST_DIR)], path.parent / "mnist-classifier.log")
     return load_classifier(path)[1]
 
 
@@ -313,7 +313,7 @@ def render(budget: Budget, classifier: dict, toy_rows, mnist_rows, studies, args
         "(T-1)/K times theirs (unbiased; L_T and L_0 exact), so its standard error includes that sampling noise. "
         f"*Frechet distance*: between Gaussians fitted to the 128 penultimate-layer features of pyddpm's MNIST "
         f"classifier (test accuracy {classifier['test_accuracy']:.2%}, trained once by "
-        f"`python -m pyddpm.evaluate.classifier` on the {classifier['train_images']} training images, cached with "
+        f"`pyddpm-classifier` on the {classifier['train_images']} training images, cached with "
         "its SHA-256), for the samples vs all 10,000 test images. Its **floor** is the same statistic for as many "
         "real training images as there are samples (the Frechet distance is biased upwards at small sample sizes, "
         "so only a value near the floor means 'indistinguishable'). Samples are mapped to 8-bit pixels "
@@ -470,7 +470,7 @@ def render(budget: Budget, classifier: dict, toy_rows, mnist_rows, studies, args
             "two variances.\n")
 
     add("## Reproduce\n")
-    add("```\npython -m pyddpm.evaluate.classifier          # once: the MNIST classifier (cached)\n"
+    add("```\npyddpm-classifier          # once: the MNIST classifier (cached)\n"
         f"python benchmarks/results.py                  # everything on this page (cached run dirs in {args.runs})\n"
         "```\n")
     total = (sum(r[3]["wall_seconds"] for r in toy_rows) + sum(r[3]["wall_seconds"] for r in mnist_rows)

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pyddpm.train import main as train_main
+from pyddpm.cli.train import main as train_main
 
 
 def main() -> None:

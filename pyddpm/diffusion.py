@@ -5,15 +5,18 @@ by T, shape (batch, 1), as the exercise feeds it.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
 
-from .ops import StepCoefficients
-from .schedules import make_betas
+from .schedules import VARIANCES, NoiseSchedule, StepCoefficients, check_variance
 
-VARIANCES = ("beta", "beta_tilde")
+__all__ = ["DDPM", "VARIANCES", "network_time", "normal_kl"]
+
+
+def network_time(t: torch.Tensor, T: int) -> torch.Tensor:
+    """What the network sees for 1-based steps t of shape (batch,): (t - 1) / T as float32 of shape (batch, 1)."""
+    return ((t - 1).to(torch.float32) / T).reshape(-1, 1)
 
 
 def normal_kl(mean1: torch.Tensor, var1: torch.Tensor, mean2: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
@@ -44,16 +47,13 @@ class DDPM(nn.Module):
         variance: str = "beta",
     ):
         super().__init__()
-        if variance not in VARIANCES:
-            raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
         self.network = network
         self.beta_1, self.beta_T, self.T = beta_1, beta_T, T
-        self.schedule, self.variance = schedule, variance
-        beta64 = make_betas(schedule, T, beta_1, beta_T)
-        self._beta64 = beta64
-        self.register_buffer("beta", beta64.float())
-        self.register_buffer("alpha", (1 - beta64).float())
-        self.register_buffer("alpha_cumprod", torch.cumprod(1 - beta64, 0).float())
+        self.schedule, self.variance = schedule, check_variance(variance)
+        self.noise_schedule = NoiseSchedule(schedule, T, beta_1, beta_T)  # float64, on the CPU
+        self.register_buffer("beta", self.noise_schedule.beta.float())
+        self.register_buffer("alpha", self.noise_schedule.alpha.float())
+        self.register_buffer("alpha_cumprod", self.noise_schedule.abar.float())
         self._coefficient_cache: dict[tuple, list[StepCoefficients]] = {}
 
     # ----- forward process ----------------------------------------------------------------------
@@ -66,11 +66,9 @@ class DDPM(nn.Module):
     def schedule_at(self, t: torch.Tensor, ndim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """float64 (beta_t, abar_t, abar_{t-1}) for 1-based steps t of shape (batch,), shaped to broadcast
         over a batch with ``ndim`` dimensions; abar_0 = 1."""
-        beta = self._beta64.to(t.device)
-        abar = torch.cumprod(1 - beta, 0)
-        abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
         shape = (-1,) + (1,) * (ndim - 1)
-        return tuple(v[t - 1].reshape(shape) for v in (beta, abar, abar_prev))
+        s = self.noise_schedule
+        return tuple(v.to(t.device)[t - 1].reshape(shape) for v in (s.beta, s.abar, s.abar_prev))
 
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean mu_tilde_t(x_t, x0) and variance beta_tilde_t of q(x_{t-1} | x_t, x0) (eqs. 6-7), float64.
@@ -90,14 +88,7 @@ class DDPM(nn.Module):
         al.'s code does (its clipped posterior log-variance; their code also uses beta_tilde_2 at t = 1 for
         sigma_t^2 = beta_t, where pyddpm keeps beta_1). Algorithm 2 adds no noise at t = 1 either way.
         """
-        variance = variance or self.variance
-        if variance not in VARIANCES:
-            raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
-        sigma2 = self._beta64.to(t.device)
-        if variance == "beta_tilde":
-            abar = torch.cumprod(1 - sigma2, 0)
-            sigma2 = torch.cat([sigma2[:1], (1 - abar[:-1]) / (1 - abar[1:]) * sigma2[1:]])  # eq. 7, t >= 2
-            sigma2[0] = sigma2[min(1, self.T - 1)]  # beta_tilde_1 = 0 -> beta_tilde_2 (beta_1 when T = 1)
+        sigma2 = self.noise_schedule.sigma2(variance or self.variance).to(t.device)
         return sigma2[t - 1].reshape((-1,) + (1,) * (ndim - 1))
 
     def p_mean_variance(self, x_t: torch.Tensor, t: torch.Tensor,
@@ -113,7 +104,7 @@ class DDPM(nn.Module):
         """What the network sees for 1-based step t: (t - 1) / T with shape (batch, 1)."""
         if isinstance(t, int):
             return torch.full((batch, 1), (t - 1) / self.T, device=self.beta.device)
-        return ((t - 1).float() / self.T).reshape(-1, 1)
+        return network_time(t, self.T)
 
     # ----- Algorithm 1 --------------------------------------------------------------------------
     def negative_elbo(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,35 +130,11 @@ class DDPM(nn.Module):
         return ddpm_sample(self, shape, seed=seed, backend=backend, **kwargs)
 
     def step_coefficients(self, variance: str | None = None, clip: bool = False) -> list[StepCoefficients]:
-        """Per-step coefficients of x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps_hat) / sqrt(alpha_t) + sigma_t z.
-
-        Index t - 1 holds step t; sigma_1 = 0 (no noise at the last step). With ``clip`` the x0 estimate
-        (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t) is clamped to [-1, 1] and the posterior mean
-        mu_tilde(x_t, x0) of eq. 7 is used instead.
-        """
-        variance = variance or self.variance
-        if variance not in VARIANCES:
-            raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
-        key = ("ddpm", variance, clip)
+        """Per-step coefficients of x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps_hat) / sqrt(alpha_t) + sigma_t z
+        (Alg. 2), index t - 1 holding step t; see ``NoiseSchedule.step_coefficients``. Cached per (variance, clip)."""
+        key = (check_variance(variance or self.variance), clip)
         if key not in self._coefficient_cache:
-            beta = self._beta64.tolist()
-            coefs = []
-            abar = 1.0
-            for t in range(1, self.T + 1):
-                b = beta[t - 1]
-                alpha = 1.0 - b
-                abar_prev, abar = abar, abar * alpha
-                var = b if variance == "beta" else (1 - abar_prev) / (1 - abar) * b
-                sigma = math.sqrt(var) if t > 1 else 0.0
-                if clip:  # eq. 7: mu_tilde = c x0 + a x_t with x0 = clamp(p x_t + q eps, -1, 1) (eq. 15)
-                    coefs.append(StepCoefficients(
-                        a=math.sqrt(alpha) * (1 - abar_prev) / (1 - abar), b=0.0, sigma=sigma, clip=True,
-                        c=b * math.sqrt(abar_prev) / (1 - abar),
-                        p=1 / math.sqrt(abar), q=-math.sqrt(1 / abar - 1)))
-                else:  # Alg. 2 line 4
-                    coefs.append(StepCoefficients(
-                        a=1 / math.sqrt(alpha), b=-b / (math.sqrt(1 - abar) * math.sqrt(alpha)), sigma=sigma))
-            self._coefficient_cache[key] = coefs
+            self._coefficient_cache[key] = self.noise_schedule.step_coefficients(*key)
         return self._coefficient_cache[key]
 
     def ddim_timesteps(self, steps: int) -> list[int]:
@@ -178,28 +145,6 @@ class DDPM(nn.Module):
         return list(dict.fromkeys(ts))
 
     def ddim_coefficients(self, timesteps: list[int], eta: float = 0.0, clip: bool = False) -> list[StepCoefficients]:
-        """Coefficients of the DDIM update from each t in ``timesteps`` to the next (0 after the last), eq. 12.
-
-        x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_hat + sigma z, with
-        sigma = eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s) (eq. 16).
-        """
-        if not math.isfinite(eta) or eta < 0:
-            raise ValueError(f"DDIM eta must be a finite number >= 0, got {eta}")
-        abar_all = torch.cumprod(1 - self._beta64, 0).tolist()
-        coefs = []
-        for i, t in enumerate(timesteps):
-            s = timesteps[i + 1] if i + 1 < len(timesteps) else 0
-            abar_t = abar_all[t - 1]
-            abar_s = abar_all[s - 1] if s > 0 else 1.0
-            sigma = eta * math.sqrt((1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s))
-            k = math.sqrt(max(1 - abar_s - sigma**2, 0.0))
-            if clip:  # eps re-derived from the clamped x0, so x_s = c x0 + a x_t + sigma z
-                coefs.append(StepCoefficients(
-                    a=k / math.sqrt(1 - abar_t), b=0.0, sigma=sigma, clip=True,
-                    c=math.sqrt(abar_s) - k * math.sqrt(abar_t / (1 - abar_t)),
-                    p=1 / math.sqrt(abar_t), q=-math.sqrt(1 / abar_t - 1)))
-            else:
-                coefs.append(StepCoefficients(
-                    a=math.sqrt(abar_s / abar_t),
-                    b=k - math.sqrt(abar_s) * math.sqrt((1 - abar_t) / abar_t), sigma=sigma))
-        return coefs
+        """Coefficients of the DDIM update from each t in ``timesteps`` to the next (0 after the last), eq. 12; see
+        ``NoiseSchedule.ddim_coefficients``."""
+        return self.noise_schedule.ddim_coefficients(timesteps, eta, clip)

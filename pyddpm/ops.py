@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from . import philox
+from .schedules import StepCoefficients
 
 try:
     from . import _C
@@ -40,20 +41,6 @@ _BUILD_HINT = ("pyddpm._C (the fused reverse-step extension) is not built: run `
                "set PYDDPM_CUDA=1 to require the CUDA kernels")
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _FLOAT32_MAX = 3.4028234663852886e38
-
-
-class StepCoefficients(NamedTuple):
-    """One reverse step: x_{t-1} = a*x_t + b*eps_hat + c*clamp(p*x_t + q*eps_hat, lo, hi) + sigma*z.
-    The clamp term (clipped-x0 form) is used only when clip=True."""
-    a: float
-    b: float
-    sigma: float
-    clip: bool = False
-    c: float = 0.0
-    p: float = 0.0
-    q: float = 0.0
-    lo: float = -1.0
-    hi: float = 1.0
 
 
 def extension_available() -> bool:

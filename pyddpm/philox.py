@@ -57,13 +57,13 @@ produces the same bits. Integer steps are on unsigned 32-bit words (``u32``, ari
    2**24 inputs: ln u1 within 0.86 ulp, rho relative error < 1e-7, cos/sin absolute error < 9e-8.
 
 Here the u32 words live in int64 tensors; the 32 x 32-bit products are split into 16-bit halves so no
-intermediate reaches 2**63.
+intermediate reaches 2**63. The functions are written so that ``torch.jit.script`` compiles them: the exported
+TorchScript sampler (``pyddpm.export.noise``) runs this same code.
 """
 from __future__ import annotations
 
-import math
 import operator
-from collections.abc import Sequence
+from typing import List, Tuple
 
 import torch
 
@@ -76,6 +76,12 @@ LOG_POLY = tuple(float.fromhex(h) for h in (
     "0x1.22da1cp-3", "-0x1.0d8544p-3", "0x1.055b72p-3", "-0x1.38b582p-4"))
 SIN_POLY = tuple(float.fromhex(h) for h in ("0x1.921fb6p+0", "-0x1.4abbbap-1", "0x1.465ec6p-4", "-0x1.2d9bb6p-8"))
 COS_POLY = tuple(float.fromhex(h) for h in ("-0x1.3bd3ccp+0", "0x1.03c1dep-2", "-0x1.55c5ep-6", "0x1.d9d57ep-11"))
+_SQRT2_BITS = float.fromhex("0x1.6a09e6p+0")  # binary32 0x3fb504f3, the f > sqrt(2)/2 split of ln u1
+# TorchScript reads no globals: the functions below take the constants as default arguments, polynomials in
+# Horner order (highest coefficient first)
+_LOG_DESC, _SIN_DESC, _COS_DESC = (tuple(reversed(p)) for p in (LOG_POLY, SIN_POLY, COS_POLY))
+_F8 = Tuple[float, float, float, float, float, float, float, float]
+_F4 = Tuple[float, float, float, float]
 
 _MASK32 = 0xFFFFFFFF
 _CHUNK_GROUPS = 1 << 19  # Philox calls evaluated at once (int64 temporaries of 4 MB each)
@@ -101,82 +107,107 @@ def check_counter_args(seed, step, sample_offset, batch: int) -> tuple[int, int,
     return seed, step, sample_offset
 
 
-def _mulhilo(m: int, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _mulhilo(m: int, c: torch.Tensor, mask: int = _MASK32) -> Tuple[torch.Tensor, torch.Tensor]:
     """High and low 32 bits of m * c for a u32 constant m and u32 words c (int64), without overflow."""
     m_hi, m_lo = m >> 16, m & 0xFFFF
     c_hi, c_lo = c >> 16, c & 0xFFFF
     mid = c_hi * m_lo + c_lo * m_hi                     # < 2**33
     low = c_lo * m_lo + ((mid & 0xFFFF) << 16)          # < 2**33
-    return c_hi * m_hi + (mid >> 16) + (low >> 32), low & _MASK32
+    return c_hi * m_hi + (mid >> 16) + (low >> 32), low & mask
+
+
+def _philox_rounds(c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor, k0: int, k1: int,
+                   m0: int = PHILOX_M0, m1: int = PHILOX_M1, w0: int = PHILOX_W0, w1: int = PHILOX_W1,
+                   mask: int = _MASK32) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    for r in range(10):
+        if r > 0:
+            k0, k1 = (k0 + w0) & mask, (k1 + w1) & mask
+        hi0, lo0 = _mulhilo(m0, c0)
+        hi1, lo1 = _mulhilo(m1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
 
 
 def philox4x32_10(c0, c1, c2, c3, k0: int, k1: int) -> tuple[torch.Tensor, ...]:
     """Philox4x32-10 of counters (c0, c1, c2, c3) (int64 tensors of u32 words, broadcast) and key (k0, k1)."""
     c0, c1, c2, c3 = torch.broadcast_tensors(*(torch.as_tensor(c, dtype=torch.int64) for c in (c0, c1, c2, c3)))
-    for r in range(10):
-        if r:
-            k0, k1 = (k0 + PHILOX_W0) & _MASK32, (k1 + PHILOX_W1) & _MASK32
-        hi0, lo0 = _mulhilo(PHILOX_M0, c0)
-        hi1, lo1 = _mulhilo(PHILOX_M1, c2)
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-    return c0, c1, c2, c3
+    return _philox_rounds(c0, c1, c2, c3, k0, k1)
 
 
-def _horner(coefficients: Sequence[float], x: torch.Tensor) -> torch.Tensor:
-    p = torch.full_like(x, coefficients[-1])
-    for c in reversed(coefficients[:-1]):
-        p = p * x + c
-    return p
+def log_uniform(ra: torch.Tensor, log_desc: _F8 = _LOG_DESC, ln2_hi: float = LN2_HI, ln2_lo: float = LN2_LO,
+                sqrt2_bits: float = _SQRT2_BITS) -> torch.Tensor:
+    """ln u1 (float32) for u1 = ((ra >> 8) + 1) * 2**-24, by the reduction and polynomial of the spec.
 
-
-def log_uniform(ra: torch.Tensor) -> torch.Tensor:
-    """ln u1 (float32) for u1 = ((ra >> 8) + 1) * 2**-24, by the reduction and polynomial of the spec."""
+    The spec's bit manipulation is done without reinterpreting bits (so TorchScript compiles it): u1 = m 2**(k-1)
+    with m in [1, 2) (frexp is exact); big <=> m's mantissa field > 0x3504f3 <=> m > binary32 0x3fb504f3."""
     u1 = ((ra >> 8) + 1).to(torch.float32) * 2.0**-24
-    bits = u1.view(torch.int32)
-    big = ((bits & 0x7FFFFF) > 0x3504F3).to(torch.int32)
-    f = ((bits & 0x7FFFFF) | (0x3F800000 - big * 0x00800000)).view(torch.float32)
-    e = ((bits >> 23) - 127 + big).to(torch.float32)
+    mantissa, exponent = torch.frexp(u1)
+    m = mantissa * 2.0
+    big = m > sqrt2_bits
+    f = torch.where(big, mantissa, m)
+    e = (exponent - 1 + big.to(torch.int32)).to(torch.float32)
     x = f - 1.0
     z = x * x
-    y = (x * z) * _horner(LOG_POLY, x)
-    y = y + e * LN2_LO
+    p = torch.full_like(x, log_desc[0])
+    for c in log_desc[1:]:
+        p = p * x + c
+    y = (x * z) * p
+    y = y + e * ln2_lo
     y = y - 0.5 * z
-    return (x + y) + e * LN2_HI
+    return (x + y) + e * ln2_hi
 
 
-def normal_pair(ra: torch.Tensor, rb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def normal_pair(ra: torch.Tensor, rb: torch.Tensor, sin_desc: _F4 = _SIN_DESC,
+                cos_desc: _F4 = _COS_DESC) -> Tuple[torch.Tensor, torch.Tensor]:
     """Box-Muller (rho cos, rho sin) in float32 from two u32 words, exactly as csrc/philox.h computes it."""
     # torch's float32 CPU sqrt is not always correctly rounded; the float64 root rounded to float32 is.
-    rho = torch.sqrt((-2.0 * log_uniform(ra)).double()).float()
+    rho = torch.sqrt((-2.0 * log_uniform(ra)).to(torch.float64)).to(torch.float32)
     k = rb >> 8
     q = (k + 0x200000) >> 22
     x = (k - (q << 22)).to(torch.float32) * 2.0**-22
     z = x * x
-    s = (_horner(SIN_POLY, z)) * x
-    c = _horner(COS_POLY, z) * z + 1.0
-    odd = (q & 1).bool()
+    s = torch.full_like(z, sin_desc[0])
+    for c in sin_desc[1:]:
+        s = s * z + c
+    s = s * x
+    c = torch.full_like(z, cos_desc[0])
+    for coefficient in cos_desc[1:]:
+        c = c * z + coefficient
+    c = c * z + 1.0
+    odd = (q & 1).to(torch.bool)
     cos_mag, sin_mag = torch.where(odd, s, c), torch.where(odd, c, s)
-    cos = torch.where(((q ^ (q >> 1)) & 1).bool(), -cos_mag, cos_mag)
-    sin = torch.where((q & 2).bool(), -sin_mag, sin_mag)
+    cos = torch.where(((q ^ (q >> 1)) & 1).to(torch.bool), -cos_mag, cos_mag)
+    sin = torch.where((q & 2).to(torch.bool), -sin_mag, sin_mag)
     return rho * cos, rho * sin
+
+
+def normal_unchecked(shape: List[int], seed: int, step: int, sample_offset: int, device: torch.device,
+                     chunk_groups: int = _CHUNK_GROUPS, mask: int = _MASK32) -> torch.Tensor:
+    """``philox_normal`` without the argument checks, in the subset of Python that TorchScript compiles (the
+    exported sampler scripts it)."""
+    batch = shape[0]
+    n = 1
+    for size in shape[1:]:
+        n *= size
+    groups = (n + 3) // 4
+    total = batch * groups  # Philox calls, flat: h = i * groups + g
+    out = torch.empty([total, 4], dtype=torch.float32, device=device)
+    for h0 in range(0, total, chunk_groups):
+        h = torch.arange(h0, min(total, h0 + chunk_groups), dtype=torch.int64, device=device)
+        i = sample_offset + torch.div(h, groups, rounding_mode="floor")
+        r0, r1, r2, r3 = _philox_rounds(h % groups, i & mask, i >> 32, torch.full_like(h, step), seed & mask,
+                                        seed >> 32)
+        n0, n1 = normal_pair(r0, r1)
+        n2, n3 = normal_pair(r2, r3)
+        out[h0:h0 + h.numel()] = torch.stack([n0, n1, n2, n3], -1)
+    return out.view(batch, 4 * groups)[:, :n].reshape(shape)
 
 
 def philox_normal(shape, seed: int, step: int = 0, sample_offset: int = 0, *, device="cpu",
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """z ~ N(0, I) of ``shape`` (dim 0 = batch, sample i = global index sample_offset + i) by the rule above."""
-    shape = tuple(operator.index(s) for s in shape)
+    shape = [operator.index(s) for s in shape]
     if not shape or min(shape) < 0:
-        raise ValueError(f"shape must be (batch, *sample_shape) with sizes >= 0, got {shape}")
-    batch, n = shape[0], math.prod(shape[1:])
-    seed, step, sample_offset = check_counter_args(seed, step, sample_offset, batch)
-    device = torch.device(device)
-    groups = (n + 3) // 4
-    total = batch * groups  # Philox calls, flat: h = i * groups + g
-    out = torch.empty(total, 4, dtype=torch.float32, device=device)
-    for h0 in range(0, total, _CHUNK_GROUPS):
-        h = torch.arange(h0, min(total, h0 + _CHUNK_GROUPS), device=device, dtype=torch.int64)
-        i = sample_offset + h // groups
-        r0, r1, r2, r3 = philox4x32_10(h % groups, i & _MASK32, i >> 32, step, seed & _MASK32, seed >> 32)
-        out[h0:h0 + h.numel()] = torch.stack((*normal_pair(r0, r1), *normal_pair(r2, r3)), -1)
-    out = out.view(batch, 4 * groups)
-    return out[:, :n].reshape(shape).to(dtype)
+        raise ValueError(f"shape must be (batch, *sample_shape) with sizes >= 0, got {tuple(shape)}")
+    seed, step, sample_offset = check_counter_args(seed, step, sample_offset, shape[0])
+    return normal_unchecked(shape, seed, step, sample_offset, torch.device(device)).to(dtype)

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import ops
+from .data import DataTransform, is_toy
 
 BACKENDS = ("fused", "torch")
 
@@ -154,3 +155,32 @@ def _reverse_loop(model, shape, timesteps, coefs, seed, backend, sample_offset, 
                 x = ops.reverse_step_reference(x, eps_hat, coef, noise=noise, seed=step_seed, step=t,
                                                sample_offset=sample_offset)
     return x
+
+
+def generate_samples(model, data_config: dict, num: int, *, seed: int, batch_size: int = 10000,
+                     backend: str = "fused", steps: int | None = None, eta: float = 0.0,
+                     variance: str | None = None, clip: bool = False, progress: bool = False,
+                     graph: bool | None = None) -> torch.Tensor:
+    """``num`` samples mapped back to data space (images clamped to their value range), on the CPU.
+
+    Samples are drawn in batches with the counter-based noise, so sample i is the same whatever the batch size.
+    ``steps`` switches to DDIM with that many steps; ``graph`` is the samplers' CUDA-graph option.
+    """
+    if num < 1 or batch_size < 1:
+        raise ValueError(f"--num and --batch-size must be positive, got {num} and {batch_size}")
+    transform = DataTransform(data_config["center"], data_config["scale"])
+    shape = tuple(data_config["shape"])
+    out = []
+    for start in range(0, num, batch_size):
+        b = min(batch_size, num - start)
+        if steps is None:
+            x = ddpm_sample(model, (b, *shape), seed=seed, backend=backend, variance=variance, clip=clip,
+                            sample_offset=start, progress=progress, graph=graph)
+        else:
+            x = ddim_sample(model, (b, *shape), steps, eta=eta, seed=seed, backend=backend, clip=clip,
+                            sample_offset=start, progress=progress, graph=graph)
+        out.append(transform.from_model(x.float()).cpu())
+    samples = torch.cat(out)
+    if "value_range" in data_config and not is_toy(data_config["name"]):
+        samples = samples.clamp(*data_config["value_range"])
+    return samples

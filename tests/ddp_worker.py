@@ -6,14 +6,16 @@ from pathlib import Path
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from pyddpm.sample import pick_device
-from pyddpm.train import Trainer, build_parser, config_from_args
+from pyddpm.cli.common import pick_device
+from pyddpm.cli.train import build_parser, config_from_args, epoch_grid_writer
+from pyddpm.train import Trainer
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    trainer = Trainer(config_from_args(args), Path(args.out), pick_device(args.device), resume=False)
-    if not trainer.run():
+    cfg = config_from_args(args)
+    trainer = Trainer(cfg, Path(args.out), pick_device(args.device), resume=False)
+    if not trainer.run(on_epoch_end=epoch_grid_writer(cfg)):
         return 130
     weights = {f"raw.{k}": v for k, v in trainer.model.state_dict().items()}
     weights.update({f"ema.{k}": v for k, v in trainer.sampling_model().state_dict().items()})

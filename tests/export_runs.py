@@ -11,8 +11,8 @@ import numpy as np
 
 from pyddpm.export import export_run
 from pyddpm.nets import NETWORKS
-from pyddpm.sample import main as sample_main
-from pyddpm.train import main as train_main
+from pyddpm.cli.sample import main as sample_main
+from pyddpm.cli.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 ONNX_SAMPLER = ROOT / "export" / "onnx_sampler.py"

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyddpm import checkpoint as checkpoint_module
-from pyddpm.checkpoint import CHECKPOINT_FILE, CheckpointError, load_model, read_checkpoint, save_checkpoint
+from pyddpm import store as store_module
+from pyddpm.store import CHECKPOINT_FILE, CheckpointError, load_model, read_checkpoint, save_checkpoint
 from pyddpm.diffusion import DDPM
-from pyddpm.sample import main as sample_main
-from pyddpm.train import main as train_main
+from pyddpm.cli.sample import main as sample_main
+from pyddpm.cli.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "mnist"
@@ -69,7 +69,7 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(run, monkeypatch):
     def crash(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint_module.os, "fsync", crash)
+    monkeypatch.setattr(store_module.os, "fsync", crash)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(run, checkpoint.config, checkpoint.tensors, dict(checkpoint.state, step=99))
     assert (run / CHECKPOINT_FILE).read_bytes() == before
@@ -81,7 +81,7 @@ def test_sigint_saves_a_loadable_checkpoint_and_the_run_resumes(tmp_path):
     args = TINY + ["--net", "fc", "--hidden", "32", "--depth", "1", "--epochs", "1000", "--checkpoint-every",
                    "100000", "--out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "pyddpm.train", *args], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "pyddpm.cli.train", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120

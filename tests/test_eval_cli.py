@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from pyddpm.evaluate.classifier import ImageClassifier, checksum_path, save_classifier
-from pyddpm.evaluate.cli import main as eval_main
-from pyddpm.evaluate.cli import samples_to_pixels
-from pyddpm.train import main as train_main
+from pyddpm.cli.eval import main as eval_main
+from pyddpm.cli.eval import samples_to_pixels
+from pyddpm.cli.train import main as train_main
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared MNIST not found at {SHARED}")

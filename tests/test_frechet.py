@@ -96,7 +96,7 @@ def test_classifier_without_a_matching_checksum_record_is_refused(saved):
     checksum_path(path).unlink()
     with pytest.raises(ClassifierError, match="no recorded checksum"):
         load_classifier(path)
-    with pytest.raises(ClassifierError, match="no classifier at .*python -m pyddpm.evaluate.classifier"):
+    with pytest.raises(ClassifierError, match="no classifier at .*pyddpm-classifier"):
         load_classifier(path.with_name("missing.safetensors"))
 
 

@@ -25,7 +25,6 @@ import torch
 from gaussian_model import ExactGaussianEpsilon
 
 from pyddpm import DDPM, FcNetwork
-from pyddpm.diffusion import normal_kl
 from pyddpm.evaluate.likelihood import (bound_terms, discretized_gaussian_log_likelihood, pixels_to_model,
                                         prior_kl, variational_bound)
 
@@ -51,7 +50,7 @@ def gaussian_pixels(n, seed=0):
 
 
 def schedule64(model):
-    beta = model._beta64
+    beta = model.noise_schedule.beta
     abar = torch.cumprod(1 - beta, 0)
     return beta, abar, torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
 
@@ -177,7 +176,7 @@ def test_each_kl_term_matches_torch_distributions():
 def test_prior_term_is_the_kl_to_the_standard_normal():
     model = DDPM(torch.nn.Identity(), T=50)
     x0 = pixels_to_model(torch.randint(0, 256, (16, 3, 2)))
-    abar_T = torch.cumprod(1 - model._beta64, 0)[-1]
+    abar_T = torch.cumprod(1 - model.noise_schedule.beta, 0)[-1]
     q = torch.distributions.Normal(abar_T.sqrt() * x0, (1 - abar_T).sqrt())
     expected = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).flatten(1).sum(1)
     torch.testing.assert_close(prior_kl(model, x0), expected.double(), rtol=1e-12, atol=1e-15)

@@ -8,7 +8,7 @@ import torch
 
 from pyddpm.data import DataError, DataTransform, data_config_entries, load_images, load_training_data, to_data_space
 from pyddpm.data import mnist
-from pyddpm.train import main as train_main
+from pyddpm.cli.train import main as train_main
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 FASHION = Path("/usr/share/datasets/fashion-mnist")

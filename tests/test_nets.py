@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from pyddpm.checkpoint import load_model
+from pyddpm.store import load_model
 from pyddpm.nets import DDPMUNet, ExerciseUNet, build_network
-from pyddpm.sample import main as sample_main
-from pyddpm.train import main as train_main
+from pyddpm.cli.sample import main as sample_main
+from pyddpm.cli.train import main as train_main
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared MNIST not found at {SHARED}")

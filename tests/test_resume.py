@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyddpm.checkpoint import read_checkpoint
-from pyddpm.train import main as train_main
+from pyddpm.store import read_checkpoint
+from pyddpm.cli.train import main as train_main
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared MNIST not found at {SHARED}")

@@ -7,7 +7,7 @@ import torch
 from pyddpm import DDPM, ops
 from pyddpm.nets import DDPMUNet, ExerciseUNet
 from pyddpm.samplers import ddim_sample, ddpm_sample, step_runner
-from pyddpm.sample import generate_samples
+from pyddpm.samplers import generate_samples
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 fused_cuda = pytest.mark.skipif(not ops.cuda_built(), reason="pyddpm._C was built without CUDA")

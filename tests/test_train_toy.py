@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from pyddpm.checkpoint import CHECKPOINT_FILE, CheckpointError, load_model
+from pyddpm.store import CHECKPOINT_FILE, CheckpointError, load_model
 from pyddpm.data import toy_distribution
 from pyddpm.evaluate import toy_metrics
-from pyddpm.sample import generate_samples
-from pyddpm.sample import main as sample_main
-from pyddpm.train import main as train_main
+from pyddpm.samplers import generate_samples
+from pyddpm.cli.sample import main as sample_main
+from pyddpm.cli.train import main as train_main
 
 SMALL = ["--hidden", "64", "--depth", "3", "--batch-size", "500", "--num-train", "50000",
          "--num-samples", "2000", "--checkpoint-every", "200"]
@@ -119,6 +119,6 @@ def test_bad_sample_output_is_a_clear_error(tiny_run, tmp_path, capsys):
 
 
 def test_train_module_runs_as_a_script(tiny_run):
-    result = subprocess.run([sys.executable, "-m", "pyddpm.sample", str(tiny_run), "--num", "10", "--out",
+    result = subprocess.run([sys.executable, "-m", "pyddpm.cli.sample", str(tiny_run), "--num", "10", "--out",
                              str(tiny_run / "m.npy")], capture_output=True, text=True, timeout=300, cwd=tiny_run)
     assert result.returncode == 0, result.stderr

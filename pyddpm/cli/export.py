@@ -11,9 +11,9 @@ import argparse
 import sys
 import warnings
 
-from ..checkpoint import CheckpointError
-from ..diffusion import VARIANCES
+from ..store import CheckpointError
 from ..export import ExportError, export_run
+from ..schedules import VARIANCES
 
 
 def build_parser() -> argparse.ArgumentParser:

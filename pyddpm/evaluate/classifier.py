@@ -1,18 +1,16 @@
 """The image classifier whose features define pyddpm's Frechet distance; trained once, cached with a checksum.
 
-`python -m pyddpm.evaluate.classifier [--data mnist] [--out PATH]` trains it on the training split and writes
+`pyddpm-classifier [--data mnist] [--out PATH]` trains it on the training split and writes
 ``PATH`` (safetensors: weights plus the architecture and test accuracy as metadata) and ``PATH.sha256`` (the
 file's SHA-256, in ``sha256sum`` format). ``load_classifier`` reads the file only when its SHA-256 matches
 the recorded one, and never unpickles anything.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -25,8 +23,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..checkpoint import read_safetensors_metadata, write_atomic
-from ..data import IMAGE_DATASETS, DataError, canonical_name, load_images
+from ..store import read_safetensors_metadata, write_atomic
+from ..data import IMAGE_DATASETS, canonical_name, load_images
 
 MIN_TEST_ACCURACY = {"mnist": 0.99, "fashion-mnist": 0.90}
 
@@ -92,7 +90,7 @@ def save_classifier(model: ImageClassifier, path: str | os.PathLike, info: dict)
 def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[ImageClassifier, dict]:
     """The classifier at ``path`` in eval mode and its info, read only if its SHA-256 matches ``PATH.sha256``."""
     path = Path(path)
-    retrain = f"train it with `python -m pyddpm.evaluate.classifier --out {path}`"
+    retrain = f"train it with `pyddpm-classifier --out {path}`"
     if not path.is_file():
         raise ClassifierError(f"no classifier at {path}; {retrain} (once; a few minutes on a CPU)")
     recorded_file = checksum_path(path)
@@ -181,39 +179,3 @@ def train_classifier(data: str = "mnist", data_dir: str | None = None, *, epochs
             "train_images": len(train_x), "test_images": len(test_x), "epochs": epochs, "seed": seed,
             "train_seconds": round(time.perf_counter() - start, 1), "pyddpm_version": __version__}
     return model.cpu(), info
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pyddpm.evaluate.classifier",
-                                description="Train the classifier that pyddpm-eval's Frechet distance, label histogram "
-                                            "and confidence use, and cache it with its SHA-256.")
-    p.add_argument("--data", default="mnist", help="mnist or fashion-mnist (default mnist)")
-    p.add_argument("--data-dir", default=None,
-                   help="directory with the IDX files (default: the data set's usual place)")
-    p.add_argument("--out", default=None, help="classifier file (default ~/.cache/pyddpm/DATA-classifier.safetensors; "
-                                              "$PYDDPM_CACHE or $XDG_CACHE_HOME move it)")
-    p.add_argument("--epochs", type=int, default=8, help="passes over the training split (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of initial weights, order and augmentation (default 0)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
-    args = p.parse_args(argv)
-    try:
-        if args.epochs < 1:
-            raise ValueError(f"--epochs must be a positive integer, got {args.epochs}")
-        out = Path(args.out) if args.out else default_classifier_path(args.data)
-        model, info = train_classifier(args.data, args.data_dir, epochs=args.epochs, seed=args.seed,
-                                       device=args.device)
-        need = MIN_TEST_ACCURACY[info["data"]]
-        if info["test_accuracy"] < need:
-            raise ValueError(f"test accuracy {info['test_accuracy']:.2%} is below the required {need:.0%}; "
-                             "nothing was written: train longer with --epochs")
-        digest = save_classifier(model, out, info)
-    except (DataError, ValueError) as err:
-        print(f"classifier: error: {err}", file=sys.stderr)
-        return 2
-    print(f"test accuracy {info['test_accuracy']:.2%} ({info['train_seconds']:.0f} s); wrote {out} "
-          f"(sha256 {digest[:16]}...) and {checksum_path(out).name}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

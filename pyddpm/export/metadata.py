@@ -23,7 +23,7 @@ import torch
 from .. import __version__
 from ..data import is_toy
 from ..diffusion import DDPM
-from ..ops import StepCoefficients
+from ..schedules import StepCoefficients
 
 EXPORT_FORMAT = "1"
 NOISE_SPEC = "pyddpm-philox4x32-10-boxmuller-1"

@@ -2,8 +2,8 @@
 TorchScript sampler around them.
 
 Time convention of every exported artefact: ``t`` is the 1-based step of Algorithm 2, an int64 tensor of shape
-(batch,) with values in 1..T. The network sees (t - 1) / T with shape (batch, 1), as ``DDPM.time_input``
-feeds it. The step maps x_t to x_{t-1}; sampling starts from x_T ~ N(0, I) and applies it for t = T, ..., 1;
+(batch,) with values in 1..T. The network sees (t - 1) / T with shape (batch, 1) (``diffusion.network_time``, as
+``DDPM.time_input`` feeds it). The step maps x_t to x_{t-1}; sampling starts from x_T ~ N(0, I) and applies it for t = T, ..., 1;
 z is ignored at t = 1 (sigma_1 = 0).
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..ops import StepCoefficients
+from ..diffusion import network_time
+from ..schedules import StepCoefficients
 from .noise import PhiloxNormal
 
 
@@ -54,7 +55,7 @@ class Denoiser(nn.Module):
         self.T = T
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        return self.network(x_t, ((t - 1).to(torch.float32) / self.T).reshape(-1, 1))
+        return self.network(x_t, network_time(t, self.T))
 
 
 class ReverseStep(nn.Module):

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_model
+from ..store import load_model
 from .metadata import export_metadata
 from .modules import Denoiser, ReverseStep
-from .onnx_export import DYNAMO, ExportError, export_onnx
+from .onnx_export import DYNAMO, export_onnx
 from .torchscript import export_torchscript
 
 FORMATS = ("onnx", "torchscript")

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..ops import StepCoefficients
+from ..schedules import StepCoefficients
+from ..diffusion import network_time
 from ..philox import philox_normal
 from .metadata import METADATA_FILE
 from .modules import Denoiser, ReverseStep, ScriptDenoiser, ScriptSampler
@@ -51,7 +52,7 @@ def export_torchscript(step: ReverseStep, coefs: list[StepCoefficients], sample_
     trace the network and to validate the files after loading them back. Returns the paths written."""
     x, t, z = example
     denoiser = step.denoiser
-    traced = trace_network(denoiser.network, x, ((t - 1).float() / denoiser.T).reshape(-1, 1))
+    traced = trace_network(denoiser.network, x, network_time(t, denoiser.T))
     scripted_step = ReverseStep(Denoiser(traced, denoiser.T), coefs)
     args = (sample_shape, transform["center"], transform["scale"], value_range)
     paths = []

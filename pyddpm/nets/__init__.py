@@ -1,6 +1,8 @@
 """Noise-prediction networks eps_theta(x_t, t); each takes x of shape (batch, *sample_shape) and t of shape (batch, 1)."""
 from __future__ import annotations
 
+import inspect
+
 from torch import nn
 
 from .fc import FcNetwork
@@ -8,6 +10,9 @@ from .unet import ExerciseUNet
 from .unet_ddpm import DDPMUNet
 
 NETWORKS: dict[str, type[nn.Module]] = {"fc": FcNetwork, "unet": ExerciseUNet, "unet-ddpm": DDPMUNet}
+# the image networks' default feature channels per level, as their constructors state them
+DEFAULT_CHANNELS = {name: list(inspect.signature(cls).parameters["channels"].default)
+                    for name, cls in NETWORKS.items() if "channels" in inspect.signature(cls).parameters}
 
 
 def build_network(name: str, **kwargs) -> nn.Module:
@@ -20,4 +25,4 @@ def build_network(name: str, **kwargs) -> nn.Module:
         raise ValueError(f"bad settings for network {name!r}: {err}") from None
 
 
-__all__ = ["DDPMUNet", "ExerciseUNet", "FcNetwork", "NETWORKS", "build_network"]
+__all__ = ["DDPMUNet", "DEFAULT_CHANNELS", "ExerciseUNet", "FcNetwork", "NETWORKS", "build_network"]

@@ -15,15 +15,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, load_model, write_json
 from ..data import DataError, DataTransform, is_toy, load_images, toy_distribution
-from ..plots import plot_toy_samples, save_image_grid
-from ..sample import generate_samples, pick_device
-from .classifier import (ClassifierError, checksum_path, classify, default_classifier_path, load_classifier,
-                         pixels_to_unit)
-from .frechet import gaussian_statistics, quality_metrics
-from .likelihood import pixels_to_model, variational_bound
-from .toy import toy_metrics
+from ..evaluate.classifier import (ClassifierError, checksum_path, classify, default_classifier_path, load_classifier,
+                                   pixels_to_unit)
+from ..evaluate.frechet import gaussian_statistics, quality_metrics
+from ..evaluate.likelihood import pixels_to_model, variational_bound
+from ..evaluate.plots import plot_toy_samples, save_image_grid
+from ..evaluate.toy import toy_metrics
+from ..samplers import generate_samples
+from ..schedules import VARIANCES
+from ..store import CheckpointError, load_model, write_json
+from .common import pick_device
 
 EVAL_FILE = "eval.json"
 GRID_IMAGES = 100
@@ -159,13 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per network call, bound and sampling (default 256)")
     p.add_argument("--steps", type=int, default=None, metavar="K",
                    help="sample with DDIM in K steps instead of Algorithm 2's T steps")
-    p.add_argument("--variance", choices=["beta", "beta_tilde"], default=None,
+    p.add_argument("--variance", choices=VARIANCES, default=None,
                    help="sigma_t^2 of p_theta for the bound and the sampler (default: the run's)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the samples, the bound's noise and the floor's images (default 0)")
     p.add_argument("--classifier", default=None,
                    help="images: the classifier file (default ~/.cache/pyddpm/DATA-classifier.safetensors, "
-                        "trained once by `python -m pyddpm.evaluate.classifier`)")
+                        "trained once by `pyddpm-classifier`)")
     p.add_argument("--data-dir", default=None, help="images: IDX directory (default: the run's)")
     p.add_argument("--no-bound", action="store_true", help="images: skip the bound")
     p.add_argument("--no-samples", action="store_true", help="images: skip sampling and sample quality")

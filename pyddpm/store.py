@@ -1,4 +1,5 @@
-"""The run directory: ``config.json`` (rebuilds the model) and ``checkpoint.safetensors`` (weights + state).
+"""The run directory format: ``config.json`` (rebuilds the model) and ``checkpoint.safetensors`` (weights + state),
+written atomically and read back safely; the optimizer's state as safetensors-friendly tensors and JSON.
 
 The checkpoint holds the sampling weights under ``model.`` (EMA weights when training used EMA), everything
 needed to resume under ``train.``, and the config and training state as JSON in its metadata, so the one file
@@ -136,3 +137,25 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -
     model = build_model(checkpoint.config)
     load_weights(model, checkpoint.prefixed("model"), f"checkpoint in {str(run_dir)!r}")
     return model.to(device).eval(), checkpoint.config
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer's state into tensors (for safetensors) and JSON-able settings."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, state in sd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], settings: dict) -> None:
+    """Inverse of ``optimizer_tensors``."""
+    state: dict[int, dict] = {}
+    for name, value in list(tensors.items()) + list(settings["scalars"].items()):
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": settings["param_groups"]})

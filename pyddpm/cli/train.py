@@ -1,0 +1,207 @@
+"""`pyddpm-train`: train a DDPM (Algorithm 1) and write a run directory; `pyddpm-train --help` lists every setting.
+
+Parses the command line into a ``TrainConfig`` (whose defaults it reads, never restates), runs the ``Trainer``
+with per-epoch sample grids for images, then writes the end-of-run report."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch.distributed as dist
+
+from ..config import IMAGE_DEFAULTS, LR_SCHEDULES, NET_DEFAULT_LR, TrainConfig
+from ..data import canonical_name, is_toy
+from ..evaluate.report import write_run_report, write_sample_grid
+from ..nets import NETWORKS
+from ..nets.fc import ACTIVATIONS, TIME_EMBEDDINGS
+from ..schedules import SCHEDULES, VARIANCES
+from ..store import CheckpointError, read_checkpoint
+from ..train import METRICS_CSV, Trainer, TrainingDiverged
+from .common import pick_device
+
+
+def _channel_list(text: str) -> list[int]:
+    try:
+        channels = [int(c) for c in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 32,64,128, got {text!r}") from None
+    if not channels or min(channels) < 1:
+        raise argparse.ArgumentTypeError(f"channels must be positive, got {text!r}")
+    return channels
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each flag's default, except None: those flags state their default in words."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="pyddpm-train", formatter_class=_HelpFormatter,
+        description="Train a DDPM (Ho et al. 2020, Algorithm 1) and write a run directory with the weights "
+                    "(safetensors), config.json, metrics.csv, loss.png, metrics.json and samples.png (toy data: "
+                    "beside the true density; images: a grid, plus grids/epoch_NNN.png after every epoch). "
+                    "Under torchrun it trains with DDP.")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=d.data,
+                   help="chequerboard (cb), two-gaussians (tg), mnist or fashion-mnist")
+    g.add_argument("--data-dir", default=None,
+                   help="directory with the IDX files (gzipped or not) of mnist / fashion-mnist (default: mnist "
+                        "../shared/data/mnist when it exists, else ./data/MNIST/raw; fashion-mnist "
+                        "/usr/share/datasets/fashion-mnist from `apt-get install dataset-fashion-mnist`, else "
+                        "./data/FashionMNIST/raw)")
+    g.add_argument("--download", action="store_true",
+                   help="fetch missing image files through torchvision into the data directory (nothing is "
+                        "downloaded without this flag)")
+    g.add_argument("--data-scale", type=float, default=None,
+                   help="the model sees (x - 0.5) * scale; default 64 for toy data (measured, see README), "
+                        "2 for images (the exercise's [-1, 1])")
+    g.add_argument("--num-train", type=int, default=d.num_train,
+                   help="toy data: training set size; images: use at most the first N training images")
+    g = p.add_argument_group("network")
+    g.add_argument("--net", "--network", dest="net", default=d.net, choices=list(NETWORKS),
+                   help="fc: the exercise's MLP; unet: the exercise's MNIST U-Net; unet-ddpm: Ho et al.'s U-Net "
+                        "(residual blocks, GroupNorm, attention at 7x7)")
+    g.add_argument("--hidden", "--num-hidden", dest="hidden", type=int, default=d.hidden,
+                   help="units per hidden layer (fc; the exercise uses 64)")
+    g.add_argument("--depth", "--num-layers", dest="depth", type=int, default=d.depth,
+                   help="hidden layers (fc; the exercise uses 2)")
+    g.add_argument("--activation", choices=list(ACTIVATIONS), default=d.activation,
+                   help="activation (fc; the exercise uses relu)")
+    g.add_argument("--time-embedding", choices=list(TIME_EMBEDDINGS), default=d.time_embedding,
+                   help="how the network sees t (fc; the exercise uses linear)")
+    g.add_argument("--channels", type=_channel_list, default=None,
+                   help="feature channels per resolution level, comma-separated (unet: 5 levels, default "
+                        "32,64,128,256,256 as the exercise; unet-ddpm: default 64,128,128 for 28, 14, 7)")
+    g.add_argument("--num-res-blocks", type=int, default=d.num_res_blocks, help="residual blocks per level (unet-ddpm)")
+    g.add_argument("--dropout", type=float, default=d.dropout, help="dropout in the residual blocks (unet-ddpm)")
+    g.add_argument("--attention", action=argparse.BooleanOptionalAction, default=d.attention,
+                   help="self-attention at the lowest resolution and in the middle (unet-ddpm)")
+    g = p.add_argument_group("diffusion")
+    g.add_argument("--T", type=int, default=d.T, help="number of diffusion steps")
+    g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="beta schedule")
+    g.add_argument("--beta-1", type=float, default=d.beta_1, help="first beta of the linear schedule")
+    g.add_argument("--beta-T", type=float, default=d.beta_T, help="last beta of the linear schedule")
+    g.add_argument("--variance", choices=VARIANCES, default=d.variance,
+                   help="reverse-process variance sigma_t^2 used when sampling")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=None,
+                   help=f"passes over the training set (default {d.epochs} for toy data, "
+                        f"{IMAGE_DEFAULTS['epochs']} for images)")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after at most this many optimizer steps (for smoke runs; the "
+                        "learning-rate schedule still follows --epochs, so a resumed run continues it exactly)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help=f"examples per step and process (default {d.batch_size} for toy data, "
+                        f"{IMAGE_DEFAULTS['batch_size']} for images)")
+    g.add_argument("--lr", type=float, default=None,
+                   help=f"AdamW learning rate (default {d.lr}; {NET_DEFAULT_LR['unet-ddpm']} for unet-ddpm)")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    g.add_argument("--warmup", type=int, default=d.warmup, help="linear learning-rate warm-up steps")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+                   help="after warm-up: cosine decay to 0 over the run, or constant")
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0 disables)")
+    g.add_argument("--ema", type=float, default=d.ema, help="EMA decay of the sampling weights (0 disables)")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on for CUDA, off on CPU)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of data, initial weights and noise")
+    g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    g.add_argument("--out", default=None, help="run directory (default runs/DATA-NET-TIMESTAMP)")
+    g.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue the run in RUN_DIR exactly where it stopped (its settings are used; "
+                        "--epochs and --max-steps may extend it, --data-dir may point to moved data)")
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
+    g.add_argument("--num-samples", type=int, default=d.num_samples,
+                   help="toy data: samples for the final picture and metrics")
+    g.add_argument("--grid-samples", type=int, default=d.grid_samples,
+                   help="images: samples in each epoch's grid and in the final samples.png (0: no grids)")
+    g.add_argument("--grid-steps", type=int, default=d.grid_steps,
+                   help="images: DDIM steps for the per-epoch grids (0: all T steps); samples.png always uses "
+                        "Algorithm 2 with all T steps")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """A validated TrainConfig from parsed arguments (or, with --resume, from the run being resumed)."""
+    if args.resume:
+        stored = read_checkpoint(args.resume).config["train"]
+        cfg = TrainConfig(**{k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__})
+        cfg.max_steps = None  # a resumed run goes on to the end of its schedule unless --max-steps says otherwise
+        if args.data_dir is not None:
+            cfg.data_dir = args.data_dir
+    else:
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+        if not is_toy(cfg.data):
+            for name, value in IMAGE_DEFAULTS.items():
+                if getattr(args, name) is None:
+                    setattr(cfg, name, value)
+        if args.lr is None:
+            cfg.lr = NET_DEFAULT_LR.get(cfg.net, cfg.lr)
+    if args.epochs is not None:
+        cfg.epochs = args.epochs
+    if args.max_steps is not None:
+        cfg.max_steps = args.max_steps
+    cfg.data = canonical_name(cfg.data)
+    for name in ("T", "batch_size", "num_train", "epochs", "checkpoint_every", "hidden", "depth", "num_res_blocks"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(cfg, name)}")
+    for name in ("grid_samples", "grid_steps"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise ValueError(f"--max-steps must be a positive integer, got {cfg.max_steps}")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ValueError(f"--lr must be a positive number, got {cfg.lr}")
+    return cfg
+
+
+def epoch_grid_writer(cfg: TrainConfig):
+    """The Trainer's end-of-epoch hook for image runs: ``grids/epoch_NNN.png`` of ``grid_samples`` EMA samples by
+    ``grid_steps``-step DDIM, the same seed every epoch; None when the run draws no grids."""
+    if is_toy(cfg.data) or cfg.grid_samples < 1:
+        return None
+
+    def write(trainer: Trainer) -> None:
+        path = trainer.out / "grids" / f"epoch_{trainer.step // trainer.steps_per_epoch:03d}.png"
+        write_sample_grid(trainer.sampling_model(), trainer.config, path, cfg.grid_samples, cfg.seed, cfg.grid_steps)
+
+    return write
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        device = pick_device(args.device)
+        out = Path(args.resume or args.out or f"runs/{cfg.data}-{cfg.net}-{time.strftime('%Y%m%d-%H%M%S')}")
+        trainer = Trainer(cfg, out, device, resume=bool(args.resume))
+        if not trainer.run(on_epoch_end=epoch_grid_writer(cfg)):
+            return 130
+        if trainer.master:
+            metrics = write_run_report(out, trainer.sampling_model(), trainer.config, trainer.timing(),
+                                       out / METRICS_CSV)
+            print(json.dumps(metrics, indent=2))
+            print(f"done: {out}")
+    except KeyboardInterrupt:
+        return 130
+    except (CheckpointError, TrainingDiverged, ValueError) as err:
+        print(f"pyddpm-train: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

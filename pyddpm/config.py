@@ -1,0 +1,96 @@
+"""Every setting of a training run and its defaults, in one place (``TrainConfig``), and the run config that
+rebuilds a trained model from them. The command line reads these defaults; it never restates them."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import __version__
+from .data import IMAGE_DATASETS, canonical_name, data_config_entries, is_toy
+from .nets import DEFAULT_CHANNELS, NETWORKS
+
+TOY_DATA_SCALE = 64.0
+IMAGE_DEFAULTS = {"batch_size": 128, "epochs": 20}  # toy defaults are TrainConfig's
+NET_DEFAULT_LR = {"unet-ddpm": 2e-4}  # Ho et al.'s rate for their U-Net; 1e-3 (TrainConfig's) otherwise
+LR_SCHEDULES = ("cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; stored in the run's config so a run can be rebuilt and resumed."""
+
+    data: str = "chequerboard"
+    data_dir: str | None = None
+    download: bool = False
+    net: str = "fc"
+    hidden: int = 256
+    depth: int = 4
+    activation: str = "silu"
+    time_embedding: str = "sinusoidal"
+    channels: list[int] | None = None
+    num_res_blocks: int = 2
+    dropout: float = 0.1
+    attention: bool = True
+    T: int = 1000
+    schedule: str = "linear"
+    beta_1: float = 1e-4
+    beta_T: float = 2e-2
+    variance: str = "beta"
+    data_scale: float | None = None
+    num_train: int = 1_000_000
+    epochs: int = 8
+    batch_size: int = 1000
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup: int = 100
+    lr_schedule: str = "cosine"
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    seed: int = 0
+    checkpoint_every: int = 1000
+    max_steps: int | None = None
+    num_samples: int = 5000
+    grid_samples: int = 64
+    grid_steps: int = 50
+    amp: bool | None = None
+    compile: bool = False
+
+    def resolved_scale(self) -> float:
+        """The data scale: as given, else 64 for the toy sets (chosen by measurement, see README) and 2 for images."""
+        if self.data_scale is not None:
+            return self.data_scale
+        return TOY_DATA_SCALE if is_toy(self.data) else 2.0
+
+
+def network_settings(cfg: TrainConfig, data: dict) -> dict:
+    """The ``{"name", "kwargs"}`` entry of the run config that rebuilds the network for the ``data`` config."""
+    if cfg.net == "fc":
+        kwargs = dict(input_dim=math.prod(data["shape"]), num_hidden=cfg.hidden, num_layers=cfg.depth,
+                      activation=cfg.activation, time_embedding=cfg.time_embedding)
+    elif cfg.net in DEFAULT_CHANNELS:
+        if "image_shape" not in data:
+            raise ValueError(f"--net {cfg.net} needs image data (--data {' or '.join(IMAGE_DATASETS)}), "
+                             f"not {data['name']}")
+        kwargs = dict(channels=list(cfg.channels or DEFAULT_CHANNELS[cfg.net]), image_shape=data["image_shape"])
+        if cfg.net == "unet-ddpm":
+            kwargs.update(num_res_blocks=cfg.num_res_blocks, dropout=cfg.dropout, attention=cfg.attention)
+    else:
+        raise ValueError(f"unknown network {cfg.net!r}; choose one of {', '.join(NETWORKS)}")
+    return {"name": cfg.net, "kwargs": kwargs}
+
+
+def run_config(cfg: TrainConfig, train_data: torch.Tensor) -> dict:
+    """The JSON config of a run: enough to rebuild the model and map samples back to data space."""
+    data = {"name": canonical_name(cfg.data), "shape": list(train_data.shape[1:]), "center": 0.5,
+            "scale": cfg.resolved_scale(), **data_config_entries(cfg.data)}
+    return {
+        "pyddpm_version": __version__,
+        "diffusion": {"T": cfg.T, "schedule": cfg.schedule, "beta_1": cfg.beta_1, "beta_T": cfg.beta_T,
+                      "variance": cfg.variance},
+        "network": network_settings(cfg, data),
+        "data": data,
+        "train": dataclasses.asdict(cfg),
+    }
