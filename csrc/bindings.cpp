@@ -1,6 +1,10 @@
 // pybind11 module pyddpm._C: converts Python ints/floats (data_ptr() values, counts, scalars, a CUDA
-// stream handle) into kernel calls. Validation of tensors lives in pyddpm/ops.py; this layer only
-// refuses what would make a kernel touch memory it was not given.
+// stream handle) into kernel calls. It sees integers, not tensors, so it cannot tell whether a pointer
+// addresses batch * numel_per_sample elements of that dtype on that device, or whether buffers overlap:
+// pyddpm/ops.py checks the tensors before every call, and the kernels trust those checks. Here only
+// what the integers show is refused: unknown device or dtype codes, CUDA in a build without it, a
+// dtype the CPU kernel lacks, counts that are negative or overflow (int64, the Philox counter), null
+// pointers, a seed >= 2^63.
 #include <pybind11/pybind11.h>
 
 #include <stdexcept>
@@ -118,15 +122,10 @@ void reverse_step_scheduled(int device, int dtype, uintptr_t x_t, uintptr_t eps_
                                reinterpret_cast<const int64_t*>(index), rows};
   const pyddpm::PhiloxArgs rng = philox_args(seed, 0, sample_offset);
   py::gil_scoped_release release;
-  if (device == kCpu) {  // the schedule is in host memory: read the row here, then the usual kernel
-    const int64_t s = *sched.index;
-    if (s < 0 || s >= rows) return;
-    const pyddpm::StepCoef coef = pyddpm::schedule_row(sched.table + 8 * s, clip);
-    pyddpm::PhiloxArgs at_step = rng;
-    at_step.step = static_cast<uint32_t>(sched.steps[s]);
-    float* x = reinterpret_cast<float*>(x_t);
-    pyddpm::reverse_step_cpu(x, x, reinterpret_cast<const float*>(eps_hat), nullptr, batch,
-                             numel_per_sample, coef, at_step, num_threads);
+  if (device == kCpu) {
+    pyddpm::reverse_step_scheduled_cpu(reinterpret_cast<float*>(x_t),
+                                       reinterpret_cast<const float*>(eps_hat), batch,
+                                       numel_per_sample, sched, clip, rng, num_threads);
     return;
   }
 #if defined(PYDDPM_WITH_CUDA)
@@ -162,8 +161,6 @@ void normal(int device, int dtype, uintptr_t out, int64_t batch, int64_t numel_p
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pyddpm's fused reverse-step kernels (CPU, optional CUDA) on raw pointers.";
   m.attr("__version__") = PYDDPM_VERSION;
-  m.attr("WITH_CUDA") = kWithCuda;
-  m.attr("WITH_OPENMP") = kWithOpenmp;
 
   m.def("cuda_built", [] { return kWithCuda; }, "True if the CUDA kernels were compiled in.");
   m.def(

@@ -95,24 +95,14 @@ constexpr uint32_t kM1 = 0xCD9E8D57u;
 constexpr uint32_t kW0 = 0x9E3779B9u;
 constexpr uint32_t kW1 = 0xBB67AE85u;
 
-PYDDPM_HD uint32_t float_bits(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  memcpy(&u, &f, sizeof u);
-  return u;
-#endif
-}
-
-PYDDPM_HD float bits_float(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float f;
-  memcpy(&f, &u, sizeof f);
-  return f;
-#endif
+// The same bits as another type of the same size (float <-> uint32). memcpy is defined behaviour in
+// C++ and supported in CUDA device code; both compilers turn it into one register move.
+template <typename To, typename From>
+PYDDPM_HD To bit_cast(From from) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast needs types of one size");
+  To to;
+  memcpy(&to, &from, sizeof to);
+  return to;
 }
 
 // One Philox4x32-10 evaluation: r = philox(c, key), all in place in c0..c3.
@@ -138,9 +128,9 @@ PYDDPM_HD void philox4x32_10(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t&
 // ln(((ra >> 8) + 1) * 2^-24), as specified above.
 PYDDPM_HD float log_uniform(uint32_t ra) {
   const float u1 = static_cast<float>(static_cast<int32_t>((ra >> 8) + 1u)) * 0x1p-24f;
-  const uint32_t bits = float_bits(u1);
+  const uint32_t bits = bit_cast<uint32_t>(u1);
   const bool big = (bits & 0x7fffffu) > 0x3504f3u;
-  const float f = bits_float((bits & 0x7fffffu) | (big ? 0x3f000000u : 0x3f800000u));
+  const float f = bit_cast<float>((bits & 0x7fffffu) | (big ? 0x3f000000u : 0x3f800000u));
   const float e = static_cast<float>(static_cast<int32_t>(bits >> 23) - (big ? 126 : 127));
   const float x = f - 1.0f;
   const float z = x * x;

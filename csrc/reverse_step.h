@@ -1,14 +1,15 @@
-// The fused DDPM/DDIM reverse step on raw pointers (no libtorch): declarations shared by the CPU and
-// CUDA kernels, the pybind11 binding and any C++ program that links the kernels.
+// The fused DDPM/DDIM reverse step on raw pointers (no libtorch): the per-element step that the CPU and
+// CUDA kernels both compute (step_element), and the declarations shared by the kernels, the pybind11
+// binding and any C++ program that links the kernels.
 //
 // Per element, in binary32 and in this order (each line one rounding; no FMA contraction):
 //     v = a * x + b * eps
 //     if clip:       v = v + c * clamp(p * x + q * eps, lo, hi)   (clamp keeps NaN)
 //     if sigma != 0: v = v + sigma * z
 // z comes from `noise` when it is not null, otherwise from Philox (philox.h) for global sample index
-// sample_offset + (element / numel_per_sample) at `step`. The caller validates every argument:
-// `out` may equal `x` (in place) but must not partially overlap any input; all arrays are contiguous
-// with batch * numel_per_sample elements.
+// sample_offset + (element / numel_per_sample) at `step`. The kernels trust their caller (pyddpm/ops.py
+// checks the tensors): every array holds batch * numel_per_sample contiguous elements, `out` may equal
+// `x` (in place) but must not partially overlap any input.
 #pragma once
 
 #include <stdint.h>
@@ -24,6 +25,21 @@ struct StepCoef {
   bool clip = false;
 };
 
+// The step above for one element, in float32. clip and noise select the terms; the kernels pass
+// constants (CPU: template parameters, so each variant is its own vectorised loop) or the call's flags
+// (CUDA). noise == false: z is not read.
+PYDDPM_HD float step_element(float x, float eps, float z, const StepCoef& k, bool clip, bool noise) {
+  float v = k.a * x + k.b * eps;
+  if (clip) {
+    float w = k.p * x + k.q * eps;
+    w = w < k.lo ? k.lo : w;
+    w = w > k.hi ? k.hi : w;
+    v = v + k.c * w;
+  }
+  if (noise) v = v + k.sigma * z;
+  return v;
+}
+
 // Where the in-kernel noise comes from (used when noise == nullptr and sigma != 0).
 struct PhiloxArgs {
   uint64_t seed = 0;           // 0 <= seed < 2^63
@@ -31,10 +47,10 @@ struct PhiloxArgs {
   uint64_t sample_offset = 0;  // global index of the first sample of this batch
 };
 
-// A schedule of K steps that the kernel reads at run time, so that one captured CUDA graph replays every
-// step of a sampling loop: it uses row s = *index of `table` (K x 8 binary32: a, b, sigma, c, p, q, lo, hi)
-// and Philox step steps[s]. All three pointers live where the kernel runs (device memory for CUDA). An
-// index outside [0, rows) leaves x untouched (nothing is read out of bounds).
+// A schedule of K = rows steps that the kernel reads at run time, so that one captured CUDA graph replays
+// every step of a sampling loop: it uses row s = *index of `table` (K x 8 binary32: a, b, sigma, c, p, q,
+// lo, hi) and Philox step steps[s]. All three pointers live where the kernel runs (device memory for
+// CUDA) and must hold K rows. An index outside [0, rows) leaves x untouched.
 struct Schedule {
   const float* table = nullptr;
   const int64_t* steps = nullptr;
@@ -64,6 +80,11 @@ enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 void reverse_step_cpu(float* out, const float* x, const float* eps, const float* noise, int64_t batch,
                       int64_t numel_per_sample, const StepCoef& coef, const PhiloxArgs& rng,
                       int num_threads);
+// In place (x <- x_{t-1}) with the coefficients and Philox step of schedule row *sched.index (host
+// memory); noise is always drawn in the kernel (rng.step is ignored).
+void reverse_step_scheduled_cpu(float* x, const float* eps, int64_t batch, int64_t numel_per_sample,
+                                const Schedule& sched, bool clip, const PhiloxArgs& rng,
+                                int num_threads);
 // out[i, e] = z of sample sample_offset + i, element e (the N(0, 1) draws of philox.h).
 void normal_cpu(float* out, int64_t batch, int64_t numel_per_sample, const PhiloxArgs& rng,
                 int num_threads);

@@ -1,5 +1,5 @@
 // CPU kernels: OpenMP over blocks of 1024 elements, each block one loop the compiler vectorises.
-// Build with -ffp-contract=off -fno-math-errno (see CMakeLists.txt): the first keeps the noise and the
+// Build with -ffp-contract=off -fno-math-errno (see kernels.cmake): the first keeps the noise and the
 // step bit-identical to the torch reference, the second lets sqrtf vectorise (its argument is >= 0).
 #include <algorithm>
 #include <cstring>
@@ -200,24 +200,14 @@ void for_each_noise_block(int64_t batch, int64_t n, const PhiloxArgs& rng, int n
   }
 }
 
-// out[j] for j < len, as specified in reverse_step.h; z == nullptr: no noise term.
+// out[j] = step_element(x[j], eps[j], z[j]) for j < len; z == nullptr: no noise term.
 template <bool kClip, bool kNoise>
 void affine(float* out, const float* x, const float* eps, const float* z, int64_t len,
-            const StepCoef& k) {
-  const float a = k.a, b = k.b, c = k.c, p = k.p, q = k.q, lo = k.lo, hi = k.hi, sigma = k.sigma;
+            const StepCoef& coef) {
+  const StepCoef k = coef;  // a local copy: no store to out can alias it, so it stays in registers
   PYDDPM_IVDEP
-  for (int64_t j = 0; j < len; ++j) {
-    const float xv = x[j], ev = eps[j];
-    float v = a * xv + b * ev;
-    if (kClip) {
-      float w = p * xv + q * ev;
-      w = w < lo ? lo : w;
-      w = w > hi ? hi : w;
-      v = v + c * w;
-    }
-    if (kNoise) v = v + sigma * z[j];
-    out[j] = v;
-  }
+  for (int64_t j = 0; j < len; ++j)
+    out[j] = step_element(x[j], eps[j], kNoise ? z[j] : 0.f, k, kClip, kNoise);
 }
 
 void affine_dispatch(float* out, const float* x, const float* eps, const float* z, int64_t len,
@@ -254,6 +244,17 @@ void reverse_step_cpu(float* out, const float* x, const float* eps, const float*
     affine_dispatch(out + start, x + start, eps + start, z ? z + start : nullptr,
                     std::min(kBlock, total - start), coef);
   }
+}
+
+void reverse_step_scheduled_cpu(float* x, const float* eps, int64_t batch, int64_t numel_per_sample,
+                                const Schedule& sched, bool clip, const PhiloxArgs& rng,
+                                int num_threads) {
+  const int64_t s = *sched.index;
+  if (s < 0 || s >= sched.rows) return;
+  PhiloxArgs at_step = rng;
+  at_step.step = static_cast<uint32_t>(sched.steps[s]);
+  reverse_step_cpu(x, x, eps, nullptr, batch, numel_per_sample, schedule_row(sched.table + 8 * s, clip),
+                   at_step, num_threads);
 }
 
 void normal_cpu(float* out, int64_t batch, int64_t numel_per_sample, const PhiloxArgs& rng,

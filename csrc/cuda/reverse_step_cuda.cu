@@ -53,20 +53,6 @@ __device__ __forceinline__ void store(T* p, const float (&f)[N]) {
   *reinterpret_cast<Pack<T, N>*>(p) = pk;
 }
 
-// The step of reverse_step.h for one element; `noise` false: no sigma * z term.
-__device__ __forceinline__ float step_value(float x, float e, float z, const StepCoef& k,
-                                            bool noise) {
-  float v = k.a * x + k.b * e;
-  if (k.clip) {
-    float w = k.p * x + k.q * e;
-    w = w < k.lo ? k.lo : w;
-    w = w > k.hi ? k.hi : w;
-    v = v + k.c * w;
-  }
-  if (noise) v = v + k.sigma * z;
-  return v;
-}
-
 __device__ __forceinline__ int64_t thread_index() {
   return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
 }
@@ -90,14 +76,14 @@ __global__ void affine_kernel(T* out, const T* x, const T* eps, const T* z, int6
       load<T, N>(eps + v * N, ev);
       if (noise) load<T, N>(z + v * N, zv);
 #pragma unroll
-      for (int l = 0; l < N; ++l) o[l] = step_value(xv[l], ev[l], zv[l], k, noise);
+      for (int l = 0; l < N; ++l) o[l] = step_element(xv[l], ev[l], zv[l], k, k.clip, noise);
       store<T, N>(out + v * N, o);
     }
     done = packs * N;
   }
   for (int64_t j = done + thread_index(); j < total; j += grid_stride()) {
     const float zv = noise ? to_float(z[j]) : 0.f;
-    out[j] = from_float<T>(step_value(to_float(x[j]), to_float(eps[j]), zv, k, noise));
+    out[j] = from_float<T>(step_element(to_float(x[j]), to_float(eps[j]), zv, k, k.clip, noise));
   }
 }
 
@@ -143,7 +129,7 @@ __global__ void philox_kernel(T* out, const T* x, const T* eps, PhiloxParams P, 
         load<T, 4>(x + base, xv);
         load<T, 4>(eps + base, ev);
 #pragma unroll
-        for (int l = 0; l < 4; ++l) o[l] = step_value(xv[l], ev[l], z[l], k, noise);
+        for (int l = 0; l < 4; ++l) o[l] = step_element(xv[l], ev[l], z[l], k, k.clip, noise);
       }
       store<T, 4>(out + base, o);
     } else {
@@ -153,12 +139,31 @@ __global__ void philox_kernel(T* out, const T* x, const T* eps, PhiloxParams P, 
         if (l < lanes) {
           const int64_t j = base + l;
           out[j] = from_float<T>(kNormalOnly ? z[l]
-                                             : step_value(to_float(x[j]), to_float(eps[j]), z[l],
-                                                          k, noise));
+                                             : step_element(to_float(x[j]), to_float(eps[j]), z[l],
+                                                            k, k.clip, noise));
         }
       }
     }
   }
+}
+
+// Calls f(StorageType<T>{}) with T the storage type of dtype: the one place a dtype code becomes a type.
+template <typename T>
+struct StorageType {
+  using type = T;
+};
+
+template <typename F>
+void with_storage_type(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return f(StorageType<float>{});
+    case DType::kFloat16:
+      return f(StorageType<__half>{});
+    case DType::kBFloat16:
+      return f(StorageType<__nv_bfloat16>{});
+  }
+  throw std::invalid_argument("pyddpm._C: unknown dtype code");
 }
 
 bool aligned(const void* p, size_t bytes) {
@@ -252,47 +257,29 @@ void reverse_step_cuda(void* out, const void* x, const void* eps, const void* no
                        int64_t batch, int64_t numel_per_sample, const StepCoef& coef,
                        const PhiloxArgs& rng, uintptr_t stream) {
   if (batch * numel_per_sample == 0) return;
-  cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case DType::kFloat32:
-      return launch_step<float>(out, x, eps, noise, batch, numel_per_sample, coef, rng, s);
-    case DType::kFloat16:
-      return launch_step<__half>(out, x, eps, noise, batch, numel_per_sample, coef, rng, s);
-    case DType::kBFloat16:
-      return launch_step<__nv_bfloat16>(out, x, eps, noise, batch, numel_per_sample, coef, rng, s);
-  }
-  throw std::invalid_argument("pyddpm._C: unknown dtype code");
+  with_storage_type(dtype, [&](auto type) {
+    launch_step<typename decltype(type)::type>(out, x, eps, noise, batch, numel_per_sample, coef, rng,
+                                               reinterpret_cast<cudaStream_t>(stream));
+  });
 }
 
 void reverse_step_scheduled_cuda(void* x, const void* eps, DType dtype, int64_t batch,
                                  int64_t numel_per_sample, const Schedule& sched, bool clip,
                                  const PhiloxArgs& rng, uintptr_t stream) {
   if (batch * numel_per_sample == 0) return;
-  cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case DType::kFloat32:
-      return launch_scheduled<float>(x, eps, batch, numel_per_sample, sched, clip, rng, s);
-    case DType::kFloat16:
-      return launch_scheduled<__half>(x, eps, batch, numel_per_sample, sched, clip, rng, s);
-    case DType::kBFloat16:
-      return launch_scheduled<__nv_bfloat16>(x, eps, batch, numel_per_sample, sched, clip, rng, s);
-  }
-  throw std::invalid_argument("pyddpm._C: unknown dtype code");
+  with_storage_type(dtype, [&](auto type) {
+    launch_scheduled<typename decltype(type)::type>(x, eps, batch, numel_per_sample, sched, clip, rng,
+                                                    reinterpret_cast<cudaStream_t>(stream));
+  });
 }
 
 void normal_cuda(void* out, DType dtype, int64_t batch, int64_t numel_per_sample,
                  const PhiloxArgs& rng, uintptr_t stream) {
   if (batch * numel_per_sample == 0) return;
-  cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case DType::kFloat32:
-      return launch_normal<float>(out, batch, numel_per_sample, rng, s);
-    case DType::kFloat16:
-      return launch_normal<__half>(out, batch, numel_per_sample, rng, s);
-    case DType::kBFloat16:
-      return launch_normal<__nv_bfloat16>(out, batch, numel_per_sample, rng, s);
-  }
-  throw std::invalid_argument("pyddpm._C: unknown dtype code");
+  with_storage_type(dtype, [&](auto type) {
+    launch_normal<typename decltype(type)::type>(out, batch, numel_per_sample, rng,
+                                                 reinterpret_cast<cudaStream_t>(stream));
+  });
 }
 
 }  // namespace pyddpm
