@@ -1,15 +1,28 @@
-"""The comparison models (pyddpm.baselines): the flow's change of variables, the VAE's bounds, toy training, settings."""
+"""pyddpm.baselines: the flow's change of variables, the VAE's bounds, short toy training runs, settings."""
+import itertools
+import json
 import math
 
 import pytest
 import torch
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
-from pyddpm.baselines import (BASELINES, RealNVP, VAE, bits_per_dim, build_baseline, default_kwargs, gaussian_kl,
-                              pixel_grid)
+from pyddpm.baselines import (
+    BASELINES,
+    VAE,
+    RealNVP,
+    bits_per_dim,
+    build_baseline,
+    default_kwargs,
+    gaussian_kl,
+    pixel_grid,
+)
 from pyddpm.baselines.pixels import BIN_WIDTH, SUPPORT
 from pyddpm.data import DataTransform, toy_distribution
-from pyddpm.evaluate.likelihood import discretized_gaussian_log_likelihood, pixels_to_model
+from pyddpm.evaluate.likelihood import (
+    discretized_gaussian_log_likelihood,
+    pixels_to_model,
+)
 from pyddpm.philox import philox_normal
 
 # float64 round trips through ~20 layers lose a few ulps per layer: 1e-10 is loose by orders of magnitude and
@@ -33,10 +46,10 @@ def _pixel_batch(n: int, dim: int, seed: int) -> torch.Tensor:
 
 
 FLOWS = {
-    "2-d": (dict(dim=2, num_couplings=6, hidden=16), lambda n: torch.randn(n, 2, dtype=torch.float64)),
-    "16-d image, logit": (dict(dim=16, num_couplings=4, hidden=16, image_shape=[4, 4], pretransform="logit"),
+    "2-d": ({"dim": 2, "num_couplings": 6, "hidden": 16}, lambda n: torch.randn(n, 2, dtype=torch.float64)),
+    "16-d image, logit": ({"dim": 16, "num_couplings": 4, "hidden": 16, "image_shape": [4, 4], "pretransform": "logit"},
                           lambda n: _pixel_batch(n, 16, 3)),
-    "8-d halves": (dict(dim=8, num_couplings=3, hidden=8, mask="half", activation="tanh"),
+    "8-d halves": ({"dim": 8, "num_couplings": 3, "hidden": 8, "mask": "half", "activation": "tanh"},
                    lambda n: torch.randn(n, 8, dtype=torch.float64)),
 }
 
@@ -182,7 +195,7 @@ def test_elbo_below_iwae_k_below_iwae_larger_k():
             runs = torch.stack([vae.log_likelihood(x, K=key, generator=generator).mean() for _ in range(R)])
         estimates[key] = (float(runs.mean()), float(runs.std() / math.sqrt(R)))
     ordered = [estimates["elbo"], estimates[10], estimates[100], (exact, 0.0)]
-    for (low, se_low), (high, se_high) in zip(ordered, ordered[1:]):
+    for (low, se_low), (high, se_high) in itertools.pairwise(ordered):
         assert high - low > 3 * math.hypot(se_low, se_high), estimates
 
 
@@ -221,12 +234,13 @@ def test_vae_sample_is_seeded_and_uses_the_decoder():
     mean = vae.sample((4, 2), seed=7, decoder_noise=False)
     torch.testing.assert_close(mean, vae.decode(philox_normal((4, 2), 7, 0))[0])  # z: the DDPM's x_T noise
     noisy = vae.sample((4, 2), seed=7)
-    torch.testing.assert_close(noisy, mean + vae.decode(philox_normal((4, 2), 7, 0))[1].exp() * philox_normal((4, 2), 7, 1))
+    decoder_std = vae.decode(philox_normal((4, 2), 7, 0))[1].exp()
+    torch.testing.assert_close(noisy, mean + decoder_std * philox_normal((4, 2), 7, 1))  # step 1: decoder noise
 
 
 TOY_TRAINING = {
-    "flow": (dict(dim=2, num_couplings=6, hidden=32), 300, 3e-3),
-    "vae": (dict(dim=2, latent_dim=2, hidden=32), 300, 3e-3),
+    "flow": ({"dim": 2, "num_couplings": 6, "hidden": 32}, 300, 3e-3),
+    "vae": ({"dim": 2, "latent_dim": 2, "hidden": 32}, 300, 3e-3),
 }
 
 
@@ -275,33 +289,33 @@ def test_config_rebuilds_the_model(name, dataset):
     assert model.config == {**model.config, **kwargs}
     x = _pixel_batch(8, model.dim, 0).float() if dataset == "mnist" else torch.randn(8, model.dim)
     model.loss(x)  # initialises the flow's actnorm, which the state dict must carry
-    rebuilt = build_baseline(name, **model.config)
+    rebuilt = build_baseline(name, **json.loads(json.dumps(model.config)))  # as a run's JSON config stores it
     rebuilt.load_state_dict(model.state_dict())
     generator = (lambda: torch.Generator().manual_seed(0)) if name == "vae" else None
-    extra = (lambda: dict(K=3, generator=generator())) if name == "vae" else dict
+    extra = (lambda: {"K": 3, "generator": generator()}) if name == "vae" else dict
     torch.testing.assert_close(rebuilt.log_likelihood(x, **extra()), model.log_likelihood(x, **extra()))
     torch.testing.assert_close(rebuilt.sample((2, model.dim), seed=3), model.sample((2, model.dim), seed=3))
 
 
 @pytest.mark.parametrize("name, kwargs, match", [
     ("glow", {}, "unknown baseline 'glow'"),
-    ("flow", dict(depth=3), "depth"),
-    ("flow", dict(dim=1), "dim must be an integer >= 2"),
-    ("flow", dict(num_couplings=0), "num_couplings"),
-    ("flow", dict(hidden=2.5), "hidden"),
-    ("flow", dict(mask="stripes"), "unknown mask 'stripes'"),
-    ("flow", dict(norm="batchnorm"), "unknown norm"),
-    ("flow", dict(pretransform="sigmoid"), "unknown pretransform"),
-    ("flow", dict(alpha=0.5), "alpha"),
-    ("flow", dict(scale_bound=-1.0), "scale_bound"),
-    ("flow", dict(dim=16, image_shape=[3, 3]), "image_shape"),
-    ("flow", dict(activation="swish"), "unknown activation"),
-    ("vae", dict(latent_dim=0), "latent_dim"),
-    ("vae", dict(num_hidden_layers=-1), "num_hidden_layers"),
-    ("vae", dict(likelihood="bernoulli"), "unknown likelihood"),
-    ("vae", dict(decoder_variance="free"), "unknown decoder_variance"),
-    ("vae", dict(decoder_std=0.0), "decoder_std"),
-    ("vae", dict(decoder_std=100.0), "decoder_std"),
+    ("flow", {"depth": 3}, "depth"),
+    ("flow", {"dim": 1}, "dim must be an integer >= 2"),
+    ("flow", {"num_couplings": 0}, "num_couplings"),
+    ("flow", {"hidden": 2.5}, "hidden"),
+    ("flow", {"mask": "stripes"}, "unknown mask 'stripes'"),
+    ("flow", {"norm": "batchnorm"}, "unknown norm"),
+    ("flow", {"pretransform": "sigmoid"}, "unknown pretransform"),
+    ("flow", {"alpha": 0.5}, "alpha"),
+    ("flow", {"scale_bound": -1.0}, "scale_bound"),
+    ("flow", {"dim": 16, "image_shape": [3, 3]}, "image_shape"),
+    ("flow", {"activation": "swish"}, "unknown activation"),
+    ("vae", {"latent_dim": 0}, "latent_dim"),
+    ("vae", {"num_hidden_layers": -1}, "num_hidden_layers"),
+    ("vae", {"likelihood": "bernoulli"}, "unknown likelihood"),
+    ("vae", {"decoder_variance": "free"}, "unknown decoder_variance"),
+    ("vae", {"decoder_std": 0.0}, "decoder_std"),
+    ("vae", {"decoder_std": 100.0}, "decoder_std"),
 ])
 def test_bad_settings_raise(name, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -16,11 +16,12 @@ from .vae import VAE, gaussian_kl
 BASELINES: dict[str, type[nn.Module]] = {"flow": RealNVP, "vae": VAE}
 
 _DEFAULTS = {
-    ("flow", "toy"): dict(dim=2, num_couplings=8, hidden=128, num_hidden_layers=2),
-    ("flow", "image"): dict(dim=784, num_couplings=8, hidden=512, num_hidden_layers=2, image_shape=[1, 28, 28],
-                            mask="checkerboard", pretransform="logit", alpha=0.05),
-    ("vae", "toy"): dict(dim=2, latent_dim=2, hidden=64, num_hidden_layers=2, likelihood="gaussian"),
-    ("vae", "image"): dict(dim=784, latent_dim=32, hidden=512, num_hidden_layers=2, likelihood="discretized"),
+    ("flow", "toy"): {"dim": 2, "num_couplings": 8, "hidden": 128, "num_hidden_layers": 2},
+    ("flow", "image"): {"dim": 784, "num_couplings": 8, "hidden": 512, "num_hidden_layers": 2,
+                        "image_shape": [1, 28, 28], "mask": "checkerboard", "pretransform": "logit", "alpha": 0.05},
+    ("vae", "toy"): {"dim": 2, "latent_dim": 2, "hidden": 64, "num_hidden_layers": 2, "likelihood": "gaussian"},
+    ("vae", "image"): {"dim": 784, "latent_dim": 32, "hidden": 512, "num_hidden_layers": 2,
+                       "likelihood": "discretized"},
 }
 
 
@@ -41,5 +42,13 @@ def default_kwargs(name: str, dataset: str) -> dict:
     return dict(_DEFAULTS[name, "toy" if is_toy(dataset) else "image"])
 
 
-__all__ = ["BASELINES", "RealNVP", "VAE", "bits_per_dim", "build_baseline", "default_kwargs", "gaussian_kl",
-           "pixel_grid"]
+__all__ = [
+    "BASELINES",
+    "VAE",
+    "RealNVP",
+    "bits_per_dim",
+    "build_baseline",
+    "default_kwargs",
+    "gaussian_kl",
+    "pixel_grid",
+]

@@ -27,6 +27,7 @@ MASKS = ("checkerboard", "half")
 NORMS = ("actnorm", "none")
 PRETRANSFORMS = ("none", "logit")
 _LOG_2PI = math.log(2 * math.pi)
+_RANGE_SLACK = 1e-4  # float32 dequantisation can land a few ulps past 1 + 2/255; the logit is finite there
 
 
 def coupling_mask(dim: int, kind: str, image_shape=None) -> torch.Tensor:
@@ -86,7 +87,7 @@ class AffineCoupling(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
 
     def _scale_shift(self, x_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        s_raw, t = self.net(x_a).chunk(2, dim=1)
+        s_raw, t = self.net(x_a).to(x_a.dtype).chunk(2, dim=1)  # under autocast the MLP runs in low precision
         return soft_bound(s_raw, self.scale_bound), t
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,9 +117,9 @@ class LogitTransform(nn.Module):
         return math.log(1 - 2 * self.alpha) - math.log(self.high - self.low)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.numel() and (x.min() < self.low or x.max() > self.high):
+        if x.numel() and (x.min() < self.low - _RANGE_SLACK or x.max() > self.high + _RANGE_SLACK):
             raise ValueError(f"RealNVP with the logit pre-transform needs x in the dequantised pixel range "
-                             f"[{self.low}, {self.high:.6f}], got [{float(x.min()):.4g}, {float(x.max()):.4g}]")
+                             f"[{self.low}, {self.high:.6f}], got [{float(x.min()):.6g}, {float(x.max()):.6g}]")
         p = self.alpha + (1 - 2 * self.alpha) * (x - self.low) / (self.high - self.low)
         log_det = (self._const() - p.log() - torch.log1p(-p)).sum(1)
         return p.log() - torch.log1p(-p), log_det
@@ -169,9 +170,10 @@ class RealNVP(nn.Module):
                 raise ValueError(f"RealNVP: image_shape must be (C, H, W) or (H, W) of positive integers with "
                                  f"product dim = {dim}, got {image_shape!r}")
             image_shape = list(image_shape)
-        self.config = dict(dim=dim, num_couplings=num_couplings, hidden=hidden, num_hidden_layers=num_hidden_layers,
-                           activation=activation, mask=mask, image_shape=image_shape, norm=norm,
-                           pretransform=pretransform, alpha=alpha, scale_bound=scale_bound)
+        self.config = {"dim": dim, "num_couplings": num_couplings, "hidden": hidden,
+                       "num_hidden_layers": num_hidden_layers, "activation": activation, "mask": mask,
+                       "image_shape": image_shape, "norm": norm, "pretransform": pretransform, "alpha": alpha,
+                       "scale_bound": scale_bound}
         self.dim = dim
         self.pretransform = LogitTransform(alpha) if pretransform == "logit" else None
         first = coupling_mask(dim, mask, image_shape)

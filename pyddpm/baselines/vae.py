@@ -83,9 +83,9 @@ class VAE(nn.Module):
         checks.positive_float(owner, "decoder_std", decoder_std)
         if not LOG_STD_RANGE[0] < math.log(decoder_std) < LOG_STD_RANGE[1]:
             raise ValueError(f"VAE: decoder_std must lie in (1e-3, 10), got {decoder_std!r}")
-        self.config = dict(dim=dim, latent_dim=latent_dim, hidden=hidden, num_hidden_layers=num_hidden_layers,
-                           activation=activation, likelihood=likelihood, decoder_variance=decoder_variance,
-                           decoder_std=decoder_std)
+        self.config = {"dim": dim, "latent_dim": latent_dim, "hidden": hidden,
+                       "num_hidden_layers": num_hidden_layers, "activation": activation, "likelihood": likelihood,
+                       "decoder_variance": decoder_variance, "decoder_std": decoder_std}
         self.dim, self.latent_dim = dim, latent_dim
         self.likelihood, self.decoder_variance = likelihood, decoder_variance
         self.encoder = mlp(dim, hidden, num_hidden_layers, 2 * latent_dim, activation)
@@ -107,12 +107,12 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu(x), log sigma^2(x)) of q(z | x), each (batch, latent_dim), for x of shape (batch, dim)."""
-        mean, raw = self.encoder(x).chunk(2, dim=1)
+        mean, raw = self.encoder(x).to(x.dtype).chunk(2, dim=1)  # float32 out of an autocast MLP
         return mean, soft_bound(raw, ENCODER_LOG_VAR_BOUND)
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(m(z), log s(z)) of p(x | z), each (..., dim), for z of shape (..., latent_dim)."""
-        out = self.decoder(z)
+        out = self.decoder(z).to(z.dtype)
         if self.decoder_variance == "network":
             mean, raw = out.split(self.dim, dim=-1)
             return mean, _bounded_log_std(raw)
@@ -144,7 +144,8 @@ class VAE(nn.Module):
     def iwae(self, x: torch.Tensor, K: int, generator: torch.Generator | None = None,
              chunk: int = 64) -> torch.Tensor:
         """IWAE_K(x) per example: log 1/K sum_k p(x | z_k) p(z_k) / q(z_k | x), z_k ~ q(z | x) (Burda et al. eq. 8),
-        float64; the K samples are drawn ``chunk`` at a time from ``generator`` (torch's global one if None)."""
+        float64; the K samples are drawn ``chunk`` at a time from ``generator`` (on the model's device; torch's
+        global one if None)."""
         checks.positive_int("VAE.iwae", "K", K)
         checks.positive_int("VAE.iwae", "chunk", chunk)
         x = self._inputs(x)
@@ -170,7 +171,9 @@ class VAE(nn.Module):
     def sample(self, shape, seed: int | None = None, decoder_noise: bool | None = None) -> torch.Tensor:
         """x ~ p(x | z), z ~ N(0, I), of ``shape`` = (n, *sample_shape). With ``decoder_noise`` False the decoder
         mean m(z) is returned (the default for the discretised decoder, as the DDPM's last step adds no noise;
-        True for the Gaussian one). With a seed, z and the decoder noise are pyddpm's Philox noise at steps 0, 1."""
+        True for the Gaussian one; the discretised decoder's mean may lie outside [-1, 1], the outer bins being
+        open: clamp it before mapping to pixels). With a seed, z and the decoder noise are pyddpm's Philox noise
+        at steps 0 and 1."""
         shape = checks.sample_shape("VAE", shape, self.dim)
         if decoder_noise is None:
             decoder_noise = self.likelihood == "gaussian"
