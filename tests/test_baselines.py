@@ -17,8 +17,10 @@ from pyddpm.baselines import (
     gaussian_kl,
     pixel_grid,
 )
+from pyddpm.baselines.flow import ActNorm
 from pyddpm.baselines.pixels import BIN_WIDTH, SUPPORT
 from pyddpm.data import DataTransform, toy_distribution
+from pyddpm.ema import EMA
 from pyddpm.evaluate.likelihood import (
     discretized_gaussian_log_likelihood,
     pixels_to_model,
@@ -58,8 +60,12 @@ def _random_flow(kwargs: dict, data) -> tuple[RealNVP, torch.Tensor]:
     torch.manual_seed(0)
     flow = RealNVP(**kwargs).double()
     _randomise(flow, 0.3, seed=1)
+    for layer in flow.layers:
+        if isinstance(layer, ActNorm):
+            layer.bias.data.zero_()
+            layer.log_scale.data.zero_()
     x = data(32)
-    flow(x)  # actnorm's data initialisation (randomised values are overwritten from this batch)
+    flow(x)  # actnorm's data initialisation from this batch
     return flow, x
 
 
@@ -93,7 +99,6 @@ def test_one_layer_affine_flow_is_the_closed_form_gaussian():
     with torch.no_grad():
         actnorm.bias.copy_(torch.randn(3, generator=generator, dtype=torch.float64))
         actnorm.log_scale.copy_(torch.randn(3, generator=generator, dtype=torch.float64) * 0.5)
-        actnorm.initialized.fill_(True)
         linear = coupling.net[0]  # x_a (2) -> (s_raw, t) for x_b (1 + 1)
         linear.weight.copy_(torch.randn(2, 2, generator=generator, dtype=torch.float64))
         linear.weight[0] = 0  # s does not depend on x_a
@@ -126,6 +131,26 @@ def test_flow_sample_is_seeded_and_batch_independent():
     assert not torch.equal(flow.sample((5, 2), seed=12), five)
     torch.testing.assert_close(five, flow.inverse(philox_normal((5, 2), 11, 0, dtype=torch.float64))[0])
     assert flow.sample((4, 1, 2), seed=0).shape == (4, 1, 2)
+
+
+def test_actnorm_initialises_once_from_the_first_training_batch():
+    """The first training batch comes out standardised; later batches, eval mode and an EMA copy never re-initialise."""
+    generator = torch.Generator().manual_seed(0)
+    first, second = (torch.randn(64, 3, generator=generator) * 5 + 2 for _ in range(2))
+    fresh = ActNorm(3).eval()
+    torch.testing.assert_close(fresh(first)[0], first)  # eval mode: no initialisation, the identity
+    actnorm = ActNorm(3)
+    ema = EMA(actnorm, decay=0.9)
+    y, log_det = actnorm(first)
+    torch.testing.assert_close(y.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.std(0), torch.ones(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(log_det, -first.std(0).log().sum().expand(64))
+    ema.update(actnorm)  # the copy averages the parameters, which moves them off their starting zeros
+    for module in (actnorm, ema.shadow.train()):
+        before = {k: v.clone() for k, v in module.state_dict().items()}
+        module(second)
+        for key, value in module.state_dict().items():
+            torch.testing.assert_close(value, before[key], atol=0, rtol=0)
 
 
 def test_flow_rejects_pixels_outside_the_logit_range():

@@ -4,7 +4,7 @@
     log p(x) = log N(f(x); 0, I) + log |det df/dx|                        (eq. 3 of Dinh et al.),
 
 g the optional logit pre-transform of pixel data (sec. 4.1), a_l an actnorm (Kingma & Dhariwal 2018,
-initialised from the first batch it sees), c_l an affine coupling layer (eqs. 4-6, 9):
+initialised from the first training batch), c_l an affine coupling layer (eqs. 4-6, 9):
 
     y_a = x_a,  y_b = x_b * exp(s(x_a)) + t(x_a),  log |det| = sum s(x_a),
 
@@ -45,14 +45,19 @@ def coupling_mask(dim: int, kind: str, image_shape=None) -> torch.Tensor:
 
 
 class ActNorm(nn.Module):
-    """y = (x + bias) * exp(log_scale) per dimension; the first forward sets bias, log_scale so that batch's
-    output has zero mean and unit variance (Kingma & Dhariwal 2018, sec. 3.1). log |det| = sum log_scale."""
+    """y = (x + bias) * exp(log_scale) per dimension, log |det| = sum log_scale (Kingma & Dhariwal 2018, sec. 3.1).
+
+    Data-dependent initialisation: a forward in training mode while bias and log_scale still hold their starting
+    zeros sets them so that batch's output has zero mean and unit variance. Keyed on the parameters, not a flag,
+    so an EMA copy (which averages parameters only), a loaded model and eval mode never re-initialise. Under DDP,
+    run one training forward before wrapping the model, so that every rank gets rank 0's initialisation.
+    """
 
     def __init__(self, dim: int):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(dim))
         self.log_scale = nn.Parameter(torch.zeros(dim))
-        self.register_buffer("initialized", torch.tensor(False))
+        self._checked = False  # needs_init() was False once: skip the (device-syncing) check from then on
 
     @torch.no_grad()
     def _initialize(self, x: torch.Tensor) -> None:
@@ -60,11 +65,16 @@ class ActNorm(nn.Module):
             raise ValueError(f"ActNorm initialises from its first batch, which needs >= 2 examples, got {x.shape[0]}")
         self.bias.copy_(-x.mean(0))
         self.log_scale.copy_(-x.std(0).clamp_min(1e-6).log())
-        self.initialized.fill_(True)
+
+    def needs_init(self) -> bool:
+        """Whether the next forward in training mode initialises from its batch (the parameters are untouched)."""
+        return not (self.bias.any() or self.log_scale.any())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.initialized:
-            self._initialize(x)
+        if self.training and not self._checked:
+            if self.needs_init():
+                self._initialize(x)
+            self._checked = True
         return (x + self.bias) * self.log_scale.exp(), self.log_scale.sum().expand(x.shape[0])
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
