@@ -1,5 +1,6 @@
-"""Tiny trained and exported runs shared by the export tests (trained once per test session), pyddpm-sample's
-output to compare against, and an environment in which torch and pyddpm cannot be imported."""
+"""What the tests share: the repository and MNIST paths, tiny trained and exported runs (trained once per test
+session), pyddpm-sample's output to compare against, and an environment in which torch and pyddpm cannot be
+imported."""
 from __future__ import annotations
 
 import os
@@ -8,9 +9,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pyddpm.export import export_run
-from pyddpm.nets import NETWORKS
 from pyddpm.cli.sample import main as sample_main
 from pyddpm.cli.train import main as train_main
 
@@ -18,6 +19,18 @@ ROOT = Path(__file__).resolve().parents[1]
 ONNX_SAMPLER = ROOT / "export" / "onnx_sampler.py"
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
 PYTHON = sys.executable
+
+
+
+def unet_available(name: str = "unet") -> tuple[bool, str]:
+    """Whether MNIST is there to train a tiny run of the U-Net ``name`` on (and why not)."""
+    if not (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        return False, f"MNIST is not in {MNIST_DIR}"
+    return True, ""
+
+
+# the tiny runs the export tests parametrise over: the toy network and, where MNIST is there, the exercise U-Net
+EXPORT_NETS = ["toy", pytest.param("unet", marks=pytest.mark.skipif(not unet_available()[0], reason=unet_available()[1]))]
 
 RUNS = {
     "toy": ["--data", "cb", "--hidden", "16", "--depth", "2", "--T", "20"],
@@ -29,15 +42,6 @@ RUNS = {
 COMMON = ["--max-steps", "4", "--batch-size", "32", "--num-train", "256", "--num-samples", "8", "--seed", "3",
           "--device", "cpu"]
 _cache: dict = {}
-
-
-def unet_available(name: str = "unet") -> tuple[bool, str]:
-    """Whether the U-Net ``name`` and MNIST are there to train a tiny run on (and why not)."""
-    if name not in NETWORKS:
-        return False, f"the U-Net {name!r} is not registered in pyddpm.nets"
-    if not (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
-        return False, f"MNIST is not in {MNIST_DIR}"
-    return True, ""
 
 
 def trained_run(factory, name: str) -> Path:

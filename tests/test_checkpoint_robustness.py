@@ -17,11 +17,11 @@ from pyddpm.store import CHECKPOINT_FILE, CheckpointError, load_model, read_chec
 from pyddpm.diffusion import DDPM
 from pyddpm.cli.sample import main as sample_main
 from pyddpm.cli.train import main as train_main
+from export_runs import MNIST_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "mnist"
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared MNIST not found at {SHARED}")
-TINY = ["--data", "mnist", "--data-dir", str(SHARED), "--net", "unet", "--channels", "4,8", "--num-train", "320",
+pytestmark = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"shared MNIST not found at {MNIST_DIR}")
+TINY = ["--data", "mnist", "--data-dir", str(MNIST_DIR), "--net", "unet", "--channels", "4,8", "--num-train", "320",
         "--batch-size", "16", "--T", "20", "--grid-samples", "0", "--device", "cpu"]
 
 

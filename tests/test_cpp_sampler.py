@@ -11,10 +11,9 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from export_runs import ROOT, exported, pyddpm_samples, trained_run, unet_available
+from export_runs import EXPORT_NETS, ROOT, exported, pyddpm_samples, trained_run, unet_available
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit\..* is deprecated:FutureWarning")
-NETS = ["toy", pytest.param("unet", marks=pytest.mark.skipif(not unet_available()[0], reason=unet_available()[1]))]
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +36,7 @@ def run_cpp(binary, *args):
     return subprocess.run([binary, *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("net", EXPORT_NETS)
 def test_same_seed_same_samples_as_pyddpm_sample(net, cpp_sampler, tmp_path_factory, tmp_path):
     out, run = exported(tmp_path_factory, net), trained_run(tmp_path_factory, net)
     num, seed = (40, 5) if net == "toy" else (3, 11)

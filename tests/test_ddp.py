@@ -9,15 +9,15 @@ import torch
 from safetensors.torch import load_file
 
 from pyddpm.store import read_checkpoint
+from export_runs import MNIST_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "mnist"
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared MNIST not found at {SHARED}")
+@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"shared MNIST not found at {MNIST_DIR}")
 def test_two_process_gloo_run_ends_with_identical_parameters(tmp_path):
     out = tmp_path / "ddp"
-    args = ["--data", "mnist", "--data-dir", str(SHARED), "--net", "unet", "--channels", "4,8",
+    args = ["--data", "mnist", "--data-dir", str(MNIST_DIR), "--net", "unet", "--channels", "4,8",
             "--num-train", "320", "--batch-size", "16", "--epochs", "2", "--T", "50", "--checkpoint-every", "15",
             "--grid-samples", "4", "--grid-steps", "2", "--device", "cpu", "--out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1")  # pyddpm as this test process imports it (installed in CI)

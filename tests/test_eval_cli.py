@@ -9,9 +9,9 @@ from pyddpm.evaluate.classifier import ImageClassifier, checksum_path, save_clas
 from pyddpm.cli.eval import main as eval_main
 from pyddpm.cli.eval import samples_to_pixels
 from pyddpm.cli.train import main as train_main
+from export_runs import MNIST_DIR
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared MNIST not found at {SHARED}")
+needs_shared = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"shared MNIST not found at {MNIST_DIR}")
 
 
 def test_samples_to_pixels_inverts_the_dequantisation():
@@ -39,7 +39,7 @@ def test_toy_run(tmp_path, capsys):
 def mnist_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("mnist")
     run = root / "run"
-    assert train_main(["--data", "mnist", "--data-dir", str(SHARED), "--net", "fc", "--hidden", "32", "--depth", "1",
+    assert train_main(["--data", "mnist", "--data-dir", str(MNIST_DIR), "--net", "fc", "--hidden", "32", "--depth", "1",
                        "--max-steps", "3", "--batch-size", "16", "--T", "20", "--grid-samples", "0",
                        "--out", str(run)]) == 0
     torch.manual_seed(0)

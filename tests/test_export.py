@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from export_runs import exported, pyddpm_samples, trained_run, unet_available
+from export_runs import EXPORT_NETS, exported, pyddpm_samples, trained_run, unet_available
 
 from pyddpm import philox
 from pyddpm.store import load_model
@@ -21,7 +21,6 @@ from pyddpm.ops import reverse_step_reference
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit\..* is deprecated:FutureWarning")
 FILES = ("denoiser.onnx", "step.onnx", "denoiser.pt", "sampler.pt")
-NETS = ["toy", pytest.param("unet", marks=pytest.mark.skipif(not unet_available()[0], reason=unet_available()[1]))]
 
 
 def onnx_metadata(path) -> dict:
@@ -32,7 +31,7 @@ def session(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("net", EXPORT_NETS)
 def test_files_metadata_and_checker(net, tmp_path_factory):
     out, run = exported(tmp_path_factory, net), trained_run(tmp_path_factory, net)
     model, config = load_model(run)
@@ -79,7 +78,7 @@ def reference_step(model, x, t: int, z):
         return reverse_step_reference(x, eps, model.step_coefficients()[t - 1], noise=z)
 
 
-@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("net", EXPORT_NETS)
 def test_step_onnx_matches_the_pytorch_step(net, tmp_path_factory):
     out = exported(tmp_path_factory, net)
     model, config = load_model(trained_run(tmp_path_factory, net))
@@ -109,7 +108,7 @@ def test_step_onnx_takes_a_different_t_per_sample(tmp_path_factory):
         assert np.abs(got[k:k + 1] - expected).max() <= 1e-5
 
 
-@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("net", EXPORT_NETS)
 def test_torchscript_sampler_matches_pyddpm_sample(net, tmp_path_factory, tmp_path):
     out, run = exported(tmp_path_factory, net), trained_run(tmp_path_factory, net)
     num, seed = (40, 5) if net == "toy" else (3, 11)

@@ -9,21 +9,21 @@ import torch
 from pyddpm.data import DataError, DataTransform, data_config_entries, load_images, load_training_data, to_data_space
 from pyddpm.data import mnist
 from pyddpm.cli.train import main as train_main
+from export_runs import MNIST_DIR
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared MNIST not found at {SHARED}")
+needs_shared = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"shared MNIST not found at {MNIST_DIR}")
 
 
 @needs_shared
 def test_shared_subset_shapes_and_labels():
-    images, labels = load_images("mnist", "train", SHARED)
+    images, labels = load_images("mnist", "train", MNIST_DIR)
     assert images.shape == (22699, 28, 28) and images.dtype == torch.uint8
     assert labels.shape == (22699,) and labels.dtype == torch.int64
     assert labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]  # the official first training labels
     counts = torch.bincount(labels, minlength=10)
     assert counts.min() > 1800 and counts.sum() == 22699
-    test_images, test_labels = load_images("mnist", "test", SHARED)
+    test_images, test_labels = load_images("mnist", "test", MNIST_DIR)
     assert test_images.shape == (10000, 28, 28) and test_labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     assert images.max() == 255 and images.min() == 0
     assert 0.12 < images.float().mean() / 255 < 0.14  # MNIST's mean intensity is 0.1307
@@ -31,7 +31,7 @@ def test_shared_subset_shapes_and_labels():
 
 @needs_shared
 def test_dequantised_batches_cover_the_pixel_bins_and_map_to_minus_one_one():
-    pixels = load_training_data("mnist", num_train=512, seed=0, data_dir=SHARED)
+    pixels = load_training_data("mnist", num_train=512, seed=0, data_dir=MNIST_DIR)
     assert pixels.shape == (512, 784) and pixels.dtype == torch.uint8
     torch.manual_seed(0)
     x = to_data_space(pixels)
@@ -49,9 +49,9 @@ def test_dequantised_batches_cover_the_pixel_bins_and_map_to_minus_one_one():
 @needs_shared
 def test_plain_and_gzipped_idx_files_read_the_same(tmp_path):
     for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        (tmp_path / name).write_bytes(gzip.decompress((SHARED / f"{name}.gz").read_bytes()))
+        (tmp_path / name).write_bytes(gzip.decompress((MNIST_DIR / f"{name}.gz").read_bytes()))
     plain = load_images("mnist", "test", tmp_path)
-    packed = load_images("mnist", "test", SHARED)
+    packed = load_images("mnist", "test", MNIST_DIR)
     assert torch.equal(plain[0], packed[0]) and torch.equal(plain[1], packed[1])
 
 
@@ -89,7 +89,7 @@ def test_download_fetches_through_torchvision_into_the_data_dir(tmp_path, monkey
 
     def fake_download_url(url, root, filename, md5):
         fetched.append((url, md5))
-        shutil.copy(SHARED / filename, Path(root) / filename)
+        shutil.copy(MNIST_DIR / filename, Path(root) / filename)
 
     monkeypatch.setattr(utils, "download_url", fake_download_url)
     target = tmp_path / "MNIST" / "raw"

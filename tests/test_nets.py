@@ -12,9 +12,9 @@ from pyddpm.store import load_model
 from pyddpm.nets import DDPMUNet, ExerciseUNet, build_network
 from pyddpm.cli.sample import main as sample_main
 from pyddpm.cli.train import main as train_main
+from export_runs import MNIST_DIR
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared MNIST not found at {SHARED}")
+needs_shared = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"shared MNIST not found at {MNIST_DIR}")
 
 NETS = {  # default sizes, as users get them
     "fc": dict(input_dim=784, num_hidden=256, num_layers=4, activation="silu", time_embedding="sinusoidal"),
@@ -97,7 +97,7 @@ def read_losses(run: Path) -> list[float]:
 def test_a_few_hundred_cpu_steps_lower_the_loss(name, tmp_path):
     run = tmp_path / name
     sizes, ratio = TINY[name]
-    args = ["--data", "mnist", "--data-dir", str(SHARED), "--net", name, *sizes, "--num-train", "1600",
+    args = ["--data", "mnist", "--data-dir", str(MNIST_DIR), "--net", name, *sizes, "--num-train", "1600",
             "--batch-size", "16", "--epochs", "2", "--out", str(run), "--device", "cpu",
             "--grid-samples", "4" if name == "unet" else "0", "--grid-steps", "3"]
     assert train_main(args) == 0

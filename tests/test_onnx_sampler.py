@@ -9,12 +9,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from export_runs import ONNX_SAMPLER, PYTHON, exported, pyddpm_samples, torchless_env, trained_run, unet_available
+from export_runs import EXPORT_NETS, ONNX_SAMPLER, PYTHON, exported, pyddpm_samples, torchless_env, trained_run, unet_available
 from PIL import Image
 
 from pyddpm import philox
 
-NETS = ["toy", pytest.param("unet", marks=pytest.mark.skipif(not unet_available()[0], reason=unet_available()[1]))]
 
 
 def load_sampler_module():
@@ -36,7 +35,7 @@ def test_the_subprocess_really_cannot_import_torch(tmp_path):
     assert result.returncode != 0 and "must not be imported" in result.stderr
 
 
-@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("net", EXPORT_NETS)
 def test_same_seed_same_samples_as_pyddpm_sample(net, tmp_path_factory, tmp_path):
     out, run = exported(tmp_path_factory, net), trained_run(tmp_path_factory, net)
     num, seed = (40, 5) if net == "toy" else (3, 11)

@@ -7,13 +7,13 @@ import torch
 
 from pyddpm.store import read_checkpoint
 from pyddpm.cli.train import main as train_main
+from export_runs import MNIST_DIR
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared MNIST not found at {SHARED}")
+pytestmark = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"shared MNIST not found at {MNIST_DIR}")
 
 # A tiny DDPM U-Net with dropout (so the RNG state matters), EMA, warm-up and cosine decay over 3 epochs of
 # 10 steps; 24 steps cross two epoch boundaries, and the halves meet mid-epoch (step 12).
-RUN = ["--data", "mnist", "--data-dir", str(SHARED), "--net", "unet-ddpm", "--channels", "4,8",
+RUN = ["--data", "mnist", "--data-dir", str(MNIST_DIR), "--net", "unet-ddpm", "--channels", "4,8",
        "--num-res-blocks", "1", "--dropout", "0.2", "--num-train", "160", "--batch-size", "16", "--epochs", "3",
        "--T", "50", "--warmup", "5", "--ema", "0.9", "--checkpoint-every", "1000", "--grid-samples", "0",
        "--device", "cpu"]

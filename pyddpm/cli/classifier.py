@@ -10,7 +10,7 @@ from ..data import DataError
 from ..evaluate.classifier import MIN_TEST_ACCURACY, checksum_path, default_classifier_path, save_classifier, train_classifier
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pyddpm-classifier",
                                 description="Train the classifier that pyddpm-eval's Frechet distance, label histogram "
                                             "and confidence use, and cache it with its SHA-256.")
@@ -22,7 +22,11 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=8, help="passes over the training split (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of initial weights, order and augmentation (default 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.epochs < 1:
             raise ValueError(f"--epochs must be a positive integer, got {args.epochs}")

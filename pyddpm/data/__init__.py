@@ -1,7 +1,7 @@
 """Data sets and the affine map between data space and the space the diffusion model works in."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -45,9 +45,6 @@ class DataTransform:
     def from_model(self, x: torch.Tensor) -> torch.Tensor:
         """Model space -> data space."""
         return x / self.scale + self.center
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def toy_distribution(name: str):

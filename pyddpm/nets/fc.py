@@ -20,8 +20,8 @@ TIME_EMBEDDINGS = ("linear", "sinusoidal")
 class SinusoidalTimeEmbedding(nn.Module):
     """Transformer-style sin/cos features of the time step (Ho et al. appendix B).
 
-    The input is the normalised step t / T in [0, 1]; it is scaled back by ``max_period_steps`` so the
-    frequencies match the usual embedding of the integer step.
+    The input is the network's time (t - 1) / T in [0, 1); it is scaled back by ``steps`` (T = 1000 by default) so
+    the frequencies match the usual embedding of the integer step.
     """
 
     def __init__(self, dim: int, steps: float = 1000.0):

@@ -54,7 +54,7 @@ class SelfAttention(nn.Module):
 
 
 class DDPMUNet(nn.Module):
-    """eps_theta(x_t, t) as the U-Net of Ho et al. on flat images, t given as (batch, 1) = step / T.
+    """eps_theta(x_t, t) as the U-Net of Ho et al. on flat images, t given as (batch, 1) = (t - 1) / T.
 
     Each level holds ``num_res_blocks`` residual blocks at ``channels[level]`` channels; levels are separated
     by stride-2 convolutions (28 -> 14 -> 7 with three levels) and mirrored in the decoder with skip
