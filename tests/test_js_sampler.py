@@ -151,12 +151,13 @@ def served(tmp_path):
     server.server_close()
 
 
-def run_page(base, tmp_path, query, screenshot=None):
+def run_page(base, tmp_path, query, screenshot=None, pick=None):
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium; .ci/run does this)")
     result_file = tmp_path / "page.json"
     result = node(JS / "demo" / "headless.mjs", f"{base}/js/demo/index.html?{query}", "--out", result_file,
-                  *(["--screenshot", screenshot] if screenshot else []), "--timeout-ms", 120000)
+                  *(["--screenshot", screenshot] if screenshot else []), *(["--pick", pick] if pick else []),
+                  "--timeout-ms", 120000)
     return result, json.loads(result_file.read_text())
 
 
@@ -187,3 +188,12 @@ def test_demo_page_refuses_a_modified_file(served, tmp_path_factory, tmp_path):
     result, page = run_page(base, tmp_path, "model=../../model/&num=10")
     assert result.returncode == 2 and page["state"] == "error" and page["samples"] is None
     assert "step.onnx does not match its SHA-256 in manifest.json" in page["message"]
+
+
+def test_demo_page_samples_a_picked_directory_in_batches(served, tmp_path_factory, tmp_path):
+    _, base = served
+    out, run = exported(tmp_path_factory, "toy"), trained_run(tmp_path_factory, "toy")
+    result, page = run_page(base, tmp_path, "num=40&seed=5&batch=16", pick=out)
+    assert result.returncode == 0 and page["state"] == "done", (result.stderr, page.get("message"))
+    got = np.array(page["samples"], dtype=np.float32).reshape(page["shape"])
+    assert np.abs(got - pyddpm_samples(run, tmp_path, 40, 5)).max() <= ATOL

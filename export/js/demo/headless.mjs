@@ -4,7 +4,9 @@
 //
 //   node export/js/demo/headless.mjs "http://127.0.0.1:8000/js/demo/index.html?model=../../model/&num=500" \
 //        --out result.json [--screenshot page.png] [--chromium /usr/bin/chromium] [--timeout-ms 120000]
+//   node export/js/demo/headless.mjs "http://127.0.0.1:8000/js/demo/index.html?num=500" --pick EXPORT_DIR --out ...
 //
+// --pick loads the export through the page's directory picker instead of a URL (then presses Sample).
 // The browser gets a fresh profile (user-data-dir) that is removed afterwards. Exit status 0 when the page
 // finished sampling, 2 when it reported an error or did not finish in time (the page's message on stderr).
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -21,11 +23,12 @@ async function main() {
   const { values, positionals } = parseArgs({
     allowPositionals: true, options: {
       out: { type: "string" }, screenshot: { type: "string" }, chromium: { type: "string", default: "/usr/bin/chromium" },
-      "timeout-ms": { type: "string", default: "120000" },
+      "timeout-ms": { type: "string", default: "120000" }, pick: { type: "string" },
     },
   });
   if (positionals.length !== 1 || !values.out) {
-    console.error("usage: headless.mjs URL --out result.json [--screenshot page.png] [--chromium PATH] [--timeout-ms N]");
+    console.error("usage: headless.mjs URL --out result.json [--pick EXPORT_DIR] [--screenshot page.png] " +
+      "[--chromium PATH] [--timeout-ms N]");
     return 2;
   }
   const profile = await mkdtemp(join(tmpdir(), "pyddpm-demo-profile-"));
@@ -37,6 +40,10 @@ async function main() {
     page.on("pageerror", (err) => console.error(`page error: ${err.message}`));
     page.on("console", (msg) => msg.type() === "error" && console.error(`console: ${msg.text()}`));
     await page.goto(positionals[0]);
+    if (values.pick) {
+      await page.setInputFiles("#picker", values.pick);
+      await page.click("#run");
+    }
     let finished = true;
     try {
       await page.waitForFunction(() => ["done", "error"].includes(window.pyddpmDemo?.state), null,
