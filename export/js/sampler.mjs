@@ -227,7 +227,7 @@ export class Sampler {
     } catch (err) {
       throw new SamplerError(`${name} is not a loadable ONNX model (${String(err.message).split("\n")[0]})`);
     }
-    const expected = entry.inputs.map((input) => input.name);
+    const expected = (entry.inputs ?? []).map((input) => input.name);
     if ([...session.inputNames].sort().join() !== [...expected].sort().join()) {
       throw new SamplerError(`${name} has inputs ${session.inputNames}, the manifest lists ${expected}`);
     }
