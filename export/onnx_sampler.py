@@ -4,8 +4,9 @@
     python onnx_sampler.py EXPORT_DIR --num 64 --seed 0 --out samples.npy
 
 EXPORT_DIR is what `pyddpm-export RUN --out EXPORT_DIR` wrote (step.onnx is used), or the path of step.onnx
-or denoiser.onnx (then the update is computed here from the coefficients in its metadata). The model's
-metadata gives T, the sample shape and the map to data space; x_T and every z are drawn with pyddpm's
+or denoiser.onnx (then the update is computed here from the coefficients in the manifest). The export's
+manifest.json gives T, the sample shape, the map to data space and pixels, and the SHA-256 of each file: a
+file that does not match is refused. x_T and every z are drawn with pyddpm's
 counter-based Philox rule (a numpy port of pyddpm/philox.py, float32 operation by operation), so the same
 seed gives the samples `pyddpm-sample RUN --seed S` gives. Writes .npy (data space, as pyddpm-sample
 writes it) or .png (images: the same grid as pyddpm-sample; 2-D points: a density histogram).
@@ -13,6 +14,7 @@ writes it) or .png (images: the same grid as pyddpm-sample; 2-D points: a densit
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import struct
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 EXPORT_FORMAT = "1"
+MANIFEST = "manifest.json"
 NOISE_SPEC = "pyddpm-philox4x32-10-boxmuller-1"
 
 # ---- pyddpm's noise rule (pyddpm/philox.py, csrc/philox.h), in numpy --------------------------------------
@@ -101,8 +104,40 @@ class SamplerError(RuntimeError):
     """A model that is not a usable pyddpm export, or bad arguments."""
 
 
+def read_manifest(directory: Path) -> dict:
+    """The export's manifest.json (pyddpm.export.manifest) after checking its format and noise rule."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise SamplerError(f"{directory} holds no {MANIFEST}, so it is not a pyddpm export (or predates the "
+                           "manifest); export a trained run with `pyddpm-export RUN_DIR --out DIR`")
+    try:
+        manifest = json.loads(path.read_text())
+        version, rule = manifest.get("pyddpm_export"), manifest.get("noise", {}).get("rule")
+    except (ValueError, AttributeError) as err:
+        raise SamplerError(f"{path} is not a pyddpm manifest ({err})") from None
+    if version != EXPORT_FORMAT:
+        raise SamplerError(f"{path} describes pyddpm export format {version}, this sampler reads format "
+                           f"{EXPORT_FORMAT}; use the onnx_sampler.py of the pyddpm that exported it")
+    if rule != NOISE_SPEC:
+        raise SamplerError(f"{path} refers to noise rule {rule!r}; this sampler implements {NOISE_SPEC!r}")
+    return manifest
+
+
+def verified_bytes(path: Path, manifest: dict) -> bytes:
+    """The bytes of ``path`` after checking them against the SHA-256 the manifest records for it."""
+    entry = manifest.get("files", {}).get(path.name)
+    if not isinstance(entry, dict) or "sha256" not in entry:
+        raise SamplerError(f"{path.name} is not listed in {path.parent / MANIFEST}; pass a file pyddpm-export wrote")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != entry["sha256"]:
+        raise SamplerError(f"{path.name} does not match its SHA-256 in {MANIFEST} (modified or corrupted since the "
+                           f"export: {digest}, expected {entry['sha256']}); refusing to load it, export again")
+    return data
+
+
 class ExportedModel:
-    """step.onnx or denoiser.onnx with its pyddpm metadata; ``step(x_t, t, z)`` is x_{t-1}."""
+    """step.onnx or denoiser.onnx with the export's manifest.json; ``step(x_t, t, z)`` is x_{t-1}."""
 
     def __init__(self, path: str | Path, threads: int = 0):
         path = Path(path)
@@ -111,6 +146,8 @@ class ExportedModel:
         if not path.is_file():
             raise SamplerError(f"{path} does not exist; export a run with `pyddpm-export RUN_DIR --out DIR` and pass "
                                "DIR or DIR/step.onnx")
+        meta = read_manifest(path.parent)
+        model_bytes = verified_bytes(path, meta)
         try:
             import onnxruntime as ort
         except ImportError:
@@ -118,31 +155,22 @@ class ExportedModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - onnxruntime raises several types for unreadable files
             raise SamplerError(f"{path} is not a loadable ONNX model ({str(err).splitlines()[0]})") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if "pyddpm_export" not in meta:
-            raise SamplerError(f"{path} is not a pyddpm export (its ONNX metadata has no pyddpm_export entry); "
-                               "export a trained run with `pyddpm-export RUN_DIR --out DIR`")
-        if meta["pyddpm_export"] != EXPORT_FORMAT:
-            raise SamplerError(f"{path} uses pyddpm export format {meta['pyddpm_export']}, this sampler reads "
-                               f"format {EXPORT_FORMAT}; use the onnx_sampler.py of the pyddpm that exported it")
-        if meta.get("noise_spec") != NOISE_SPEC:
-            raise SamplerError(f"{path} refers to noise rule {meta.get('noise_spec')!r}; this sampler implements "
-                               f"{NOISE_SPEC!r}")
         try:
-            self.kind = meta["model"]
+            self.kind = meta["files"][path.name]["model"]
             self.T = int(meta["T"])
-            self.shape = tuple(json.loads(meta["sample_shape"]))
-            transform = json.loads(meta["data_transform"])
-            self.center, self.scale = _F32(transform["center"]), _F32(transform["scale"])
-            self.value_range = json.loads(meta["value_range"])
-            self.image_shape = json.loads(meta["image_shape"])
-            table = json.loads(meta["step_coefficients"])
+            self.shape = tuple(int(s) for s in meta["sample_shape"])
+            to_data = meta["to_data"]
+            self.center, self.scale = _F32(to_data["add"]), _F32(to_data["divide"])
+            self.value_range = to_data["clamp"]
+            self.pixels = meta["pixels"]
+            self.image_shape = self.pixels["image_shape"] if self.pixels else None
+            table = meta["step_coefficients"]
             self.a, self.b, self.sigma = (np.asarray(table[k], dtype=_F32) for k in ("a", "b", "sigma"))
         except (KeyError, ValueError, TypeError) as err:
-            raise SamplerError(f"{path}: incomplete or malformed pyddpm metadata ({err!r})") from None
+            raise SamplerError(f"{path.parent / MANIFEST}: incomplete or malformed pyddpm manifest ({err!r})") from None
         self._check_io(path)
 
     def _check_io(self, path: Path) -> None:
@@ -156,10 +184,10 @@ class ExportedModel:
             dims = inputs[name].shape
             expected = ["batch"] if name == "t" else ["batch", *self.shape]
             if len(dims) != len(expected) or list(dims[1:]) != expected[1:]:
-                raise SamplerError(f"{path}: input {name} has shape {dims}, but the metadata's sample shape "
+                raise SamplerError(f"{path}: input {name} has shape {dims}, but the manifest's sample shape "
                                    f"{list(self.shape)} needs {expected}")
         if len(self.a) != self.T or len(self.b) != self.T or len(self.sigma) != self.T:
-            raise SamplerError(f"{path}: the metadata's step coefficients do not have T = {self.T} entries")
+            raise SamplerError(f"{path}: the manifest's step coefficients do not have T = {self.T} entries")
 
     def step(self, x: np.ndarray, t: int, z: np.ndarray) -> np.ndarray:
         """x_{t-1} for the 1-based step t: (a_t x_t + b_t eps_hat) + sigma_t z (Alg. 2 line 4)."""
@@ -206,8 +234,9 @@ def write_png(path: Path, pixels: np.ndarray) -> None:
                      + chunk(b"IEND", b""))
 
 
-def image_grid(images: np.ndarray) -> np.ndarray:
-    """(n, C, H, W) values in [0, 1] as one uint8 grid with 2-pixel white borders, as pyddpm-sample draws it."""
+def image_grid(images: np.ndarray, pixels: dict) -> np.ndarray:
+    """(n, C, H, W) data-space images as one uint8 grid with 2-pixel white borders (data value 1), as pyddpm-sample
+    draws it, with the manifest's pixel mapping ``pixels``."""
     n, c, h, w = images.shape
     nrow = math.ceil(math.sqrt(n))
     rows = math.ceil(n / nrow)
@@ -215,8 +244,9 @@ def image_grid(images: np.ndarray) -> np.ndarray:
     for k in range(n):
         r, col = divmod(k, nrow)
         canvas[:, 2 + r * (h + 2):2 + r * (h + 2) + h, 2 + col * (w + 2):2 + col * (w + 2) + w] = images[k]
-    pixels = np.round(np.clip(canvas, 0, 1).transpose(1, 2, 0) * 255).astype(np.uint8)
-    return pixels[..., 0] if c == 1 else pixels
+    scaled = canvas.transpose(1, 2, 0) * _F32(pixels["multiply"])
+    grid = np.clip(np.round(scaled) if pixels["round"] else scaled, *pixels["clamp"]).astype(pixels["dtype"])
+    return grid[..., 0] if c == 1 else grid
 
 
 def point_histogram(points: np.ndarray, size: int = 300) -> np.ndarray:
@@ -235,7 +265,7 @@ def save(samples: np.ndarray, model: ExportedModel, path: Path) -> None:
     if path.suffix.lower() == ".npy":
         np.save(path, samples)
     elif model.image_shape:
-        write_png(path, image_grid(samples.reshape(-1, *model.image_shape)))
+        write_png(path, image_grid(samples.reshape(-1, *model.image_shape), model.pixels))
     elif samples.ndim == 2 and samples.shape[1] == 2:
         write_png(path, point_histogram(samples))
     else:

@@ -1,9 +1,11 @@
 """The C++ sampler in export/: built with CMake against the pip torch's libtorch, run on sampler.pt and
-denoiser.pt, against pyddpm-sample with the same seed.
+denoiser.pt, against pyddpm-sample with the same seed; files that do not match the manifest's SHA-256 are refused.
 
 The build (about a minute) goes to a per-session temporary directory; set PYDDPM_CPP_BUILD_DIR to keep it
 between sessions (ninja then rebuilds only what changed).
 """
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -52,11 +54,25 @@ def test_same_seed_same_samples_as_pyddpm_sample(net, cpp_sampler, tmp_path_fact
 
 def test_errors_name_the_problem(cpp_sampler, tmp_path_factory, tmp_path):
     out = exported(tmp_path_factory, "toy")
-    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "linear.pt"))
+    # a TorchScript file that is not a pyddpm export, listed with its checksum in a copy of the export
+    listed = tmp_path / "listed"
+    shutil.copytree(out, listed)
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(listed / "linear.pt"))
+    manifest = json.loads((listed / "manifest.json").read_text())
+    manifest["files"]["linear.pt"] = {"sha256": hashlib.sha256((listed / "linear.pt").read_bytes()).hexdigest()}
+    (listed / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    # sampler.pt modified after the export (it still loads: only its checksum tells it apart)
+    with open(listed / "sampler.pt", "ab") as f:
+        f.write(b"\0")
+    (tmp_path / "alone").mkdir()
+    shutil.copy(out / "sampler.pt", tmp_path / "alone" / "sampler.pt")
     cases = [
         ((tmp_path / "missing.pt",), "does not exist"),
         ((out / "step.onnx",), "cannot be loaded as TorchScript"),
-        ((tmp_path / "linear.pt",), "is not a pyddpm export"),
+        ((listed / "linear.pt",), "is not a pyddpm export"),
+        ((listed / "sampler.pt",), "sampler.pt does not match its SHA-256 in manifest.json"),
+        ((tmp_path / "alone" / "sampler.pt",), "holds no manifest.json"),
+        ((out / "manifest.json",), "manifest.json is not listed in"),
         ((out / "sampler.pt", "--out", "s.png"), "--out must end in .npy"),
         ((out / "sampler.pt", "--num", "x"), "--num must be an integer"),
         ((out / "sampler.pt", "--seed", "-1"), "--seed must be an integer"),

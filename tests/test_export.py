@@ -171,7 +171,7 @@ def test_onnx_only_export_and_fallback_to_the_torchscript_based_exporter(tmp_pat
     err = capsys.readouterr().err
     assert "warning: torch.onnx.export(dynamo=True) failed for Denoiser (RuntimeError: simulated" in err
     assert "falling back" in err and "Traceback" not in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["denoiser.onnx", "step.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["denoiser.onnx", "manifest.json", "step.onnx"]
     assert "deprecated" in onnx_metadata(tmp_path / "step.onnx")["exporter"]
     model, _ = load_model(run)
     x, z = torch.randn(3, 2), torch.randn(3, 2)

@@ -1,8 +1,10 @@
 """export/onnx_sampler.py: run where torch cannot be imported, against pyddpm-sample with the same seed; its numpy
-Philox port against pyddpm's; its pictures and its errors."""
+Philox port against pyddpm's; its pictures, its errors and its refusal of files that do not match the manifest."""
+import hashlib
 import importlib.util
 import io
 import json
+import shutil
 import subprocess
 
 import numpy as np
@@ -82,45 +84,69 @@ def test_image_png_is_pyddpm_samples_grid(tmp_path_factory, tmp_path):
     assert np.abs(first - np.round(samples[0].reshape(28, 28) * 255)).max() <= 1
 
 
-def with_metadata(path, target, **changes):
-    model = onnx.load(str(path))
-    props = {p.key: p.value for p in model.metadata_props}
-    props.update({k: v for k, v in changes.items() if v is not None})
-    for k in [k for k, v in changes.items() if v is None]:
-        props.pop(k)
-    del model.metadata_props[:]
-    for k, v in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = k, v
-    onnx.save(model, str(target))
+def altered_export(source, target, *, replace=None, **changes):
+    """A copy of the export ``source`` in ``target`` with manifest keys changed (None removes one) and
+    ``replace`` = {name: bytes} files replaced, their SHA-256 in the manifest updated to match."""
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    for name, data in (replace or {}).items():
+        (target / name).write_bytes(data)
+        manifest["files"][name]["sha256"] = hashlib.sha256(data).hexdigest()
+    for key, value in changes.items():
+        if value is None:
+            manifest.pop(key)
+        else:
+            manifest[key] = value
+    (target / "manifest.json").write_text(json.dumps(manifest))
     return target
 
 
 def test_errors_name_the_problem(tmp_path_factory, tmp_path):
     out = exported(tmp_path_factory, "toy")
-    step = out / "step.onnx"
     identity = onnx.helper.make_model(onnx.helper.make_graph(
         [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 2])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 2])]))
-    onnx.save(identity, str(tmp_path / "other.onnx"))
-    (tmp_path / "text.onnx").write_text("not a model")
+    (tmp_path / "other").mkdir()
+    onnx.save(identity, str(tmp_path / "other" / "step.onnx"))
+    noise = json.loads((out / "manifest.json").read_text())["noise"]
     cases = [
         ((tmp_path / "missing",), "does not exist"),
-        ((tmp_path / "text.onnx",), "not a loadable ONNX model"),
-        ((tmp_path / "other.onnx",), "not a pyddpm export"),
-        ((with_metadata(step, tmp_path / "shape.onnx", sample_shape=json.dumps([3])),), "input x_t has shape"),
-        ((with_metadata(step, tmp_path / "future.onnx", pyddpm_export="2"),), "export format 2"),
-        ((with_metadata(step, tmp_path / "noise.onnx", noise_spec="other-rng"),), "noise rule"),
-        ((with_metadata(step, tmp_path / "partial.onnx", T=None),), "malformed pyddpm metadata"),
-        ((step, "--out", tmp_path / "s.txt"), "must end in .npy or .png"),
-        ((step, "--num", 0), "must be positive"),
-        ((step, "--seed", -1), "--seed must be in"),
+        ((tmp_path / "other",), "holds no manifest.json"),
+        ((altered_export(out, tmp_path / "text", replace={"step.onnx": b"not a model"}),), "not a loadable ONNX model"),
+        ((altered_export(out, tmp_path / "shape", sample_shape=[3]),), "input x_t has shape"),
+        ((altered_export(out, tmp_path / "future", pyddpm_export="2"),), "export format 2"),
+        ((altered_export(out, tmp_path / "noise", noise={**noise, "rule": "other-rng"}),), "noise rule"),
+        ((altered_export(out, tmp_path / "partial", T=None),), "malformed pyddpm manifest"),
+        ((out / "step.onnx", "--out", tmp_path / "s.txt"), "must end in .npy or .png"),
+        ((out / "step.onnx", "--num", 0), "must be positive"),
+        ((out / "step.onnx", "--seed", -1), "--seed must be in"),
     ]
     for args, message in cases:
         result = run_sampler(tmp_path, *args)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (
             args, result.stderr)
+
+
+@pytest.mark.parametrize("name", ["step.onnx", "denoiser.onnx"])
+def test_a_modified_file_is_refused_by_name(name, tmp_path_factory, tmp_path):
+    out = exported(tmp_path_factory, "toy")
+    copy = tmp_path / "export"
+    shutil.copytree(out, copy)
+    # a model that still loads and has the right inputs: only its checksum tells it apart
+    model = onnx.load(str(copy / name))
+    model.doc_string = "modified after the export"
+    onnx.save(model, str(copy / name))
+    result = run_sampler(tmp_path, copy / name, "--num", 4, "--out", tmp_path / "s.npy")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"{name} does not match its SHA-256 in manifest.json" in result.stderr and "refusing" in result.stderr
+    assert not (tmp_path / "s.npy").exists()
+    # the untouched file beside it still samples, and a file the manifest does not list is refused
+    other = "denoiser.onnx" if name == "step.onnx" else "step.onnx"
+    assert run_sampler(tmp_path, copy / other, "--num", 4, "--out", tmp_path / "s.npy").returncode == 0
+    shutil.copy(copy / other, copy / "renamed.onnx")
+    result = run_sampler(tmp_path, copy / "renamed.onnx", "--num", 4, "--out", tmp_path / "r.npy")
+    assert result.returncode == 2 and "renamed.onnx is not listed in" in result.stderr, result.stderr
 
 
 def test_help_names_every_flag(tmp_path):

@@ -7,7 +7,8 @@
 // step.b, step.sigma) and a `denoise(x_t, t)` method (t: 1-based int64 steps, shape (batch,)). The network runs
 // in libtorch; x_T, every z and the update x_{t-1} = (a_t x_t + b_t eps_hat) + sigma_t z run in pyddpm's fused
 // CPU kernel with in-kernel Philox noise (csrc/), as `pyddpm-sample RUN --seed S` does, so the same seed gives
-// the same samples. Output: float32 .npy in data space (x / scale + center, clamped for images).
+// the same samples. Output: float32 .npy in data space (x / scale + center, clamped for images). MODEL.pt must
+// match the SHA-256 that manifest.json beside it records; a modified file is refused.
 #include <ATen/Parallel.h>
 #include <torch/script.h>
 
@@ -17,11 +18,13 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "reverse_step.h"
+#include "sha256.h"
 
 namespace {
 
@@ -92,12 +95,50 @@ Options parse_args(int argc, char** argv) {
   return o;
 }
 
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::ostringstream bytes;
+  bytes << f.rdbuf();
+  return bytes.str();
+}
+
+// The SHA-256 manifest.json records for the file `name`: the first "sha256" after the key "name" under "files"
+// (pyddpm-export writes each file's entry with its sha256 last); empty when there is none.
+std::string manifest_sha256(const std::string& manifest, const std::string& name) {
+  const size_t files = manifest.find("\"files\"");
+  const size_t entry = files == std::string::npos ? files : manifest.find("\"" + name + "\"", files);
+  const size_t key = entry == std::string::npos ? entry : manifest.find("\"sha256\"", entry);
+  const size_t open = key == std::string::npos ? key : manifest.find('"', manifest.find(':', key));
+  const size_t close = open == std::string::npos ? open : manifest.find('"', open + 1);
+  return close == std::string::npos ? "" : manifest.substr(open + 1, close - open - 1);
+}
+
+// The bytes of `path` after checking them against the SHA-256 in the manifest.json beside it.
+std::string verified_bytes(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
+  const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+  if (!std::ifstream(dir + "/manifest.json"))
+    throw std::runtime_error(dir + " holds no manifest.json, so " + name + " is not a pyddpm export (or predates the "
+                             "manifest); export a trained run with `pyddpm-export RUN_DIR --out DIR`");
+  const std::string expected = manifest_sha256(read_file(dir + "/manifest.json"), name);
+  if (expected.empty())
+    throw std::runtime_error(name + " is not listed in " + dir + "/manifest.json; pass a file pyddpm-export wrote");
+  std::string bytes = read_file(path);
+  const std::string digest = pyddpm::sha256_hex(bytes);
+  if (digest != expected)
+    throw std::runtime_error(name + " does not match its SHA-256 in manifest.json (modified or corrupted since the "
+                             "export: " + digest + ", expected " + expected + "); refusing to load it, export again");
+  return bytes;
+}
+
 Model load_model(const std::string& path) {
   Model m;
   if (!std::ifstream(path))
     throw std::runtime_error(path + " does not exist; export a run with `pyddpm-export RUN_DIR --out DIR`");
+  std::istringstream bytes(verified_bytes(path));
   try {
-    m.module = torch::jit::load(path, torch::kCPU);
+    m.module = torch::jit::load(bytes, torch::kCPU);
   } catch (const c10::Error& e) {
     throw std::runtime_error(path + " cannot be loaded as TorchScript (" + e.what_without_backtrace() +
                              "); pass the sampler.pt or denoiser.pt written by pyddpm-export");

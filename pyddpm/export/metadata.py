@@ -1,23 +1,21 @@
-"""What an exported model says about itself: ONNX ``metadata_props`` and the ``pyddpm.json`` extra file of the
-TorchScript files. All values are strings (JSON where structured), so any host can read them.
+"""What an exported model says about itself inside its files: ONNX ``metadata_props`` and the ``pyddpm.json``
+extra file of the TorchScript files, rendered from the export's manifest (``pyddpm.export.manifest``, the one
+source). All values are strings (JSON where structured), so any host can read them.
 
-Keys (``EXPORT_FORMAT`` 1):
-    pyddpm_export      the version of this contract ("1"); absent = not a pyddpm export
-    pyddpm_version     the pyddpm that wrote the file
-    model              "denoiser" ((x_t, t) -> eps_hat), "step" ((x_t, t, z) -> x_{t-1}) or "sampler"
-    T, schedule, beta_1, beta_T, variance     the diffusion (variance: sigma_t^2 = beta_t or beta_tilde_t)
-    t                  what the input t means (see ``pyddpm.export.modules``)
-    update             the formula of the step; step_coefficients: JSON {"a", "b", "sigma"}, float32 values
-                       of the per-step scalars at index t - 1, so a host can step with denoiser.onnx alone
-    sample_shape       JSON list: one sample's shape (x_t is (batch, *sample_shape), float32)
-    data, data_transform, to_data, value_range, image_shape, pixel_mapping
-                       how model space maps to data space (what pyddpm-sample writes) and to pixels
-    noise_spec         the Philox noise rule the seeds refer to; noise: how x_T and z are keyed
+Keys (``EXPORT_FORMAT`` 1): every manifest key but ``files``, its value as is when a string, else as JSON
+(pyddpm_export, pyddpm_version, T, schedule, beta_1, beta_T, variance, data, sample_shape, t_input, z_read_at_t_1,
+step_coefficients, to_data, pixels, noise), then ``model`` per file ("denoiser" ((x_t, t) -> eps_hat), "step"
+((x_t, t, z) -> x_{t-1}) or "sampler"), and the format-1 keys the manifest's numbers also give:
+    t, update          what the input t means and the formula of the step, in words
+    data_transform     JSON {"center", "scale"}; value_range: JSON [lo, hi] or null; image_shape: JSON or null
+    pixel_mapping      the pixel mapping in words ("none: ..." for point data)
+    noise_spec         the name of the Philox noise rule the seeds refer to
 """
 from __future__ import annotations
 
 import json
 
+<<<<<<< HEAD
 import torch
 
 from .. import __version__
@@ -25,6 +23,8 @@ from ..data import is_toy
 from ..diffusion import DDPM
 from ..schedules import StepCoefficients
 
+=======
+>>>>>>> jsexport
 EXPORT_FORMAT = "1"
 NOISE_SPEC = "pyddpm-philox4x32-10-boxmuller-1"
 METADATA_FILE = "pyddpm.json"  # the extra file of the TorchScript exports
@@ -40,39 +40,26 @@ NOISE = ("seed s, global sample index i (sample k of a run of --num samples has 
          "the Box-Muller normals; the full rule is in pyddpm/philox.py and csrc/philox.h")
 
 
-def export_metadata(model: DDPM, config: dict, coefs: list[StepCoefficients], variance: str) -> dict[str, str]:
-    """The metadata shared by every exported file of a run (``model`` is added per file)."""
-    data = config["data"]
-    image = not is_toy(data["name"])
-    image_shape = data.get("image_shape") if image else None
-    value_range = data.get("value_range") if image else None
-    if image and value_range:
-        pixel = (f"pixel = round(255 * clamp(x_data, 0, 1)), grayscale {json.dumps(image_shape)} (C, H, W) images; "
-                 "pyddpm-sample writes PNGs as a grid with 2-pixel white borders")
+def export_metadata(manifest: dict) -> dict[str, str]:
+    """The metadata shared by every exported file of a run (``model`` is added per file), from its manifest
+    (``pyddpm.export.manifest.build_manifest``)."""
+    to_data, pixels = manifest["to_data"], manifest["pixels"]
+    if pixels:
+        lo, hi = to_data["clamp"]
+        pixel = (f"pixel = round({pixels['multiply']} * clamp(x_data, {lo:g}, {hi:g})), grayscale "
+                 f"{json.dumps(pixels['image_shape'])} (C, H, W) images; pyddpm-sample writes PNGs as a grid with "
+                 "2-pixel white borders")
     else:
         pixel = "none: samples are points, written as they are in data space"
-    # float32 values, as the exported tables and the fused kernel hold them
-    table = {name: torch.tensor([getattr(c, name) for c in coefs], dtype=torch.float32).tolist()
-             for name in ("a", "b", "sigma")}
+    metadata = {key: value if isinstance(value, str) else json.dumps(value)
+                for key, value in manifest.items() if key != "files"}
     return {
-        "pyddpm_export": EXPORT_FORMAT,
-        "pyddpm_version": __version__,
-        "T": str(model.T),
-        "schedule": model.schedule,
-        "beta_1": repr(float(model.beta_1)),
-        "beta_T": repr(float(model.beta_T)),
-        "variance": variance,
+        **metadata,
         "t": T_MEANING,
         "update": UPDATE,
-        "step_coefficients": json.dumps(table),
-        "sample_shape": json.dumps([int(s) for s in data["shape"]]),
-        "data": data["name"],
-        "data_transform": json.dumps({"center": float(data["center"]), "scale": float(data["scale"])}),
-        "to_data": "x_data = x / scale + center, then clamped to value_range when it is not null",
-        "value_range": json.dumps(value_range),
-        "image_shape": json.dumps(image_shape),
+        "data_transform": json.dumps({"center": to_data["add"], "scale": to_data["divide"]}),
+        "value_range": json.dumps(to_data["clamp"]),
+        "image_shape": json.dumps(pixels["image_shape"] if pixels else None),
         "pixel_mapping": pixel,
-        "noise_spec": NOISE_SPEC,
-        "noise": NOISE,
+        "noise_spec": manifest["noise"]["rule"],
     }
-

@@ -3,7 +3,7 @@
 Writes denoiser.onnx ((x_t, t) -> eps_hat) and step.onnx ((x_t, t, z) -> x_{t-1}, the schedule baked in), both
 with a dynamic batch and pyddpm metadata, and denoiser.pt and sampler.pt (TorchScript). t is the 1-based step
 of Algorithm 2 (int64, shape (batch,)); a host loops t = T..1. Every file is checked and run once against
-PyTorch before the command reports success.
+PyTorch; then manifest.json (``pyddpm.export.manifest``) records them with their SHA-256.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..store import load_model
+from .manifest import build_manifest, write_manifest
 from .metadata import export_metadata
 from .modules import Denoiser, ReverseStep
 from .onnx_export import DYNAMO, export_onnx
@@ -37,7 +38,8 @@ def export_run(run_dir: str | Path, out: str | Path, formats=FORMATS, variance: 
     model.requires_grad_(False)
     variance = variance or model.variance
     coefs = model.step_coefficients(variance)
-    metadata = export_metadata(model, config, coefs, variance)
+    manifest = build_manifest(model, config, coefs, variance)
+    metadata = export_metadata(manifest)
     step = ReverseStep(Denoiser(model.network, model.T), coefs).eval()
     data = config["data"]
     generator = torch.Generator().manual_seed(0)
@@ -61,4 +63,6 @@ def export_run(run_dir: str | Path, out: str | Path, formats=FORMATS, variance: 
         value_range = json.loads(metadata["value_range"])  # images only: toy samples are not clamped
         for path in export_torchscript(step, coefs, list(data["shape"]), data, value_range, out, metadata, (x, t, z)):
             written.append((path, "TorchScript"))
+    manifest_path = write_manifest(out, manifest, [path for path, _ in written])
+    written.append((manifest_path, "manifest: the metadata as JSON numbers and the SHA-256 of each file above"))
     return written
