@@ -13,7 +13,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from export_runs import EXPORT_NETS, ROOT, exported, pyddpm_samples, trained_run, unet_available
+from export_runs import EXPORT_NETS, ROOT, exported, pyddpm_samples, trained_run
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit\..* is deprecated:FutureWarning")
 

@@ -1,6 +1,5 @@
 """`pyddpm-eval` on tiny toy and MNIST runs, as a user runs it, with a tiny classifier stand-in (nothing downloads)."""
 import json
-from pathlib import Path
 
 import pytest
 import torch

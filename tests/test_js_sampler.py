@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from export_runs import EXPORT_NETS, ROOT, exported, pyddpm_samples, trained_run, unet_available
+from export_runs import EXPORT_NETS, ROOT, exported, pyddpm_samples, trained_run
 from PIL import Image
 
 from pyddpm import philox

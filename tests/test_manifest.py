@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from export_runs import EXPORT_NETS, exported, pyddpm_samples, trained_run, unet_available
+from export_runs import EXPORT_NETS, exported, pyddpm_samples, trained_run
 
 from pyddpm import philox
 from pyddpm.store import load_model

@@ -15,16 +15,6 @@ from __future__ import annotations
 
 import json
 
-<<<<<<< HEAD
-import torch
-
-from .. import __version__
-from ..data import is_toy
-from ..diffusion import DDPM
-from ..schedules import StepCoefficients
-
-=======
->>>>>>> jsexport
 EXPORT_FORMAT = "1"
 NOISE_SPEC = "pyddpm-philox4x32-10-boxmuller-1"
 METADATA_FILE = "pyddpm.json"  # the extra file of the TorchScript exports
