@@ -14,16 +14,15 @@ def _number(results: dict, key: str, field: str) -> float | None:
 
 
 def _why_missing(part: dict, *keys: str) -> str:
-    """Why a target could not be judged: the part's status, or the first missing cell's reason."""
-    if part.get("status") not in ("ok", "failed", "out of time"):
-        return f"{part.get('status', 'not run')}: {part.get('reason', '')}".rstrip(": ")
-    for key in keys:
+    """Why a target could not be judged: the first of ``keys`` that was skipped or failed, else the part's status."""
+    for key in keys if part.get("status") in ("ok", "failed", "out of time") else ():
         cell = part.get("results", {}).get(key)
         if cell is None:
             return f"{key} not measured ({part['status']})"
         if "skipped" in cell or "failed" in cell:
             return f"{key}: {cell.get('skipped') or 'failed: ' + cell['failed']}"
-    return "not measured"
+    status = part.get("status", "not run")
+    return f"{status}: {part['reason']}" if part.get("reason") else status
 
 
 def _ratio_target(part, num_key, den_key, field, at_least, label) -> tuple[str, str]:
@@ -53,11 +52,12 @@ def _tests(part):
 def _sanitizer(part):
     r = part.get("results", {})
     tools = [r.get(tool) for tool in ("memcheck", "racecheck")]
-    if not all(t and "errors" in t for t in tools):
+    if not all(t and t.get("exit_code") is not None for t in tools):  # missing, or stopped at the budget
         return "not measured", _why_missing(part, "memcheck", "racecheck")
-    clean = all(t["errors"] == 0 and t["exit_code"] == 0 and t.get("checks") for t in tools)
+    clean = all(not t["errors"] and t["exit_code"] == 0 and t.get("checks") for t in tools)
     return (MET if clean else NOT_MET), "; ".join(
-        f"{name}: {t['errors']} errors, exit code {t['exit_code']}, {t.get('checks') or 'no'} checks passed"
+        f"{name}: {'no summary' if t['errors'] is None else t['errors']} errors, exit code {t['exit_code']}, "
+        f"{t.get('checks') or 'no'} checks passed"
         for name, t in zip(("memcheck", "racecheck"), tools))
 
 
@@ -118,7 +118,8 @@ def tool_tables(part: dict) -> list[dict]:
     if part["name"] == "install" and r:
         rows = [["pip install", r["pip"]["exit_code"], f"{r['pip']['seconds']:.0f}", r.get("probe")]]
         if "in_place_build" in r:
-            rows.append(["CMake build into pyddpm/", r["in_place_build"]["exit_code"], "-", r["in_place_build"]["probe"]])
+            build = r["in_place_build"]
+            rows.append(["CMake build into pyddpm/", build["exit_code"], "-", build.get("probe") or build.get("error")])
         return [{"title": r["pip"]["command"], "columns": ["step", "exit code", "seconds", "pyddpm imported"],
                  "rows": rows}]
     if part["name"] == "cuda_tests" and "passed" in r:
