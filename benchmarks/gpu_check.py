@@ -59,42 +59,49 @@ PROBE = ("import json, pyddpm; from pyddpm import ops; print('PROBE ' + json.dum
 def run_logged(cmd: list, log: Path, *, timeout: float, env: dict, cwd: Path,
                echo: str | None = None) -> tuple[int | None, str]:
     """Runs ``cmd`` in its own process group with its output into ``log`` (each line also printed after ``echo``
-    when given); after ``timeout`` seconds the whole group is stopped. Returns (exit code or None when stopped,
-    the last 60 lines)."""
+    when given). When it exits, or after ``timeout`` seconds, whatever is left of its group is stopped (so a
+    straggler holding the output open cannot hold the part). Returns (exit code, or None when stopped at the
+    timeout; the last 60 lines)."""
     tail: deque = deque(maxlen=60)
-    stopped = threading.Event()
     with open(log, "w") as sink:
         sink.write("$ " + " ".join(map(str, cmd)) + "\n")
         sink.flush()
         proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 errors="replace", env=env, cwd=cwd, start_new_session=True)
 
-        def stop() -> None:
-            stopped.set()
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(proc.pid, sig)
-                    proc.wait(5)
-                    return
-                except ProcessLookupError:
-                    return
-                except subprocess.TimeoutExpired:
-                    continue
-
-        timer = threading.Timer(max(timeout, 0.1), stop)
-        timer.start()
-        try:
+        def pump() -> None:
             for line in proc.stdout:
                 sink.write(line)
                 tail.append(line)
                 if echo is not None:
                     print(echo + line.rstrip(), flush=True)
-            proc.wait()
-        finally:
-            timer.cancel()
-            if proc.poll() is None:
-                stop()
-    return (None if stopped.is_set() else proc.returncode), "".join(tail)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            rc = proc.wait(timeout=max(timeout, 0.1))
+        except subprocess.TimeoutExpired:
+            rc = None
+        _stop_group(proc)
+        reader.join(10)
+    return rc, "".join(tail)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group of ``proc`` (started with start_new_session), SIGKILL 5 s later if any is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        for _ in range(50):
+            proc.poll()  # reaps the leader once it is gone (a zombie still counts as a member)
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+    proc.wait()
 
 
 def _tool_path(name: str, *extra: Path) -> str | None:

@@ -179,3 +179,12 @@ def test_a_command_is_stopped_at_its_budget_with_its_children(tmp_path):
     else:
         pytest.fail(f"process {child.name} outlived the budget")
     assert "started" in (tmp_path / "log.txt").read_text()
+
+
+def test_a_finished_command_is_not_held_by_a_child_that_keeps_its_output_open(tmp_path):
+    straggler = ("import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+                 "print('done', flush=True)")
+    start = time.perf_counter()
+    rc, tail = gpu_check.run_logged([sys.executable, "-c", straggler], tmp_path / "log.txt", timeout=60,
+                                    env=dict(os.environ), cwd=tmp_path)
+    assert rc == 0 and "done" in tail and time.perf_counter() - start < 20
