@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 
 import torch
 
@@ -61,10 +62,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        reason = f"it holds a {found.group(1)}" if found else "it holds a type that is not a tensor"
         raise CourseFileError(
-            f"{path} holds objects other than tensors, which pyddpm does not unpickle (torch.load with "
-            f"weights_only=True refused it: {reason}); save torch.save(model.state_dict(), FILE), not the "
+            f"{path} holds objects other than tensors, which pyddpm does not unpickle ({reason}; torch.load "
+            f"with weights_only=True refused it); save torch.save(model.state_dict(), FILE), not the "
             "model") from None
     except (RuntimeError, EOFError, OSError) as err:
         raise CourseFileError(f"{path} is not a torch.save file ({err})") from None

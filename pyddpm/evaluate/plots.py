@@ -22,14 +22,12 @@ def describe_run(config: dict) -> str:
     return f"{data['name']}, {net} network, data scale {data['scale']:g}"
 
 
-def plot_loss(steps, losses, path: str | os.PathLike, title: str = "training loss", dims: int | None = None,
-              log_every: int | None = None) -> None:
+def plot_loss(steps, losses, path: str | os.PathLike, title: str = "training loss", dims: int | None = None) -> None:
     """The logged loss (faint) and its moving average against the optimizer step. Each logged point is the mean
-    L_simple of the steps since the last one (``log_every``); L_simple is a sum over the ``dims`` dimensions."""
+    L_simple of the steps since the previous one; L_simple is a sum over the ``dims`` dimensions."""
     steps, losses = np.asarray(steps), np.asarray(losses, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(steps, losses, alpha=0.3, lw=0.8,
-            label="logged" + (f" (mean of the {log_every} steps before)" if log_every else ""))
+    ax.plot(steps, losses, alpha=0.3, lw=0.8, label="logged: mean over the steps since the previous point")
     window = max(1, len(losses) // 50)
     if len(losses) >= window > 1:
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
