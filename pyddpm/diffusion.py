@@ -58,7 +58,14 @@ class DDPM(nn.Module):
 
     # ----- forward process ----------------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (eq. 4), for 1-based steps t of shape (batch,)."""
+        """A draw from the forward process q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (eq. 4):
+        x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps.
+
+        Args:
+            x0: clean data in model space, shape (batch, *sample_shape).
+            t: 1-based steps of shape (batch,), each in 1..T (abar_t = prod_{s <= t} (1 - beta_s)).
+            eps: the noise, eps ~ N(0, I) of x0's shape; passing it in lets Algorithm 1 compare eps_theta with it.
+        """
         abar = self.alpha_cumprod[t - 1].reshape(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
 

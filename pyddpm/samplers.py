@@ -12,6 +12,8 @@ needs nothing from the host and gives the same samples as the eager loop.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from tqdm.auto import tqdm
 
@@ -32,6 +34,7 @@ def ddpm_sample(
     sample_offset: int = 0,
     progress: bool = False,
     graph: bool | None = None,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """x_0 ~ p_theta(x_0) by Algorithm 2 with sigma_t^2 = beta_t (or beta_tilde_t), z = 0 at t = 1.
 
@@ -46,11 +49,14 @@ def ddpm_sample(
         progress: show a tqdm bar over the T steps.
         graph: replay the network from a CUDA graph (True requires CUDA); None: on for the fused backend on CUDA.
             Gives the same samples as eager evaluation.
+        callback: called as ``callback(t, x_t)`` with x_T before the first step and with x_{t-1} after each step,
+            ending with ``callback(0, x_0)`` (model space; ``x_t`` is overwritten by the next step, so clone what
+            you keep). Under CUDA graphs it runs between replays.
     """
     coefs = model.step_coefficients(variance, clip)
     timesteps = list(range(model.T, 0, -1))
     return _reverse_loop(model, shape, timesteps, [coefs[t - 1] for t in timesteps],
-                         seed, backend, sample_offset, progress, graph)
+                         seed, backend, sample_offset, progress, graph, callback)
 
 
 def ddim_sample(
@@ -65,12 +71,13 @@ def ddim_sample(
     sample_offset: int = 0,
     progress: bool = False,
     graph: bool | None = None,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """x_0 by the DDIM sampler of Song et al. (2021) in ``steps`` steps; eta = 0 is deterministic after x_T.
-    The options are those of ``ddpm_sample``."""
+    The options are those of ``ddpm_sample``; ``callback`` sees the DDIM time steps only (then 0)."""
     timesteps = model.ddim_timesteps(steps)
     return _reverse_loop(model, shape, timesteps, model.ddim_coefficients(timesteps, eta, clip),
-                         seed, backend, sample_offset, progress, graph)
+                         seed, backend, sample_offset, progress, graph, callback)
 
 
 def step_runner(model, x: torch.Tensor, timesteps, coefs, seed: int, sample_offset: int = 0):
@@ -121,7 +128,8 @@ def _use_graph(graph: bool | None, backend: str, device: torch.device) -> bool:
     return bool(graph)
 
 
-def _reverse_loop(model, shape, timesteps, coefs, seed, backend, sample_offset, progress, graph) -> torch.Tensor:
+def _reverse_loop(model, shape, timesteps, coefs, seed, backend, sample_offset, progress, graph,
+                  callback=None) -> torch.Tensor:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     shape = tuple(int(s) for s in shape)
@@ -138,14 +146,19 @@ def _reverse_loop(model, shape, timesteps, coefs, seed, backend, sample_offset, 
     else:
         x = ops.normal_noise(shape, seed=seed, step=0, sample_offset=sample_offset, device=device, backend=backend)
     steps = tqdm(list(zip(timesteps, coefs)), desc="sampling", unit="step", disable=not progress, leave=False)
+    reached = list(timesteps[1:]) + [0]  # the step each update arrives at
     with torch.no_grad():
+        if callback is not None:
+            callback(timesteps[0], x)
         if use_graph:
             with torch.cuda.device(device):
                 captured = capture_step(step_runner(model, x, timesteps, coefs, seed, sample_offset))
-                for _ in steps:
+                for s, _ in enumerate(steps):
                     captured.replay()
+                    if callback is not None:
+                        callback(reached[s], x)
             return x
-        for t, coef in steps:
+        for s, (t, coef) in enumerate(steps):
             eps_hat = model.network(x, model.time_input(t, shape[0])).contiguous()
             step_seed = seed if coef.sigma != 0 else None
             if backend == "fused":
@@ -154,6 +167,8 @@ def _reverse_loop(model, shape, timesteps, coefs, seed, backend, sample_offset, 
                 noise = torch.randn_like(x) if seed is None and coef.sigma != 0 else None
                 x = ops.reverse_step_reference(x, eps_hat, coef, noise=noise, seed=step_seed, step=t,
                                                sample_offset=sample_offset)
+            if callback is not None:
+                callback(reached[s], x)
     return x
 
 
@@ -168,7 +183,6 @@ def generate_samples(model, data_config: dict, num: int, *, seed: int, batch_siz
     """
     if num < 1 or batch_size < 1:
         raise ValueError(f"--num and --batch-size must be positive, got {num} and {batch_size}")
-    transform = DataTransform(data_config["center"], data_config["scale"])
     shape = tuple(data_config["shape"])
     out = []
     for start in range(0, num, batch_size):
@@ -179,8 +193,46 @@ def generate_samples(model, data_config: dict, num: int, *, seed: int, batch_siz
         else:
             x = ddim_sample(model, (b, *shape), steps, eta=eta, seed=seed, backend=backend, clip=clip,
                             sample_offset=start, progress=progress, graph=graph)
-        out.append(transform.from_model(x.float()).cpu())
-    samples = torch.cat(out)
+        out.append(x.float().cpu())
+    return model_to_data(torch.cat(out), data_config)
+
+
+def model_to_data(x: torch.Tensor, data_config: dict) -> torch.Tensor:
+    """Model-space samples mapped back to data space on the CPU (images clamped to their value range)."""
+    samples = DataTransform(data_config["center"], data_config["scale"]).from_model(x.float()).cpu()
     if "value_range" in data_config and not is_toy(data_config["name"]):
         samples = samples.clamp(*data_config["value_range"])
     return samples
+
+
+def trajectory_steps(model, frames: int, steps: int | None = None) -> list[int]:
+    """``frames`` time steps from T down to 0, evenly spaced among those the sampler visits (all of 0..T, or the
+    DDIM steps of ``ddim_timesteps(steps)`` and 0)."""
+    if frames < 2:
+        raise ValueError(f"a trajectory needs at least 2 frames (x_T and x_0), got {frames}")
+    visited = (list(range(model.T, -1, -1)) if steps is None else model.ddim_timesteps(steps) + [0])
+    picks = torch.linspace(0, len(visited) - 1, min(frames, len(visited)), dtype=torch.float64).round().long()
+    return list(dict.fromkeys(visited[i] for i in picks.tolist()))
+
+
+def sample_trajectory(model, data_config: dict, num: int, keep, *, seed: int, steps: int | None = None,
+                      eta: float = 0.0, **options) -> dict[int, torch.Tensor]:
+    """{t: x_t in data space} for the time steps in ``keep`` on the way from x_T to x_0 of ``num`` samples, from one
+    run of the sampler (``ddpm_sample``, or ``ddim_sample`` with ``steps``) through its callback; frame 0 equals
+    ``generate_samples`` with the same seed. ``options`` are the samplers' (backend, variance, clip, graph)."""
+    keep, frames = set(keep), {}
+    shape = (num, *data_config["shape"])
+
+    def record(t: int, x: torch.Tensor) -> None:
+        if t in keep:
+            frames[t] = model_to_data(x, data_config)
+
+    if steps is None:
+        ddpm_sample(model, shape, seed=seed, callback=record, **options)
+    else:
+        options.pop("variance", None)
+        ddim_sample(model, shape, steps, eta=eta, seed=seed, callback=record, **options)
+    missing = sorted(keep - set(frames))
+    if missing:
+        raise ValueError(f"the sampler never visits steps {missing[:5]}; choose them with trajectory_steps")
+    return dict(sorted(frames.items(), reverse=True))

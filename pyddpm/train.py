@@ -23,7 +23,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .config import TrainConfig, run_config
-from .data import DataTransform, load_training_data, to_data_space
+from .data import DataTransform, describe_training_data, load_training_data, to_data_space
 from .ema import EMA
 from .store import (CHECKPOINT_FILE, CheckpointError, build_model, load_weights, optimizer_tensors, read_checkpoint,
                     restore_optimizer, save_checkpoint, write_atomic, write_json)
@@ -232,11 +232,13 @@ class Trainer:
             print(f"pyddpm-train: {cfg.data} with {cfg.net} on {self.device} x {self.world}; "
                   f"{self.total_steps} steps of batch {self.global_batch} (= {cfg.batch_size} x {self.world}), "
                   f"lr {cfg.lr}; writing {self.out}", flush=True)
+            print(f"pyddpm-train: {describe_training_data(cfg.data, len(self.train), seed=cfg.seed, data_dir=cfg.data_dir)}"
+                  f"; {self.steps_per_epoch} steps per epoch, {cfg.epochs} epochs", flush=True)
         self._pending: list[torch.Tensor] = []
         self._last_saved = self.step
         self._restart_clock()
         stopping = False
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step",
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self._epoch_label(), unit="step",
                    disable=not self.master, dynamic_ncols=True)
         try:
             with StopRequest() as stop:
@@ -276,6 +278,11 @@ class Trainer:
                 "train_seconds": round(self.train_seconds, 2),
                 "train_images_per_s": round(self.step * self.global_batch / max(self.train_seconds, 1e-9), 1)}
 
+    def _epoch_label(self) -> str:
+        """The progress bar's label: the epoch being trained (the bar itself counts steps)."""
+        epoch = min(self.step // self.steps_per_epoch + 1, self.cfg.epochs)
+        return f"epoch {epoch}/{self.cfg.epochs}, step"
+
     def _restart_clock(self) -> None:
         self._tick, self._tick_step = time.perf_counter(), self.step
 
@@ -304,6 +311,7 @@ class Trainer:
         self.train_seconds += elapsed
         rate = (self.step - self._tick_step) * self.global_batch / elapsed
         self._restart_clock()
+        bar.set_description(self._epoch_label(), refresh=False)
         bar.set_postfix(loss=f"{losses.mean():.4f}", img_s=f"{rate:,.0f}")
         if self.master:
             self._log(losses, rate)

@@ -9,15 +9,16 @@ import numpy as np
 import torch
 
 from ..data import is_toy, toy_distribution
-from ..evaluate.plots import plot_toy_samples, save_image_grid
-from ..samplers import BACKENDS, generate_samples
+from ..evaluate.plots import describe_run, plot_frames, plot_toy_samples, save_image_grid
+from ..samplers import BACKENDS, generate_samples, sample_trajectory, trajectory_steps
 from ..schedules import VARIANCES
 from ..store import CheckpointError, load_model
 from .common import pick_device
 
 
-def save_samples(samples: torch.Tensor, data_config: dict, path: str | Path) -> None:
-    """Write samples as ``.npy`` (data space) or ``.png`` (toy: beside the true density; images: a grid)."""
+def save_samples(samples: torch.Tensor, data_config: dict, path: str | Path, title: str = "") -> None:
+    """Write samples as ``.npy`` (data space) or ``.png`` (toy: beside the true density; images: a grid), the
+    picture headed by ``title``."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".png"):
@@ -26,9 +27,30 @@ def save_samples(samples: torch.Tensor, data_config: dict, path: str | Path) -> 
     if suffix == ".npy":
         np.save(path, samples.numpy())
     elif is_toy(data_config["name"]):
-        plot_toy_samples(toy_distribution(data_config["name"]), samples, path)
+        plot_toy_samples(toy_distribution(data_config["name"]), samples, path, title=title)
     else:
-        save_image_grid(samples.reshape(-1, *data_config["image_shape"]), path)
+        save_image_grid(samples.reshape(-1, *data_config["image_shape"]), path, title=title)
+
+
+def sampler_name(model, steps: int | None, eta: float = 0.0, variance: str | None = None) -> str:
+    """How samples were drawn, for figure titles: Algorithm 2 with T steps and sigma_t^2, or DDIM."""
+    if steps is not None:
+        return f"DDIM, {steps} steps, eta {eta:g}"
+    return f"Algorithm 2, T = {model.T}, sigma_t^2 = {variance or model.variance}"
+
+
+def write_trajectory(model, config: dict, path: str | Path, args) -> None:
+    """The reverse process from x_T to x_0 of ``args.num`` samples (at most 16 drawn for images), at ``args.frames``
+    steps, as one row of panels (.png) or an animation (.gif)."""
+    num = args.num if is_toy(config["data"]["name"]) else min(args.num, 16)
+    frames = args.frames or (8 if str(path).lower().endswith(".png") else 40)
+    keep = trajectory_steps(model, frames, args.steps)
+    trajectory = sample_trajectory(model, config["data"], num, keep, seed=args.seed, steps=args.steps,
+                                   eta=args.eta, variance=args.variance, clip=args.clip, backend=args.backend,
+                                   graph=args.graph)
+    title = (f"reverse process, {num} samples — {describe_run(config)} — "
+             f"{sampler_name(model, args.steps, args.eta, args.variance)}, seed {args.seed}")
+    plot_frames(trajectory, config["data"], path, title)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graph", action=argparse.BooleanOptionalAction, default=None,
                    help="replay each whole step (network + fused update) from one CUDA graph (default: on for "
                         "the fused backend on CUDA; same samples as without)")
+    p.add_argument("--trajectory", metavar="FILE", default=None,
+                   help="also draw the denoising trajectory x_T -> x_0 (same seed): .png (one row of panels) or "
+                        ".gif (an animation); toy data over the true density, images as 4x4 grids")
+    p.add_argument("--frames", type=int, default=None,
+                   help="steps shown in the trajectory, evenly spaced from T to 0 (default 8 for .png, 40 for .gif)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ... (default auto)")
     return p
 
@@ -55,12 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.trajectory and Path(args.trajectory).suffix.lower() not in (".png", ".gif"):
+            raise ValueError(f"--trajectory must end in .png or .gif, got {args.trajectory!r}")
         device = pick_device(args.device)
         model, config = load_model(args.run_dir, device)
         samples = generate_samples(model, config["data"], args.num, seed=args.seed, batch_size=args.batch_size,
                                    backend=args.backend, steps=args.steps, eta=args.eta,
                                    variance=args.variance, clip=args.clip, progress=True, graph=args.graph)
-        save_samples(samples, config["data"], args.out)
+        save_samples(samples, config["data"], args.out,
+                     title=f"{describe_run(config)} — {sampler_name(model, args.steps, args.eta, args.variance)}, "
+                           f"seed {args.seed}")
+        if args.trajectory:
+            write_trajectory(model, config, args.trajectory, args)
+            print(f"wrote the trajectory to {args.trajectory}")
     except (CheckpointError, ValueError, RuntimeError) as err:
         print(f"pyddpm-sample: error: {err}", file=sys.stderr)
         return 2

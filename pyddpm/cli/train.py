@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -16,7 +15,7 @@ import torch.distributed as dist
 
 from ..config import IMAGE_DEFAULTS, LR_SCHEDULES, NET_DEFAULT_LR, TrainConfig
 from ..data import canonical_name, is_toy
-from ..evaluate.report import write_run_report, write_sample_grid
+from ..evaluate.report import metrics_table, write_run_report, write_sample_grid
 from ..nets import NETWORKS
 from ..nets.fc import ACTIVATIONS, TIME_EMBEDDINGS
 from ..schedules import SCHEDULES, VARIANCES
@@ -68,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="toy data: training set size; images: use at most the first N training images")
     g = p.add_argument_group("network")
     g.add_argument("--net", "--network", dest="net", default=d.net, choices=list(NETWORKS),
-                   help="fc: the exercise's MLP; unet: the exercise's MNIST U-Net; unet-ddpm: Ho et al.'s U-Net "
+                   help="fc: FcNetwork, by default 4 x 256 SiLU with a sinusoidal t (the exercise's MLP is --hidden 64 "
+                        "--depth 2 --activation relu --time-embedding linear; pyddpm-exercise runs the exercise as "
+                        "the course sets it up); unet: the exercise's MNIST U-Net; unet-ddpm: Ho et al.'s U-Net "
                         "(residual blocks, GroupNorm, attention at 7x7)")
     g.add_argument("--hidden", "--num-hidden", dest="hidden", type=int, default=d.hidden,
                    help="units per hidden layer (fc; the exercise uses 64)")
@@ -173,7 +174,8 @@ def epoch_grid_writer(cfg: TrainConfig):
 
     def write(trainer: Trainer) -> None:
         path = trainer.out / "grids" / f"epoch_{trainer.step // trainer.steps_per_epoch:03d}.png"
-        write_sample_grid(trainer.sampling_model(), trainer.config, path, cfg.grid_samples, cfg.seed, cfg.grid_steps)
+        write_sample_grid(trainer.sampling_model(), trainer.config, path, cfg.grid_samples, cfg.seed, cfg.grid_steps,
+                          when=f"EMA weights after epoch {trainer.step // trainer.steps_per_epoch}")
 
     return write
 
@@ -190,7 +192,8 @@ def main(argv=None) -> int:
         if trainer.master:
             metrics = write_run_report(out, trainer.sampling_model(), trainer.config, trainer.timing(),
                                        out / METRICS_CSV)
-            print(json.dumps(metrics, indent=2))
+            print(metrics_table(metrics, trainer.config))
+            print(f"metrics.json holds these for programs; pictures: samples.png, forward.png, loss.png")
             print(f"done: {out}")
     except KeyboardInterrupt:
         return 130

@@ -65,6 +65,18 @@ def load_training_data(name: str, *, num_train: int, seed: int, data_dir: str | 
     return toy_distribution(name).sample(num_train, generator=generator)
 
 
+def describe_training_data(name: str, n: int, *, seed: int, data_dir: str | None = None) -> str:
+    """One line saying how many training examples a run uses and where they come from."""
+    name = canonical_name(name)
+    if name not in IMAGE_DATASETS:
+        return f"{n:,} training points drawn from the true {name} distribution (seed {seed})"
+    from .mnist import default_data_dir
+
+    directory = data_dir if data_dir is not None else default_data_dir(name)
+    return (f"{n:,} {name} training images from {directory} (dequantised afresh every batch); pass --data-dir "
+            "to use another copy")
+
+
 def to_data_space(batch: torch.Tensor) -> torch.Tensor:
     """A training batch in data space: uint8 pixels are dequantised to [0, 256/255) (``mnist.dequantize``)."""
     return dequantize(batch) if batch.dtype == torch.uint8 else batch
@@ -78,5 +90,5 @@ def data_config_entries(name: str) -> dict:
 
 
 __all__ = ["Chequerboard", "TwoGaussians", "DataTransform", "DataError", "DATASETS", "IMAGE_DATASETS",
-           "canonical_name", "is_toy", "toy_distribution", "load_training_data", "load_images", "to_data_space",
+           "canonical_name", "describe_training_data", "is_toy", "toy_distribution", "load_training_data", "load_images", "to_data_space",
            "data_config_entries"]

@@ -6,6 +6,17 @@ import math
 import torch
 
 
+def sample_count(n) -> int:
+    """The number of points ``n`` asks for: an int, or a one-element shape ``(n,)`` as torch.distributions takes."""
+    if isinstance(n, (tuple, list, torch.Size)):
+        if len(n) != 1:
+            raise ValueError(f"toy data sets draw points of shape (n, 2): sample_shape must be (n,), got {tuple(n)}")
+        n = n[0]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"the number of points must be a non-negative integer, got {n!r}")
+    return n
+
+
 class TwoGaussians:
     """Mixture 1/5 N((0.75, 0.75), 0.1^2 I) + 4/5 N((0.25, 0.25), 0.1^2 I)."""
 
@@ -15,8 +26,9 @@ class TwoGaussians:
     std = 0.1
     plot_range = (-0.25, 1.25)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n points, shape (n, 2), float32."""
+    def sample(self, n=(1,), generator: torch.Generator | None = None) -> torch.Tensor:
+        """n points, shape (n, 2), float32; ``n`` is an int or ``(n,)`` (``sample((n,))`` as in the course)."""
+        n = sample_count(n)
         component = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         noise = torch.randn(n, 2, generator=generator, dtype=torch.float64)
         return (self.means[component] + self.std * noise).float()
@@ -41,8 +53,9 @@ class Chequerboard:
     squares = [(i, j) for i in range(3) for j in range(3) if (i + j) % 2 == 0]
     plot_range = (-0.1, 1.1)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n points, shape (n, 2), float32."""
+    def sample(self, n=(1,), generator: torch.Generator | None = None) -> torch.Tensor:
+        """n points, shape (n, 2), float32; ``n`` is an int or ``(n,)`` (``sample((n,))`` as in the course)."""
+        n = sample_count(n)
         cells = torch.tensor(self.squares, dtype=torch.float64)
         which = torch.randint(len(self.squares), (n,), generator=generator)
         offset = torch.rand(n, 2, generator=generator, dtype=torch.float64)

@@ -6,16 +6,30 @@ import csv
 import time
 from pathlib import Path
 
-from ..data import is_toy, toy_distribution
+import math
+
+import torch
+
+from ..data import is_toy, load_images, to_data_space, toy_distribution
 from ..samplers import generate_samples
 from ..store import write_json
-from .plots import plot_loss, plot_toy_samples, save_image_grid
+from .plots import describe_run, plot_forward_process, plot_loss, plot_toy_samples, save_image_grid
 from .toy import toy_metrics
 
+FORWARD_POINTS = 2000  # toy points in forward.png (images: 16)
 
-def write_sample_grid(model, config: dict, path: Path, num: int, seed: int, steps: int = 0) -> float:
+
+def sampler_label(model, steps: int = 0) -> str:
+    """The sampler of a grid or picture, for its title."""
+    if steps and steps < model.T:
+        return f"DDIM, {steps} steps"
+    return f"Algorithm 2, T = {model.T}, sigma_t^2 = {model.variance}"
+
+
+def write_sample_grid(model, config: dict, path: Path, num: int, seed: int, steps: int = 0, when: str = "") -> float:
     """A PNG grid of ``num`` images from ``model`` by DDIM with ``steps`` steps (0: all T steps of Algorithm 2),
-    the same seed every time so grids are comparable; returns the seconds it took."""
+    the same seed every time so grids are comparable, titled with the run, the sampler and ``when``; returns the
+    seconds it took."""
     was_training = model.training
     start = time.perf_counter()
     model.eval()
@@ -25,8 +39,60 @@ def write_sample_grid(model, config: dict, path: Path, num: int, seed: int, step
     finally:
         model.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image_grid(images.reshape(-1, *config["data"]["image_shape"]), path)
+    title = f"{describe_run(config)} — {sampler_label(model, steps)}, seed {seed}" + (f" — {when}" if when else "")
+    save_image_grid(images.reshape(-1, *config["data"]["image_shape"]), path, title=title)
     return time.perf_counter() - start
+
+
+def write_forward_figure(run_dir: Path, model, config: dict, seed: int) -> None:
+    """``forward.png``: training data x_0 on its way to x_T under q(x_t | x_0) (toy: points over the density)."""
+    data = config["data"]
+    if is_toy(data["name"]):
+        x0 = toy_distribution(data["name"]).sample((FORWARD_POINTS,), generator=torch.Generator().manual_seed(seed))
+    else:
+        images, _ = load_images(data["name"], "train", config["train"].get("data_dir"))
+        x0 = to_data_space(images[:16].reshape(16, -1))
+    plot_forward_process(model, x0, config, run_dir / "forward.png", seed=seed)
+
+
+INTERPRETATION = {
+    "support_fraction": ("1", "share of samples inside the five squares: the sharper the edges, the nearer 1"),
+    "square_mass": ("0.200 each", "share in each square: a fit spreads its samples evenly"),
+    "mixture_weights": ("0.200 / 0.800", "mean responsibility of each Gaussian: are the modes weighted right?"),
+    "mean_log_prob": (None, "mean true log-density of the samples (floored at log 1e-4); true samples score the truth"),
+    "energy_distance": (None, "distance to true samples; at or below the floor = indistinguishable at this size"),
+    "non_finite_samples": ("0", "samples that became NaN or infinite"),
+}
+
+
+def metrics_table(metrics: dict, config: dict) -> str:
+    """The run's metrics beside the truth or their floor, one line of interpretation each, as printed text."""
+    def show(value) -> str:
+        if isinstance(value, list):
+            return " / ".join(f"{v:.3f}" for v in value) if len(value) <= 2 else f"{min(value):.3f} .. {max(value):.3f}"
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    rows = []
+    for key, (truth, meaning) in INTERPRETATION.items():
+        if key not in metrics:
+            continue
+        if key == "mean_log_prob":
+            truth = show(metrics["true_mean_log_prob"])
+        elif key == "energy_distance":
+            truth = f"floor {show(metrics['energy_distance_floor'])}"
+        rows.append((key, show(metrics[key]), truth, meaning))
+    head = f"{describe_run(config)}: {metrics.get('num_samples', '')} samples".rstrip(": ")
+    if not rows:  # images: the bound and the Frechet distance need pyddpm-eval
+        lines = [f"{describe_run(config)}: trained {metrics['steps']} steps in {metrics['train_seconds']:.0f} s"]
+        if "sampling_seconds" in metrics:
+            lines.append(f"samples.png: {metrics['sampled_images']} images by Algorithm 2 in "
+                         f"{metrics['sampling_seconds']:.0f} s")
+        lines.append("for bits/dim and the Frechet distance beside their floors run: pyddpm-eval RUN")
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in rows + [("metric", "run", "truth", "")]) for i in range(3)]
+    lines = [head, "  ".join(h.ljust(w) for h, w in zip(("metric", "run", "truth"), widths)) + "  meaning"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
+    return "\n".join(lines)
 
 
 def write_run_report(run_dir: Path, model, config: dict, timing: dict, metrics_csv: Path) -> dict:
@@ -37,11 +103,13 @@ def write_run_report(run_dir: Path, model, config: dict, timing: dict, metrics_c
     with open(metrics_csv) as f:
         rows = list(csv.DictReader(f))
     plot_loss([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], run_dir / "loss.png",
-              title=f"{train['data']}, {train['net']}")
+              title=f"training loss — {describe_run(config)}", dims=math.prod(config["data"]["shape"]))
+    write_forward_figure(run_dir, model, config, train["seed"])
     if not is_toy(config["data"]["name"]):
         metrics = dict(timing)
         if train["grid_samples"] > 0:
-            seconds = write_sample_grid(model, config, run_dir / "samples.png", train["grid_samples"], train["seed"])
+            seconds = write_sample_grid(model, config, run_dir / "samples.png", train["grid_samples"], train["seed"],
+                                        when=f"after step {timing['steps']}")
             metrics.update(sampling_seconds=round(seconds, 2), sampled_images=train["grid_samples"])
         write_json(run_dir / "metrics.json", metrics)
         return metrics
@@ -53,5 +121,7 @@ def write_run_report(run_dir: Path, model, config: dict, timing: dict, metrics_c
     metrics = toy_metrics(distribution, samples, seed=train["seed"] + 1)
     metrics.update(steps=timing["steps"], sampling_seconds=round(seconds, 2))
     write_json(run_dir / "metrics.json", metrics)
-    plot_toy_samples(distribution, samples, run_dir / "samples.png", title=f"step {timing['steps']}")
+    plot_toy_samples(distribution, samples, run_dir / "samples.png",
+                     title=f"{describe_run(config)} — {sampler_label(model)}, seed {train['seed']}, "
+                           f"after step {timing['steps']}")
     return metrics

@@ -1,6 +1,8 @@
 """The exercise's MNIST U-Net: a ScoreNetwork0-style encoder/decoder on flat images, t as an extra input channel."""
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -81,3 +83,35 @@ class ExerciseUNet(nn.Module):
         if skips:
             h = torch.cat([h, skips.pop()], dim=1)
         return self.head(h).reshape(x.shape[0], -1)
+
+
+_COURSE_TCONV = re.compile(r"(^|\.)_tconvs\.(\d+)\.")
+_PYDDPM_HEAD = re.compile(r"(^|\.)head\.")
+
+
+def from_course_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The course U-Net's parameter names as ``ExerciseUNet``'s, under any prefix (``network.`` in a DDPM):
+    ``_convs.* -> convs.*``, ``_tconvs.0..L-2.* -> tconvs.*`` and the last ``_tconvs.L-1.{0,2}.* -> head.{0,2}.*``
+    (the course's final conv -> LogSigmoid -> conv block). Other keys are kept as they are."""
+    indices = [int(m.group(2)) for k in state_dict if (m := _COURSE_TCONV.search(k))]
+    last = max(indices, default=-1)
+
+    def rename(key: str) -> str:
+        key = re.sub(r"(^|\.)_convs\.", r"\1convs.", key)
+        return _COURSE_TCONV.sub(lambda m: f"{m.group(1)}head." if int(m.group(2)) == last
+                                 else f"{m.group(1)}tconvs.{m.group(2)}.", key)
+
+    return {rename(k): v for k, v in state_dict.items()}
+
+
+def to_course_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of ``from_course_keys``: ``ExerciseUNet`` names as the course U-Net's (``head`` becomes the last
+    ``_tconvs`` entry), so the course's ``model.load_state_dict`` reads the file."""
+    indices = [int(m.group(2)) for k in state_dict if (m := re.search(r"(^|\.)tconvs\.(\d+)\.", k))]
+    head = max(indices, default=-1) + 1
+
+    def rename(key: str) -> str:
+        key = re.sub(r"(^|\.)(convs|tconvs)\.", r"\1_\2.", key)
+        return _PYDDPM_HEAD.sub(lambda m: f"{m.group(1)}_tconvs.{head}.", key)
+
+    return {rename(k): v for k, v in state_dict.items()}
