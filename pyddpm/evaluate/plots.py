@@ -12,8 +12,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def plot_loss(steps, losses, path: str | os.PathLike, title: str = "training loss") -> None:
-    """Per-step loss (faint) and its moving average against the optimizer step."""
+def plot_loss(steps, losses, path: str | os.PathLike, title: str = "training loss",
+              ylabel: str = "L_simple per example") -> None:
+    """Per-step loss (faint) and its moving average against the optimizer step (log scale when all positive)."""
     steps, losses = np.asarray(steps), np.asarray(losses, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(steps, losses, alpha=0.3, lw=0.8, label="per step")
@@ -22,8 +23,9 @@ def plot_loss(steps, losses, path: str | os.PathLike, title: str = "training los
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
         ax.plot(steps[window - 1:], smooth, lw=1.5, label=f"mean of {window}")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("L_simple per example")
-    ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    if np.all(losses > 0):  # a negative log-likelihood of continuous data can be negative
+        ax.set_yscale("log")
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()

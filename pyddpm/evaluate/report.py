@@ -7,21 +7,25 @@ import time
 from pathlib import Path
 
 from ..data import is_toy, toy_distribution
+from ..diffusion import DDPM
 from ..samplers import generate_samples
 from ..store import write_json
 from .plots import plot_loss, plot_toy_samples, save_image_grid
 from .toy import toy_metrics
 
+# what a baseline's training loss is (``loss.png``'s axis); the DDPM's is L_simple
+BASELINE_OBJECTIVES = {"flow": "negative log-likelihood (nats)", "vae": "negative ELBO (nats)"}
+
 
 def write_sample_grid(model, config: dict, path: Path, num: int, seed: int, steps: int = 0) -> float:
-    """A PNG grid of ``num`` images from ``model`` by DDIM with ``steps`` steps (0: all T steps of Algorithm 2),
-    the same seed every time so grids are comparable; returns the seconds it took."""
+    """A PNG grid of ``num`` images from ``model`` by DDIM with ``steps`` steps (0: all T steps of Algorithm 2; a
+    baseline samples in one pass), the same seed every time so grids are comparable; returns the seconds it took."""
     was_training = model.training
     start = time.perf_counter()
     model.eval()
     try:
-        images = generate_samples(model, config["data"], num, seed=seed, steps=min(steps, model.T) or None,
-                                  progress=steps == 0)
+        steps = min(steps, model.T) if isinstance(model, DDPM) else 0
+        images = generate_samples(model, config["data"], num, seed=seed, steps=steps or None, progress=steps == 0)
     finally:
         model.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,8 +40,10 @@ def write_run_report(run_dir: Path, model, config: dict, timing: dict, metrics_c
     train = config["train"]
     with open(metrics_csv) as f:
         rows = list(csv.DictReader(f))
+    name, objective = ((config["model"]["name"], BASELINE_OBJECTIVES[config["model"]["name"]]) if "model" in config
+                       else (train["net"], "L_simple"))
     plot_loss([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], run_dir / "loss.png",
-              title=f"{train['data']}, {train['net']}")
+              title=f"{train['data']}, {name}", ylabel=f"{objective} per example")
     if not is_toy(config["data"]["name"]):
         metrics = dict(timing)
         if train["grid_samples"] > 0:
