@@ -1,16 +1,23 @@
 """Generate docs/RESULTS.md and its pictures (docs/results/): the exercise's questions answered by measurement.
 
-    python benchmarks/results.py [--runs runs/results] [--docs docs] [--quick]
+    python benchmarks/results.py [--runs runs/results] [--docs docs] [--quick] [--sections toy-compare,...]
 
 Every model is trained by `pyddpm-train` and measured by `pyddpm-eval`, each run as a subprocess with exactly
 the flags the page lists, so every number on the page can be reproduced by a command. Run directories, eval
 files and the classifier are reused when present: an interrupted script resumes where it stopped, and a
 finished one re-renders the page in seconds. ``--quick`` shrinks every budget to smoke-test the script (write
-its page somewhere else; it is not a result).
+its page somewhere else; it is not a result). ``--sections`` runs and renders only the named sections (of
+``SECTIONS``) into RESULTS-<sections>.md, leaving the full page alone.
+
+The comparisons with the baselines (sections 4-5) train each model for the same CPU wall-clock budget: a short
+calibration run measures each model's seconds per optimizer step on this machine, and the real run gets as many
+steps as fit in the budget, its learning-rate schedule ending there (``--epochs 1 --num-train steps x batch``).
+The training seconds each run actually took (optimizer steps only) are printed beside its numbers.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -29,8 +36,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pyddpm.data import toy_distribution  # noqa: E402
+from pyddpm.baselines import default_kwargs  # noqa: E402
+from pyddpm.config import TrainConfig  # noqa: E402
+from pyddpm.data import is_toy, toy_distribution  # noqa: E402
 from pyddpm.evaluate.classifier import default_classifier_path, load_classifier  # noqa: E402
+from pyddpm.store import read_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
@@ -50,6 +60,14 @@ class Budget:
     sampler_studies: list[tuple[str, int, list[str]]]  # (3): (MNIST run, samples per sampler, bound flags)
     long_fc: list[str]  # the FcNetwork's longer run: more steps, no more wall time than the exercise U-Net's
     ddim_steps: list[int] = field(default_factory=lambda: [100, 50])
+    compare_toy_seconds: float = 120.0  # (4): CPU training seconds per model and toy set
+    compare_toy_batch: int = 1000
+    compare_toy_samples: int = 5000  # samples per model for the toy metrics
+    compare_test_points: int = 2000  # fresh true points for the toy test NLL
+    compare_calibration_steps: int = 100  # steps of the runs that time each model
+    compare_iwae_k: int = 1000  # the VAE's larger IWAE K (toy); MNIST uses compare_mnist_iwae_k
+    compare_mnist_seconds: float | None = None  # (5): None = the exercise U-Net's training time in (2)
+    compare_mnist_iwae_k: int = 100
 
 
 FULL = Budget(
@@ -69,7 +87,9 @@ QUICK = Budget(
     bound_images=20, t_samples=3, quality_samples=30, quality_steps=5,
     sampler_studies=[("fc-long", 30, ["--test-images", "10"]),
                      ("unet", 8, ["--test-images", "10", "--t-samples", "3"])],
-    long_fc=["--num-train", "256", "--epochs", "2"], ddim_steps=[20, 10])
+    long_fc=["--num-train", "256", "--epochs", "2"], ddim_steps=[20, 10], compare_toy_seconds=5.0,
+    compare_toy_batch=256, compare_toy_samples=500, compare_test_points=300, compare_calibration_steps=20,
+    compare_iwae_k=20, compare_mnist_seconds=10.0, compare_mnist_iwae_k=5)
 
 # (1) FcNetwork variants on the Chequerboard: (name, what changes, flags); data scale 32 in the budget
 TOY_VARIANTS = [
@@ -93,6 +113,23 @@ MNIST_NETS = [
     ("unet-ddpm", "DDPM U-Net, reduced for CPU: channels 32,64,64, 1 res. block, attention at 7x7",
      ["--net", "unet-ddpm", "--channels", "32,64,64", "--num-res-blocks", "1"]),
 ]
+
+
+SECTIONS = ("chequerboard", "mnist", "samplers", "toy-compare", "mnist-compare")
+TOY_SETS = [("chequerboard", "Chequerboard"), ("two-gaussians", "Two Gaussians")]
+
+
+def compare_models(dataset: str) -> list[tuple[str, str, list[str]]]:
+    """(4)/(5): (model, label, pyddpm-train flags) of the DDPM and the two baselines, each at its defaults."""
+    flow, vae = default_kwargs("flow", dataset), default_kwargs("vae", dataset)
+    ddpm = (("ddpm", "DDPM, FcNetwork 256 x 4, SiLU, sinusoidal t, T = 1000 (the defaults)", []) if is_toy(dataset)
+            else ("ddpm", MNIST_NETS[1][1], MNIST_NETS[1][2]))
+    return [ddpm,
+            ("flow", f"RealNVP flow, {flow['num_couplings']} affine couplings, MLP {flow['hidden']} x "
+                     f"{flow['num_hidden_layers']}, actnorm" + (", logit pre-transform" if flow.get("pretransform")
+                                                                == "logit" else ""), ["--model", "flow"]),
+            ("vae", f"VAE, {vae['latent_dim']}-d latent, MLP {vae['hidden']} x {vae['num_hidden_layers']}, "
+                    f"{vae['likelihood']} decoder", ["--model", "vae"])]
 
 
 def log(message: str) -> None:
@@ -148,9 +185,9 @@ def ensure_classifier() -> dict:
 
 
 # ----- pictures -----------------------------------------------------------------------------------------
-def chequerboard_figure(entries: list[tuple[str, np.ndarray]], path: Path) -> None:
-    """True density, then one 2-D histogram of samples per variant."""
-    dist = toy_distribution("chequerboard")
+def chequerboard_figure(entries: list[tuple[str, np.ndarray]], path: Path, data: str = "chequerboard") -> None:
+    """True density, then one 2-D histogram of samples per variant (or model) of the toy set ``data``."""
+    dist = toy_distribution(data)
     lo, hi = dist.plot_range
     grid = torch.linspace(lo, hi, 200, dtype=torch.float64)
     xx, yy = torch.meshgrid(grid, grid, indexing="xy")
@@ -206,9 +243,213 @@ def copy_picture(source: Path, target: Path) -> str:
     return f"results/{target.name}"
 
 
-# ----- the page -----------------------------------------------------------------------------------------
-def fmt_hist(h: list[float]) -> str:
-    return " ".join(f"{100 * v:.0f}" for v in h)
+# ----- the records the page is rendered from ----------------------------------------------------------
+@dataclass
+class ToyVariant:
+    """(1): one FcNetwork variant on the Chequerboard."""
+
+    name: str
+    change: str
+    flags: list[str]
+    train: dict  # metrics.json + wall_seconds (``train``)
+    eval: dict  # its eval-ddpm.json
+
+    def setting(self, flag: str) -> str:
+        return self.flags[self.flags.index(flag) + 1]
+
+
+@dataclass
+class MnistNet:
+    """(2): one network on MNIST: its bound and its sample quality."""
+
+    name: str
+    what: str
+    flags: list[str]
+    train: dict
+    bound_eval: dict
+    quality_eval: dict
+    grid: str  # the samples' picture, relative to docs/
+
+    @property
+    def bound(self) -> dict:
+        return self.bound_eval["bound"]
+
+    @property
+    def samples(self) -> dict:
+        return self.quality_eval["samples"]
+
+
+@dataclass
+class SamplerRow:
+    """(3): one sampler (and sigma_t^2) on one network."""
+
+    label: str
+    calls: int  # network calls per sample
+    eval: dict
+    grid: str
+
+
+@dataclass
+class SamplerStudy:
+    net: str
+    num: int
+    bound_flags: list[str]
+    rows: list[SamplerRow]
+
+
+@dataclass
+class CompareRun:
+    """(4), (5): one model trained for the comparison's wall-clock budget and its evaluation."""
+
+    model: str  # ddpm, flow or vae
+    label: str
+    command: str
+    train: dict
+    train_seconds: float  # optimizer steps only (the Trainer's clock)
+    likelihood: dict  # eval's "likelihood" (toy, baselines) or "bound" (DDPM on MNIST) entry
+    samples: dict
+    eval_seconds: float
+    grid: str = ""
+
+
+@dataclass
+class Page:
+    budget: Budget
+    runs_arg: str
+    runs: Path
+    classifier: dict | None = None
+    chequerboard: list[ToyVariant] | None = None
+    mnist: list[MnistNet] | None = None
+    samplers: list[SamplerStudy] | None = None
+    toy_compare: dict[str, list[CompareRun]] | None = None  # per toy set
+    mnist_compare: list[CompareRun] | None = None
+    compare_seconds: dict[str, float] = field(default_factory=dict)  # the budget per data set
+
+
+# ----- running the sections ---------------------------------------------------------------------------
+def mnist_flags() -> list[str]:
+    return ["--data", "mnist", "--data-dir", str(MNIST_DIR)]
+
+
+def collect_chequerboard(budget: Budget, runs: Path, pictures: Path) -> list[ToyVariant]:
+    variants = []
+    for name, change, flags in TOY_VARIANTS:
+        run_dir = runs / f"cb-{name}"
+        train_metrics = train(run_dir, ["--data", "cb", *flags, *budget.toy_train])
+        record = evaluate(run_dir, "ddpm", ["--num", str(budget.toy_samples)])
+        variants.append(ToyVariant(name, change, flags, train_metrics, record))
+    chequerboard_figure([(v.name, np.load(runs / f"cb-{v.name}" / "eval-ddpm.npy")) for v in variants],
+                        pictures / "chequerboard.png")
+    return variants
+
+
+def collect_mnist(budget: Budget, runs: Path, pictures: Path) -> list[MnistNet]:
+    nets = []
+    networks = [*MNIST_NETS, ("fc-long", f"FcNetwork as above, `{' '.join(budget.long_fc)}`",
+                              [*MNIST_NETS[0][2], *budget.long_fc])]
+    for name, what, flags in networks:
+        run_dir = runs / f"mnist-{name}"
+        train_metrics = train(run_dir, [*mnist_flags(), *budget.mnist_train, *flags])  # later flags override
+        bound = evaluate(run_dir, "bound", ["--no-samples", "--test-images", str(budget.bound_images),
+                                            "--t-samples", str(budget.t_samples)])
+        quality = evaluate(run_dir, f"ddim{budget.quality_steps}", [
+            "--no-bound", "--num", str(budget.quality_samples), "--steps", str(budget.quality_steps)])
+        grid = copy_picture(run_dir / f"eval-ddim{budget.quality_steps}.png", pictures / f"mnist-{name}.png")
+        nets.append(MnistNet(name, what, flags, train_metrics, bound, quality, grid))
+    histogram_figure([(n.name, n.samples["label_histogram"]) for n in nets]
+                     + [("real (train)", nets[0].samples["floor"]["label_histogram"])], pictures / "mnist-labels.png")
+    return nets
+
+
+def collect_samplers(budget: Budget, runs: Path, pictures: Path) -> list[SamplerStudy]:
+    """(3) on networks trained by (2) (trained here first when missing)."""
+    studies = []
+    for net, num, bound_flags in budget.sampler_studies:
+        run_dir = runs / f"mnist-{net}"
+        if not (run_dir / "metrics.json").exists():
+            raise SystemExit("section samplers needs the MNIST runs of section mnist: run --sections mnist first")
+        rows = []
+        for variance in ("beta", "beta_tilde"):
+            tag = f"ddpm-{variance}-n{num}"
+            record = evaluate(run_dir, tag, ["--num", str(num), "--variance", variance, *bound_flags])
+            grid = copy_picture(run_dir / f"eval-{tag}.png", pictures / f"sampler-{net}-ddpm-{variance}.png")
+            rows.append(SamplerRow(f"DDPM (Alg. 2), {record['diffusion']['T']} steps, sigma_t^2 = {variance}",
+                                   record["diffusion"]["T"], record, grid))
+        for steps in budget.ddim_steps:
+            tag = f"ddim{steps}-n{num}"
+            record = evaluate(run_dir, tag, ["--no-bound", "--num", str(num), "--steps", str(steps)])
+            grid = copy_picture(run_dir / f"eval-{tag}.png", pictures / f"sampler-{net}-ddim{steps}.png")
+            rows.append(SamplerRow(f"DDIM, {steps} steps (eta = 0)", steps, record, grid))
+        studies.append(SamplerStudy(net, num, bound_flags, rows))
+    per_t_figure([(f"{st.net}, sigma_t^2 = {v}", st.rows[i].eval["bound"]["per_t"]) for st in studies
+                  for i, v in enumerate(("beta", "beta_tilde")) if st.rows[i].eval["bound"]["per_t"]],
+                 pictures / "bound-per-t.png")
+    return studies
+
+
+def seconds_per_step(run_dir: Path, flags: list[str], steps: int, batch: int) -> float:
+    """The Trainer's seconds per optimizer step of a ``steps``-step run with ``flags`` (trained once, cached)."""
+    train(run_dir, [*flags, "--max-steps", str(steps), "--epochs", "1", "--num-train", str(steps * batch)])
+    state = read_checkpoint(run_dir).state
+    return state["train_seconds"] / state["step"]
+
+
+def budget_run(run_dir: Path, flags: list[str], seconds: float, calibration: int, batch: int) -> tuple[dict, float]:
+    """Train ``flags`` for about ``seconds`` of optimizer time: the step count from a calibration run, the
+    learning-rate schedule ending at the last step. Returns the metrics (with the command) and the seconds taken."""
+    per_step = seconds_per_step(run_dir.parent / f"calibrate-{run_dir.name}", flags, calibration, batch)
+    steps = max(1, int(seconds / per_step))
+    metrics = train(run_dir, [*flags, "--max-steps", str(steps), "--epochs", "1", "--num-train", str(steps * batch)])
+    return metrics, read_checkpoint(run_dir).state["train_seconds"]
+
+
+def collect_toy_compare(budget: Budget, runs: Path, pictures: Path) -> dict[str, list[CompareRun]]:
+    compared = {}
+    for data, _ in TOY_SETS:
+        rows = []
+        for model, label, flags in compare_models(data):
+            run_dir = runs / f"compare-{data}-{model}"
+            common = ["--data", data, "--batch-size", str(budget.compare_toy_batch), "--num-samples", "500", *flags]
+            metrics, seconds = budget_run(run_dir, common, budget.compare_toy_seconds,
+                                          budget.compare_calibration_steps, budget.compare_toy_batch)
+            eval_flags = ["--num", str(budget.compare_toy_samples), "--test-points", str(budget.compare_test_points)]
+            if model == "vae":
+                eval_flags += ["--iwae-k", str(budget.compare_iwae_k)]
+            record = evaluate(run_dir, "compare", eval_flags)
+            rows.append(CompareRun(model, label, metrics["command"], metrics, seconds, record["likelihood"],
+                                   record["samples"], record["eval_seconds"]))
+        chequerboard_figure([(r.model, np.load(runs / f"compare-{data}-{r.model}" / "eval-compare.npy"))
+                             for r in rows], pictures / f"compare-{data}.png", data)
+        compared[data] = rows
+    return compared
+
+
+def collect_mnist_compare(budget: Budget, runs: Path, pictures: Path, seconds: float) -> list[CompareRun]:
+    """The exercise U-Net of (2) beside a flow and a VAE trained for its wall-clock (``seconds``)."""
+    unet = runs / "mnist-unet"
+    rows = []
+    for model, label, flags in compare_models("mnist"):
+        if model == "ddpm":
+            metrics = train(unet, [*mnist_flags(), *budget.mnist_train, *flags])
+            bound = evaluate(unet, "bound", ["--no-samples", "--test-images", str(budget.bound_images),
+                                             "--t-samples", str(budget.t_samples)])
+            quality = evaluate(unet, f"ddim{budget.quality_steps}", [
+                "--no-bound", "--num", str(budget.quality_samples), "--steps", str(budget.quality_steps)])
+            grid = copy_picture(unet / f"eval-ddim{budget.quality_steps}.png", pictures / "compare-mnist-ddpm.png")
+            rows.append(CompareRun(model, label, metrics["command"], metrics,
+                                   read_checkpoint(unet).state["train_seconds"], bound["bound"], quality["samples"],
+                                   bound["eval_seconds"] + quality["eval_seconds"], grid))
+            continue
+        run_dir = runs / f"compare-mnist-{model}"
+        batch = int(budget.mnist_train[budget.mnist_train.index("--batch-size") + 1])
+        common = [*mnist_flags(), *budget.mnist_train, *flags]
+        metrics, took = budget_run(run_dir, common, seconds, budget.compare_calibration_steps, batch)
+        record = evaluate(run_dir, "compare", ["--num", str(budget.quality_samples), "--test-images",
+                                               str(budget.bound_images), "--iwae-k", str(budget.compare_mnist_iwae_k)])
+        grid = copy_picture(run_dir / "eval-compare.png", pictures / f"compare-mnist-{model}.png")
+        rows.append(CompareRun(model, label, metrics["command"], metrics, took, record["likelihood"],
+                               record["samples"], record["eval_seconds"], grid))
+    return rows
 
 
 def main() -> None:
@@ -216,70 +457,70 @@ def main() -> None:
     p.add_argument("--runs", default="runs/results", help="where the run directories go (reused when present)")
     p.add_argument("--docs", default="docs", help="where RESULTS.md and results/*.png go")
     p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test of this script, not results")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help=f"comma-separated sections to run and render, of {', '.join(SECTIONS)} (default: all, into "
+                        "RESULTS.md; a subset goes to RESULTS-<sections>.md)")
+    p.add_argument("--toy-seconds", type=float, default=None,
+                   help="toy-compare: CPU training seconds per model and toy set (default: the budget's, 120)")
     args = p.parse_args()
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown or not sections:
+        p.error(f"--sections: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(SECTIONS)}")
     budget = QUICK if args.quick else FULL
+    if args.toy_seconds is not None:
+        if not args.toy_seconds > 0:
+            p.error(f"--toy-seconds must be > 0, got {args.toy_seconds}")
+        budget = dataclasses.replace(budget, compare_toy_seconds=args.toy_seconds)
     runs, docs = (ROOT / args.runs).resolve(), (ROOT / args.docs).resolve()
     pictures = docs / "results"
     pictures.mkdir(parents=True, exist_ok=True)
     runs.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    mnist = ["--data", "mnist", "--data-dir", str(MNIST_DIR)]
 
-    # (1) Chequerboard ---------------------------------------------------------------------------------
-    toy_rows, toy_pictures = [], []
-    for name, change, flags in TOY_VARIANTS:
-        run_dir = runs / f"cb-{name}"
-        train_metrics = train(run_dir, ["--data", "cb", *flags, *budget.toy_train])
-        record = evaluate(run_dir, "ddpm", ["--num", str(budget.toy_samples)])
-        toy_rows.append((name, change, flags, train_metrics, record))
-        toy_pictures.append((name, np.load(run_dir / "eval-ddpm.npy")))
-    chequerboard_figure(toy_pictures, pictures / "chequerboard.png")
+    page = Page(budget, args.runs, runs)
+    if "chequerboard" in sections:
+        page.chequerboard = collect_chequerboard(budget, runs, pictures)
+    if {"mnist", "samplers", "mnist-compare"} & set(sections):
+        page.classifier = ensure_classifier()
+    if "mnist" in sections:
+        page.mnist = collect_mnist(budget, runs, pictures)
+    if "samplers" in sections:
+        page.samplers = collect_samplers(budget, runs, pictures)
+    if "toy-compare" in sections:
+        page.toy_compare = collect_toy_compare(budget, runs, pictures)
+        page.compare_seconds["toy"] = budget.compare_toy_seconds
+    if "mnist-compare" in sections:
+        seconds = budget.compare_mnist_seconds
+        if seconds is None:
+            unet = train(runs / "mnist-unet", [*mnist_flags(), *budget.mnist_train, *MNIST_NETS[1][2]])
+            seconds = read_checkpoint(runs / "mnist-unet").state["train_seconds"] if unet else seconds
+        page.mnist_compare = collect_mnist_compare(budget, runs, pictures, seconds)
+        page.compare_seconds["mnist"] = seconds
 
-    # (2) MNIST networks -------------------------------------------------------------------------------
-    classifier = ensure_classifier()
-    mnist_rows = []
-    networks = [*MNIST_NETS, ("fc-long", f"FcNetwork as above, `{' '.join(budget.long_fc)}`",
-                              [*MNIST_NETS[0][2], *budget.long_fc])]
-    for name, what, flags in networks:
-        run_dir = runs / f"mnist-{name}"
-        train_metrics = train(run_dir, [*mnist, *budget.mnist_train, *flags])  # later flags override
-        bound = evaluate(run_dir, "bound", ["--no-samples", "--test-images", str(budget.bound_images),
-                                            "--t-samples", str(budget.t_samples)])
-        quality = evaluate(run_dir, f"ddim{budget.quality_steps}", [
-            "--no-bound", "--num", str(budget.quality_samples), "--steps", str(budget.quality_steps)])
-        grid = copy_picture(run_dir / f"eval-ddim{budget.quality_steps}.png", pictures / f"mnist-{name}.png")
-        mnist_rows.append((name, what, flags, train_metrics, bound, quality, grid))
-
-    # (3) samplers and sigma_t^2 ------------------------------------------------------------------------
-    studies = []
-    for net, num, bound_flags in budget.sampler_studies:
-        run_dir = runs / f"mnist-{net}"
-        rows = []
-        for variance in ("beta", "beta_tilde"):
-            tag = f"ddpm-{variance}-n{num}"
-            record = evaluate(run_dir, tag, ["--num", str(num), "--variance", variance, *bound_flags])
-            grid = copy_picture(run_dir / f"eval-{tag}.png", pictures / f"sampler-{net}-ddpm-{variance}.png")
-            rows.append((f"DDPM (Alg. 2), {record['diffusion']['T']} steps, sigma_t^2 = {variance}",
-                         record["diffusion"]["T"], record, grid))
-        for steps in budget.ddim_steps:
-            tag = f"ddim{steps}-n{num}"
-            record = evaluate(run_dir, tag, ["--no-bound", "--num", str(num), "--steps", str(steps)])
-            grid = copy_picture(run_dir / f"eval-{tag}.png", pictures / f"sampler-{net}-ddim{steps}.png")
-            rows.append((f"DDIM, {steps} steps (eta = 0)", steps, record, grid))
-        studies.append((net, num, bound_flags, rows))
-    per_t_figure([(f"{net}, sigma_t^2 = {v}", rows[i][2]["bound"]["per_t"]) for net, _, _, rows in studies
-                  for i, v in enumerate(("beta", "beta_tilde")) if rows[i][2]["bound"]["per_t"]],
-                 pictures / "bound-per-t.png")
-    histogram_figure([(n, q["samples"]["label_histogram"]) for n, _, _, _, _, q, _ in mnist_rows]
-                     + [("real (train)", mnist_rows[0][5]["samples"]["floor"]["label_histogram"])],
-                     pictures / "mnist-labels.png")
-
-    page = render(budget, classifier, toy_rows, mnist_rows, studies, args, runs)
-    (docs / "RESULTS.md").write_text(page)
-    log(f"wrote {docs / 'RESULTS.md'}")
+    name = "RESULTS.md" if sections == list(SECTIONS) else f"RESULTS-{'-'.join(sections)}.md"
+    (docs / name).write_text(render(page))
+    log(f"wrote {docs / name}")
 
 
-def render(budget: Budget, classifier: dict, toy_rows, mnist_rows, studies, args, runs: Path) -> str:
+# ----- the page -----------------------------------------------------------------------------------------
+def render(page: Page) -> str:
+    """The page: the header, then each section whose runs the page holds, then how to reproduce it."""
+    lines = render_header(page)
+    for records, section in ((page.chequerboard, render_chequerboard), (page.mnist, render_mnist),
+                             (page.samplers, render_samplers), (page.toy_compare, render_toy_compare),
+                             (page.mnist_compare, render_mnist_compare)):
+        if records is not None:
+            lines += section(page)
+    lines += render_reproduce(page)
+    return "\n".join(lines) + "\n"
+
+
+def _flags(f: list[str]) -> str:
+    return "`" + " ".join(f) + "`"
+
+
+def render_header(page: Page) -> list[str]:
     cpu = platform.processor() or platform.machine()
     try:
         model_name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -287,19 +528,21 @@ def render(budget: Budget, classifier: dict, toy_rows, mnist_rows, studies, args
     except (OSError, StopIteration):
         model_name = cpu
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    beta_1 = mnist_rows[0][4]["diffusion"]["beta_1"]
-    flags = lambda f: "`" + " ".join(f) + "`"  # noqa: E731
-    L = []
-    add = L.append
-    add("# pyddpm results: the exercise's questions, answered by measurement\n")
-    add("*This page is generated by `python benchmarks/results.py`; do not edit it by hand. Every number comes "
-        "from a `pyddpm-train` run measured by `pyddpm-eval`; the flags are listed beside each table, and the run "
-        "directories are cached, so rerunning the script resumes or re-renders.*\n")
-    add(f"**Machine.** Everything below ran on the **CPU** ({model_name}, {os.cpu_count()} cores shared with other "
-        f"work, torch {torch.__version__}); {'no GPU was used' if gpu is None else 'a GPU was present but unused'}. "
-        "Training budgets are therefore small and are stated with every table: the numbers compare settings at "
-        "equal budget, they are not converged results. Times are wall-clock on a shared machine and carry its load.\n")
-    add(f"**Metrics.** *Bits/dim*: the full variational bound L = L_T + sum_(t>=2) L_(t-1) + L_0 of Ho et al. "
+    L = ["# pyddpm results: the exercise's questions, answered by measurement\n",
+         "*This page is generated by `python benchmarks/results.py`; do not edit it by hand. Every number comes "
+         "from a `pyddpm-train` run measured by `pyddpm-eval`; the flags are listed beside each table, and the run "
+         "directories are cached, so rerunning the script resumes or re-renders.*\n",
+         f"**Machine.** Everything below ran on the **CPU** ({model_name}, {os.cpu_count()} cores shared with other "
+         f"work, torch {torch.__version__}); {'no GPU was used' if gpu is None else 'a GPU was present but unused'}. "
+         "Training budgets are therefore small and are stated with every table: the numbers compare settings at "
+         "equal budget, they are not converged results. Times are wall-clock on a shared machine and carry its "
+         "load.\n"]
+    if page.classifier is None:
+        return L
+    beta_1 = page.mnist[0].bound_eval["diffusion"]["beta_1"] if page.mnist else TrainConfig().beta_1
+    classifier = page.classifier
+    L.append(
+        f"**Metrics.** *Bits/dim*: the full variational bound L = L_T + sum_(t>=2) L_(t-1) + L_0 of Ho et al. "
         "(eq. 5) with their discretised Gaussian decoder (eq. 13), on MNIST test images, +- the standard error over "
         "images. Pixels k are evaluated undequantised at x0 = 2k/255 - 1 with bins of width 2/255 (outer bins "
         "to +-inf), so it is a discrete negative log-likelihood comparable with published numbers. "
@@ -320,166 +563,346 @@ def render(budget: Budget, classifier: dict, toy_rows, mnist_rows, studies, args
         "floor(255 x) before classification. *Label histogram*: the classifier's predicted classes of the samples "
         "(mode coverage), summarised by its total-variation distance from uniform; *confidence*: the mean max "
         "class probability.\n")
+    return L
 
-    # (1)
-    add("## 1. Can the Chequerboard fit be improved by the architecture?\n")
-    add(f"Six FcNetwork variants trained with the same budget {flags(budget.toy_train)} (seed 0), each measured on {budget.toy_samples} samples from Algorithm 2 with all "
-        f"T = {toy_rows[0][4]['diffusion']['T']} steps "
-        "(`pyddpm-eval RUN --num N`). Support fraction: samples inside the five squares (truth: 100%). Energy "
-        "distance to fresh true samples, beside its floor (two true samples of the same size).\n")
-    add("| variant | change | hidden x depth, activation, t | parameters | support fraction | energy distance "
-        "(floor) | min / max square mass (truth 0.200) | training time |")
-    add("|---|---|---|---:|---:|---:|---:|---:|")
-    for name, change, f, tm, rec in toy_rows:
-        s = rec["samples"]
-        add(f"| {name} | {change} | {f[1]} x {f[3]}, {f[5]}, {f[7]} | {rec['parameters']:,} | "
-            f"{s['support_fraction']:.1%} | {s['energy_distance']:.2e} ({s['energy_distance_floor']:.1e}) | "
-            f"{min(s['square_mass']):.3f} / {max(s['square_mass']):.3f} | {tm['wall_seconds'] / 60:.1f} min |")
-    base = toy_rows[0][4]["samples"]
-    changes = sorted(toy_rows[1:], key=lambda r: -r[4]["samples"]["support_fraction"])
-    add("\n![Chequerboard samples per variant](results/chequerboard.png)\n")
-    add(f"**Answer: yes.** With the same {toy_rows[0][3]['steps']} optimizer steps, the exercise's network puts "
-        f"{base['support_fraction']:.1%} of its samples inside the squares (energy distance "
-        f"{base['energy_distance']:.1e}). "
-        "Support fraction (energy distance) per change, best first: " + "; ".join(
-            f"{r[1]}: {r[4]['samples']['support_fraction']:.1%} ({r[4]['samples']['energy_distance']:.1e})"
-            for r in changes)
-        + ". In the picture the exercise's network draws a blurred X through the gaps between the squares; single "
-          "changes sharpen it only in part, and all four together give five separate squares.\n")
 
-    # (2)
-    add("## 2. Can a fully connected network learn MNIST?\n")
-    add(f"Three networks with the same training budget {flags(budget.mnist_train)} (seed 0, EMA 0.999 weights), "
-        f"on the shared MNIST training images, and the FcNetwork once more with `{' '.join(budget.long_fc)}` "
-        "(~10x the steps, in no more wall time than the exercise U-Net). "
-        f"Bits/dim on the first {budget.bound_images} test images with "
-        f"`--t-samples {budget.t_samples}`; sample quality on {budget.quality_samples} samples drawn by DDIM with "
-        f"{budget.quality_steps} steps (`pyddpm-eval RUN --steps {budget.quality_steps} --num "
-        f"{budget.quality_samples}`; Algorithm 2's 1000 steps are too slow for the U-Nets on this CPU).\n")
-    add("| network | parameters | training: steps x batch (time) | bits/dim (+- s.e.) | Frechet distance "
-        "(floor) | label TV from uniform (floor) | confidence (floor) | sampling time / sample |")
-    add("|---|---:|---:|---:|---:|---:|---:|---:|")
+def render_chequerboard(page: Page) -> list[str]:
+    budget, toy = page.budget, page.chequerboard
+    L = ["## 1. Can the Chequerboard fit be improved by the architecture?\n",
+         f"Six FcNetwork variants trained with the same budget {_flags(budget.toy_train)} (seed 0), each measured on "
+         f"{budget.toy_samples} samples from Algorithm 2 with all T = {toy[0].eval['diffusion']['T']} steps "
+         "(`pyddpm-eval RUN --num N`). Support fraction: samples inside the five squares (truth: 100%). Energy "
+         "distance to fresh true samples, beside its floor (two true samples of the same size).\n",
+         "| variant | change | hidden x depth, activation, t | parameters | support fraction | energy distance "
+         "(floor) | min / max square mass (truth 0.200) | training time |",
+         "|---|---|---|---:|---:|---:|---:|---:|"]
+    for v in toy:
+        s = v.eval["samples"]
+        L.append(f"| {v.name} | {v.change} | {v.setting('--hidden')} x {v.setting('--depth')}, "
+                 f"{v.setting('--activation')}, {v.setting('--time-embedding')} | {v.eval['parameters']:,} | "
+                 f"{s['support_fraction']:.1%} | {s['energy_distance']:.2e} ({s['energy_distance_floor']:.1e}) | "
+                 f"{min(s['square_mass']):.3f} / {max(s['square_mass']):.3f} | {v.train['wall_seconds'] / 60:.1f} min |")
+    base = toy[0].eval["samples"]
+    changes = sorted(toy[1:], key=lambda v: -v.eval["samples"]["support_fraction"])
+    L.append("\n![Chequerboard samples per variant](results/chequerboard.png)\n")
+    L.append(f"**Answer: yes.** With the same {toy[0].train['steps']} optimizer steps, the exercise's network puts "
+             f"{base['support_fraction']:.1%} of its samples inside the squares (energy distance "
+             f"{base['energy_distance']:.1e}). "
+             "Support fraction (energy distance) per change, best first: " + "; ".join(
+                 f"{v.change}: {v.eval['samples']['support_fraction']:.1%} "
+                 f"({v.eval['samples']['energy_distance']:.1e})" for v in changes)
+             + ". In the picture the exercise's network draws a blurred X through the gaps between the squares; "
+               "single changes sharpen it only in part, and all four together give five separate squares.\n")
+    return L
+
+
+def render_mnist(page: Page) -> list[str]:
+    budget, nets = page.budget, page.mnist
+    L = ["## 2. Can a fully connected network learn MNIST?\n",
+         f"Three networks with the same training budget {_flags(budget.mnist_train)} (seed 0, EMA 0.999 weights), "
+         f"on the shared MNIST training images, and the FcNetwork once more with `{' '.join(budget.long_fc)}` "
+         "(~10x the steps, in no more wall time than the exercise U-Net). "
+         f"Bits/dim on the first {budget.bound_images} test images with "
+         f"`--t-samples {budget.t_samples}`; sample quality on {budget.quality_samples} samples drawn by DDIM with "
+         f"{budget.quality_steps} steps (`pyddpm-eval RUN --steps {budget.quality_steps} --num "
+         f"{budget.quality_samples}`; Algorithm 2's 1000 steps are too slow for the U-Nets on this CPU).\n",
+         "| network | parameters | training: steps x batch (time) | bits/dim (+- s.e.) | Frechet distance "
+         "(floor) | label TV from uniform (floor) | confidence (floor) | sampling time / sample |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|"]
     batch = budget.mnist_train[budget.mnist_train.index("--batch-size") + 1]
-    for name, what, f, tm, b, q, _ in mnist_rows:
-        bb, s = b["bound"], q["samples"]
+    for n in nets:
+        bb, s = n.bound, n.samples
         fl = s["floor"]
-        add(f"| {what} | {b['parameters']:,} | {tm['steps']} x {batch} ({tm['wall_seconds'] / 60:.1f} min) | "
-            f"{bb['bits_per_dim']:.3f} +- {bb['standard_error']:.3f} | {s['frechet_distance']:.2f} "
-            f"({fl['frechet_distance']:.2f}) | {s['label_tv_from_uniform']:.3f} ({fl['label_tv_from_uniform']:.3f}) | "
-            f"{s['mean_confidence']:.3f} ({fl['mean_confidence']:.3f}) | {s['seconds_per_sample']:.2f} s |")
-    add("\nSamples (the first 100 of each set):\n")
-    add("| " + " | ".join(what for _, what, *_ in mnist_rows) + " |")
-    add("|" + "---|" * len(mnist_rows))
-    add("| " + " | ".join(f"![{n}]({g})" for n, *_, g in mnist_rows) + " |")
-    add("\n![label histograms](results/mnist-labels.png)\n")
-    add("Bound parts (bits/dim, mean over images): L_T / sum L_(t-1) / L_0: " + "; ".join(
-        f"{n}: {b['bound']['prior_L_T']:.1e} / {b['bound']['diffusion_sum_L_t']:.3f} / {b['bound']['decoder_L_0']:.3f}"
-        for n, _, _, _, b, _, _ in mnist_rows) + ".\n")
-    by_name = {n: (what, tm, b["bound"], q["samples"]) for n, what, _, tm, b, q, _ in mnist_rows}
+        L.append(f"| {n.what} | {n.bound_eval['parameters']:,} | {n.train['steps']} x {batch} "
+                 f"({n.train['wall_seconds'] / 60:.1f} min) | "
+                 f"{bb['bits_per_dim']:.3f} +- {bb['standard_error']:.3f} | {s['frechet_distance']:.2f} "
+                 f"({fl['frechet_distance']:.2f}) | {s['label_tv_from_uniform']:.3f} "
+                 f"({fl['label_tv_from_uniform']:.3f}) | "
+                 f"{s['mean_confidence']:.3f} ({fl['mean_confidence']:.3f}) | {s['seconds_per_sample']:.2f} s |")
+    L.append("\nSamples (the first 100 of each set):\n")
+    L.append("| " + " | ".join(n.what for n in nets) + " |")
+    L.append("|" + "---|" * len(nets))
+    L.append("| " + " | ".join(f"![{n.name}]({n.grid})" for n in nets) + " |")
+    L.append("\n![label histograms](results/mnist-labels.png)\n")
+    L.append("Bound parts (bits/dim, mean over images): L_T / sum L_(t-1) / L_0: " + "; ".join(
+        f"{n.name}: {n.bound['prior_L_T']:.1e} / {n.bound['diffusion_sum_L_t']:.3f} / {n.bound['decoder_L_0']:.3f}"
+        for n in nets) + ".\n")
+    by_name = {n.name: n for n in nets}
 
     def summary(name: str) -> str:
-        _, tm, bb, ss = by_name[name]
-        return (f"{bb['bits_per_dim']:.2f} +- {bb['standard_error']:.2f} bits/dim, Frechet distance "
-                f"{ss['frechet_distance']:.0f}")
+        n = by_name[name]
+        return (f"{n.bound['bits_per_dim']:.2f} +- {n.bound['standard_error']:.2f} bits/dim, Frechet distance "
+                f"{n.samples['frechet_distance']:.0f}")
 
-    equal = [n for n, *_ in MNIST_NETS]
-    ranked = sorted(equal, key=lambda n: by_name[n][2]["bits_per_dim"])
-    floor = by_name["fc"][3]["floor"]["frechet_distance"]
-    add(f"**Answer.** At the equal budget of {by_name['fc'][1]['steps']} steps the ranking by bits/dim is "
-        + " < ".join(f"{by_name[n][0]} ({summary(n)})" for n in ranked)
-        + f"; the real-data floor of the Frechet distance is {floor:.0f}. Given {by_name['fc-long'][1]['steps']} "
-          f"steps ({by_name['fc-long'][1]['wall_seconds'] / 60:.0f} min; the exercise U-Net's "
-          f"{by_name['unet'][1]['steps']} took {by_name['unet'][1]['wall_seconds'] / 60:.0f} min), the FcNetwork "
-          f"reaches {summary('fc-long')}, "
-          f"with its samples' labels {by_name['fc-long'][3]['label_tv_from_uniform']:.2f} in total variation from "
-          f"uniform (real images: {by_name['fc-long'][3]['floor']['label_tv_from_uniform']:.2f}).")
+    equal = [name for name, *_ in MNIST_NETS]
+    ranked = sorted(equal, key=lambda name: by_name[name].bound["bits_per_dim"])
+    floor = by_name["fc"].samples["floor"]["frechet_distance"]
+    fc_long, unet = by_name["fc-long"], by_name["unet"]
+    L.append(f"**Answer.** At the equal budget of {by_name['fc'].train['steps']} steps the ranking by bits/dim is "
+             + " < ".join(f"{by_name[name].what} ({summary(name)})" for name in ranked)
+             + f"; the real-data floor of the Frechet distance is {floor:.0f}. Given {fc_long.train['steps']} "
+               f"steps ({fc_long.train['wall_seconds'] / 60:.0f} min; the exercise U-Net's "
+               f"{unet.train['steps']} took {unet.train['wall_seconds'] / 60:.0f} min), the FcNetwork "
+               f"reaches {summary('fc-long')}, "
+               f"with its samples' labels {fc_long.samples['label_tv_from_uniform']:.2f} in total variation from "
+               f"uniform (real images: {fc_long.samples['floor']['label_tv_from_uniform']:.2f}).")
 
     def versus(name: str) -> str:
         """fc-long's bound against ``name``'s, in combined standard errors."""
-        a, b = by_name["fc-long"][2], by_name[name][2]
+        a, b = fc_long.bound, by_name[name].bound
         z = (a["bits_per_dim"] - b["bits_per_dim"]) / math.hypot(a["standard_error"], b["standard_error"])
         where = "level with" if abs(z) < 2 else ("behind" if z > 0 else "ahead of")
-        return (f"{where} {by_name[name][0]} after {by_name[name][1]['steps']} ({b['bits_per_dim']:.2f} +- "
+        return (f"{where} {by_name[name].what} after {by_name[name].train['steps']} ({b['bits_per_dim']:.2f} +- "
                 f"{b['standard_error']:.2f}; {abs(z):.1f} combined standard errors apart)")
 
-    one_class = [n for n in by_name if by_name[n][3]["label_tv_from_uniform"] > 0.89]  # 0.9 = all in one class
-    ratio = min(v[3]["frechet_distance"] / v[3]["floor"]["frechet_distance"] for v in by_name.values())
-    add(f"So after {by_name['fc-long'][1]['steps']} steps the FcNetwork's bound is {versus('unet')} and "
-        f"{versus('unet-ddpm')}"
-        + (f"; the classifier puts every sample of {', '.join(one_class)} into one class" if one_class else "")
-        + f". No model is close to real digits yet (every Frechet distance is at least {ratio:.0f}x its floor): "
-          "these are CPU-minute budgets, and the ranking, not the level, is the result.\n")
+    one_class = [n.name for n in nets if n.samples["label_tv_from_uniform"] > 0.89]  # 0.9 = all in one class
+    ratio = min(n.samples["frechet_distance"] / n.samples["floor"]["frechet_distance"] for n in nets)
+    L.append(f"So after {fc_long.train['steps']} steps the FcNetwork's bound is {versus('unet')} and "
+             f"{versus('unet-ddpm')}"
+             + (f"; the classifier puts every sample of {', '.join(one_class)} into one class" if one_class else "")
+             + f". No model is close to real digits yet (every Frechet distance is at least {ratio:.0f}x its floor): "
+               "these are CPU-minute budgets, and the ranking, not the level, is the result.\n")
+    return L
 
-    # (3)
-    add("## 3. sigma_t^2 = beta_t vs beta_tilde_t, and DDPM (1000 steps) vs DDIM (50 / 100 steps)\n")
-    add("Two of the trained MNIST networks of section 2, each sampled by Algorithm 2 with both variances and by DDIM "
-        "(seed 0; Algorithm 2's T network calls per sample limit the sample counts on this CPU). The bound depends "
-        "on sigma_t^2 only, so it is given for both variances. Time: sampling wall-clock per sample on this shared "
-        "CPU (the fused reverse-step op; noisy, so the machine-independent cost, network calls per sample, is "
-        "given beside it).\n")
-    for net, num, bound_flags, rows in studies:
-        what = next(w for n, w, *_ in mnist_rows if n == net)
-        add(f"### {what}: {num} samples per sampler; bound `{' '.join(bound_flags)}`\n")
-        add("| sampler | bits/dim (+- s.e.) | Frechet distance (floor) | label TV (floor) | confidence (floor) | "
-            "network calls / sample | time / sample |")
-        add("|---|---:|---:|---:|---:|---:|---:|")
-        for label, calls, rec, _ in rows:
+
+def render_samplers(page: Page) -> list[str]:
+    studies = page.samplers
+    names = {name: what for name, what, _ in MNIST_NETS}
+    names["fc-long"] = f"FcNetwork as above, `{' '.join(page.budget.long_fc)}`"
+    L = ["## 3. sigma_t^2 = beta_t vs beta_tilde_t, and DDPM (1000 steps) vs DDIM (50 / 100 steps)\n",
+         "Two of the trained MNIST networks of section 2, each sampled by Algorithm 2 with both variances and by "
+         "DDIM (seed 0; Algorithm 2's T network calls per sample limit the sample counts on this CPU). The bound "
+         "depends on sigma_t^2 only, so it is given for both variances. Time: sampling wall-clock per sample on "
+         "this shared CPU (the fused reverse-step op; noisy, so the machine-independent cost, network calls per "
+         "sample, is given beside it).\n"]
+    for st in studies:
+        L.append(f"### {names[st.net]}: {st.num} samples per sampler; bound `{' '.join(st.bound_flags)}`\n")
+        L.append("| sampler | bits/dim (+- s.e.) | Frechet distance (floor) | label TV (floor) | confidence (floor) | "
+                 "network calls / sample | time / sample |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|")
+        for row in st.rows:
+            rec = row.eval
             s, fl = rec["samples"], rec["samples"]["floor"]
             bound = (f"{rec['bound']['bits_per_dim']:.3f} +- {rec['bound']['standard_error']:.3f}" if "bound" in rec
                      else "-")
-            add(f"| {label} | {bound} | {s['frechet_distance']:.1f} ({fl['frechet_distance']:.1f}) | "
-                f"{s['label_tv_from_uniform']:.3f} ({fl['label_tv_from_uniform']:.3f}) | {s['mean_confidence']:.3f} "
-                f"({fl['mean_confidence']:.3f}) | {calls} | {s['seconds_per_sample']:.3f} s |")
-        add("\n| " + " | ".join(label for label, *_ in rows) + " |")
-        add("|" + "---|" * len(rows))
-        add("| " + " | ".join(f"![{label}]({g})" for label, _, _, g in rows) + " |\n")
-        (_, _, beta_rec, _), (_, _, tilde_rec, _) = rows[:2]
+            L.append(f"| {row.label} | {bound} | {s['frechet_distance']:.1f} ({fl['frechet_distance']:.1f}) | "
+                     f"{s['label_tv_from_uniform']:.3f} ({fl['label_tv_from_uniform']:.3f}) | "
+                     f"{s['mean_confidence']:.3f} ({fl['mean_confidence']:.3f}) | {row.calls} | "
+                     f"{s['seconds_per_sample']:.3f} s |")
+        L.append("\n| " + " | ".join(row.label for row in st.rows) + " |")
+        L.append("|" + "---|" * len(st.rows))
+        L.append("| " + " | ".join(f"![{row.label}]({row.grid})" for row in st.rows) + " |\n")
+        beta_rec, tilde_rec = st.rows[0].eval, st.rows[1].eval
         b1, b2 = beta_rec["bound"]["bits_per_dim"], tilde_rec["bound"]["bits_per_dim"]
-        fds = [r[2]["samples"]["frechet_distance"] for r in rows]
-        run_dir = runs / f"mnist-{net}"
-        x_beta, x_tilde = (np.load(run_dir / f"eval-ddpm-{v}-n{num}.npy") for v in ("beta", "beta_tilde"))
-        add(f"With the same seed the two variances' samples differ by {np.abs(x_beta - x_tilde).mean():.1e} per "
-            f"pixel on average (pixels in [0, 1]; two different samples differ by "
-            f"{np.abs(x_beta - x_beta[::-1]).mean():.2f}): sigma_t^2 = beta_t and beta_tilde_t differ only at small t, "
-            "where beta_tilde_t < beta_t, so the two samplers draw nearly the same images.")
-        add(f"For this network sigma_t^2 = beta_t gives {b1:.2f} bits/dim and beta_tilde_t {b2:.2f}: the "
-            f"{'larger' if b1 < b2 else 'smaller'} variance is the tighter bound. The Frechet distances of the four "
-            f"samplers span {min(fds):.0f} to {max(fds):.0f} against a floor of "
-            f"{rows[0][2]['samples']['floor']['frechet_distance']:.0f}.\n")
-    same = max(abs(rows[0][2]["samples"]["frechet_distance"] - rows[1][2]["samples"]["frechet_distance"])
-               for *_, rows in studies)
-    tighter = all(rows[0][2]["bound"]["bits_per_dim"] < rows[1][2]["bound"]["bits_per_dim"] for *_, rows in studies)
-    names = {n: w for n, w, *_ in mnist_rows}
-    fd = lambda row: row[2]["samples"]["frechet_distance"]  # noqa: E731
-    ddim_better = [names[net] for net, _, _, rows in studies if max(map(fd, rows[2:])) < min(map(fd, rows[:2]))]
-    add("**Answer.** "
-        + (f"sigma_t^2 = beta_t gives the tighter bound on {'both networks' if len(studies) == 2 else 'every network'}"
-           if tighter else "Neither variance gives the tighter bound on every network")
-        + "; with shared noise the two variances draw almost the same images, so their Frechet distances agree "
-          f"within {same:.1f}. DDIM needs "
-        + " and ".join(f"{studies[0][3][0][1] // r[1]}x" for r in studies[0][3][2:])
-        + " fewer network calls than Algorithm 2 ("
-        + ", ".join(f"{r[0].split(',')[1].strip()}" for r in studies[0][3][2:]) + ")"
-        + (f", and at this training budget it even gives the lower Frechet distance for {', '.join(ddim_better)}"
-           if ddim_better else "")
-        + ". Measured at these budgets, the few-step sampler is the better use of CPU time.\n")
-    curves = [net for net, _, _, rows in studies if rows[0][2]["bound"]["per_t"]]
+        fds = [row.eval["samples"]["frechet_distance"] for row in st.rows]
+        run_dir = page.runs / f"mnist-{st.net}"
+        x_beta, x_tilde = (np.load(run_dir / f"eval-ddpm-{v}-n{st.num}.npy") for v in ("beta", "beta_tilde"))
+        L.append(f"With the same seed the two variances' samples differ by {np.abs(x_beta - x_tilde).mean():.1e} per "
+                 f"pixel on average (pixels in [0, 1]; two different samples differ by "
+                 f"{np.abs(x_beta - x_beta[::-1]).mean():.2f}): sigma_t^2 = beta_t and beta_tilde_t differ only at "
+                 "small t, where beta_tilde_t < beta_t, so the two samplers draw nearly the same images.")
+        L.append(f"For this network sigma_t^2 = beta_t gives {b1:.2f} bits/dim and beta_tilde_t {b2:.2f}: the "
+                 f"{'larger' if b1 < b2 else 'smaller'} variance is the tighter bound. The Frechet distances of the "
+                 f"four samplers span {min(fds):.0f} to {max(fds):.0f} against a floor of "
+                 f"{st.rows[0].eval['samples']['floor']['frechet_distance']:.0f}.\n")
+    fd = lambda row: row.eval["samples"]["frechet_distance"]  # noqa: E731
+    same = max(abs(fd(st.rows[0]) - fd(st.rows[1])) for st in studies)
+    tighter = all(st.rows[0].eval["bound"]["bits_per_dim"] < st.rows[1].eval["bound"]["bits_per_dim"]
+                  for st in studies)
+    ddim_better = [names[st.net] for st in studies if max(map(fd, st.rows[2:])) < min(map(fd, st.rows[:2]))]
+    first = studies[0].rows
+    L.append("**Answer.** "
+             + (f"sigma_t^2 = beta_t gives the tighter bound on "
+                f"{'both networks' if len(studies) == 2 else 'every network'}"
+                if tighter else "Neither variance gives the tighter bound on every network")
+             + "; with shared noise the two variances draw almost the same images, so their Frechet distances agree "
+               f"within {same:.1f}. DDIM needs "
+             + " and ".join(f"{first[0].calls // row.calls}x" for row in first[2:])
+             + " fewer network calls than Algorithm 2 ("
+             + ", ".join(f"{row.label.split(',')[1].strip()}" for row in first[2:]) + ")"
+             + (f", and at this training budget it even gives the lower Frechet distance for {', '.join(ddim_better)}"
+                if ddim_better else "")
+             + ". Measured at these budgets, the few-step sampler is the better use of CPU time.\n")
+    curves = [st.net for st in studies if st.rows[0].eval["bound"]["per_t"]]
     if curves:
-        add("![per-t terms of the bound](results/bound-per-t.png)\n")
-        add(f"Where the bits go ({', '.join(curves)}, all T terms): the mean of each term L_(t-1) against t for the "
-            "two variances.\n")
+        L.append("![per-t terms of the bound](results/bound-per-t.png)\n")
+        L.append(f"Where the bits go ({', '.join(curves)}, all T terms): the mean of each term L_(t-1) against t for "
+                 "the two variances.\n")
+    return L
 
-    add("## Reproduce\n")
-    add("```\npyddpm-classifier          # once: the MNIST classifier (cached)\n"
-        f"python benchmarks/results.py                  # everything on this page (cached run dirs in {args.runs})\n"
-        "```\n")
-    total = (sum(r[3]["wall_seconds"] for r in toy_rows) + sum(r[3]["wall_seconds"] for r in mnist_rows)
-             + sum(r[4]["eval_seconds"] for r in toy_rows)
-             + sum(r[4]["eval_seconds"] + r[5]["eval_seconds"] for r in mnist_rows)
-             + sum(r[2]["eval_seconds"] for *_, rows in studies for r in rows))
-    add(f"All training and evaluation above took {total / 60:.0f} min of wall-clock time on this machine, plus "
-        f"{classifier['train_seconds'] / 60:.0f} min for the classifier.\n")
-    return "\n".join(L) + "\n"
+
+MODEL_NAMES = {"ddpm": "DDPM", "flow": "flow", "vae": "VAE"}
+
+
+def _nll_cell(run: CompareRun, unit: str) -> str:
+    """Each likelihood estimate of a run: value +- s.e. (estimator)."""
+    if "estimates" not in run.likelihood:  # the DDPM's image bound
+        b = run.likelihood
+        return f"{b['bits_per_dim']:.3f} +- {b['standard_error']:.3f} (bound, {b['t_samples']} sampled t)"
+    return "<br>".join(f"{e[unit]:.3f} +- {e['standard_error']:.3f} ({e['estimator']})"
+                       for e in run.likelihood["estimates"])
+
+
+def _steps_cell(run: CompareRun) -> str:
+    return f"{run.train['steps']} ({run.train_seconds:.0f} s)"
+
+
+def _toy_answer(page: Page) -> str:
+    """The section's one-sentence answer from the energy distances and test NLLs of (4)."""
+    seconds = page.compare_seconds["toy"]
+    parts, best = [], {}
+    for data, title in TOY_SETS:
+        rows = {r.model: r for r in page.toy_compare[data]}
+        ed = {m: r.samples["energy_distance"] for m, r in rows.items()}
+        best[data] = min(ed, key=ed.get)
+        parts.append(f"{ed['ddpm']:.1e} against the flow's {ed['flow']:.1e} and the VAE's {ed['vae']:.1e} on the "
+                     f"{title}")
+    if all(m == "ddpm" for m in best.values()):
+        head = (f"Yes: at {seconds:.0f} s of CPU training each, the DDPM's samples are the closest to the truth on "
+                "both toy sets")
+    else:
+        where = "; ".join(f"the {MODEL_NAMES[m]}'s on the {title}" for (data, title), m
+                          in zip(TOY_SETS, best.values()))
+        head = f"No: at {seconds:.0f} s of CPU training each, the samples closest to the truth are {where}"
+    return head + " (energy distance " + "; ".join(parts) + ")."
+
+
+def _toy_nll_sentence(page: Page) -> str:
+    out = []
+    for data, title in TOY_SETS:
+        rows = {r.model: r for r in page.toy_compare[data]}
+        ddpm, flow = rows["ddpm"].likelihood["nats"], rows["flow"].likelihood["nats"]
+        relation = ("below even the flow's exact value, so the DDPM's likelihood is the higher" if ddpm < flow else
+                    "above the flow's exact value; being an upper bound, it does not show the DDPM's likelihood "
+                    "is the lower")
+        out.append(f"on the {title} the DDPM's bound of {ddpm:.3f} nats is {relation} ({flow:.3f}; VAE "
+                   f"{rows['vae'].likelihood['nats']:.3f}, truth {rows['ddpm'].likelihood['true_nats']:.3f})")
+    return "By test NLL, " + "; ".join(out) + "."
+
+
+def render_toy_compare(page: Page) -> list[str]:
+    budget = page.budget
+    L = ["## 4. Does the DDPM fit the toy sets better than the Flow and the VAE at equal CPU time?\n",
+         _toy_answer(page) + " " + _toy_nll_sentence(page) + "\n",
+         f"Each model trained by `pyddpm-train` for about {page.compare_seconds['toy']:.0f} s of CPU optimizer time "
+         f"(the steps that fit, from a {budget.compare_calibration_steps}-step calibration run of the same model; "
+         f"batch {budget.compare_toy_batch}, seed 0, otherwise each model's defaults; the seconds each run took "
+         "are in the table), then measured by `pyddpm-eval RUN "
+         f"--num {budget.compare_toy_samples} --test-points {budget.compare_test_points}` (the VAE with "
+         f"`--iwae-k {budget.compare_iwae_k}`), the same seed 0 for every model. *Test NLL*: -log p(x) in nats of "
+         f"data space, mean +- s.e. over {budget.compare_test_points} fresh true points: the flow's exact change of "
+         "variables, the VAE's importance-weighted bound (Burda et al.) for K = 1 (the ELBO) and the larger K, the "
+         "DDPM's variational bound (Ho et al. eq. 5) with a continuous Gaussian decoder L_0 = -log N(x0; "
+         "mu_theta(x_1, 1), sigma_1^2); each is computed in the model's own space and mapped to data space by "
+         "-D log(scale). Bounds are upper bounds on the NLL; the truth column is the true density's own value "
+         "on the same points (no model's expected NLL is below it). *Mean true log-density*: of the samples, "
+         "floored at log 1e-4 off the support.\n",
+         "Models: " + "; ".join(f"**{MODEL_NAMES[m]}**: {label}" for m, label, _ in compare_models("chequerboard"))
+         + ".\n"]
+    for data, title in TOY_SETS:
+        rows = page.toy_compare[data]
+        s0 = rows[0].samples
+        L.append(f"### {title}\n")
+        L.append("| metric | " + " | ".join(MODEL_NAMES[r.model] for r in rows) + " | truth / floor |")
+        L.append("|---|" + "---:|" * (len(rows) + 1))
+        L.append("| training steps (CPU seconds) | " + " | ".join(_steps_cell(r) for r in rows) + " | |")
+        if "support_fraction" in s0:
+            L.append("| support fraction | " + " | ".join(f"{r.samples['support_fraction']:.1%}" for r in rows)
+                     + " | 100% |")
+            L.append("| mass per square | " + " | ".join(" ".join(f"{m:.3f}" for m in r.samples["square_mass"])
+                                                         for r in rows)
+                     + " | " + " ".join("0.200" for _ in s0["square_mass"]) + " |")
+        if "mixture_weights" in s0:
+            L.append("| mixture weights | " + " | ".join(" / ".join(f"{w:.3f}" for w in r.samples["mixture_weights"])
+                                                         for r in rows) + " | 0.200 / 0.800 |")
+        L.append("| energy distance | " + " | ".join(f"{r.samples['energy_distance']:.2e}" for r in rows)
+                 + f" | {s0['energy_distance_floor']:.2e} |")
+        L.append("| mean true log-density of the samples | " + " | ".join(f"{r.samples['mean_log_prob']:.3f}"
+                                                                         for r in rows)
+                 + f" | {s0['true_mean_log_prob']:.3f} |")
+        L.append("| test NLL (nats, +- s.e.) | " + " | ".join(_nll_cell(r, "nats") for r in rows)
+                 + f" | {rows[0].likelihood['true_nats']:.3f} |")
+        L.append("| sampling time per 1000 samples | " + " | ".join(
+            f"{1000 * r.samples['seconds_per_sample']:.2f} s ({r.samples['sampler']})" for r in rows) + " | |")
+        L.append(f"\n![{title}: truth, DDPM, flow, VAE](results/compare-{data}.png)\n")
+    return L
+
+
+def render_mnist_compare(page: Page) -> list[str]:
+    rows, budget = page.mnist_compare, page.budget
+    by = {r.model: r for r in rows}
+    fd = {m: r.samples["frechet_distance"] for m, r in by.items()}
+    floor = by["ddpm"].samples["floor"]["frechet_distance"]
+    seconds = page.compare_seconds["mnist"]
+    better = fd["ddpm"] < min(fd["flow"], fd["vae"])
+    answer = (("Yes: " if better else "No: ")
+              + f"with {seconds / 60:.0f} min of CPU training each, the DDPM's samples have a Frechet distance of "
+                f"{fd['ddpm']:.0f} against the flow's {fd['flow']:.0f} and the VAE's {fd['vae']:.0f} "
+                f"(real images: {floor:.0f}), and their labels are {by['ddpm'].samples['label_tv_from_uniform']:.2f} "
+                f"in total variation from uniform (flow {by['flow'].samples['label_tv_from_uniform']:.2f}, VAE "
+                f"{by['vae'].samples['label_tv_from_uniform']:.2f}).")
+    hist = lambda h: " ".join(f"{100 * v:.0f}" for v in h)  # noqa: E731
+    L = ["## 5. Are the DDPM's MNIST samples better than the Flow's and the VAE's at equal CPU time?\n",
+         answer + "\n",
+         f"The exercise's U-Net DDPM of section 2 beside a flow and a VAE each trained for the same CPU optimizer "
+         f"time ({seconds:.0f} s; steps from a {budget.compare_calibration_steps}-step calibration run) with the "
+         f"same flags {_flags(budget.mnist_train)} otherwise. Bits/dim on the first {budget.bound_images} test "
+         "images: the DDPM's bound as in section 2; the flow's exact log-density of the images dequantised once "
+         "(x = 2(k + u)/255 - 1), an upper bound on -log2 P(pixels)/784 by the dequantisation gap; the VAE's "
+         "discretised decoder gives P(pixels | z) on the DDPM's own bins of width 2/255, so its IWAE bound "
+         f"(K = 1 and K = {budget.compare_mnist_iwae_k}) bounds -log2 P(pixels)/784 directly: all three are upper "
+         "bounds on the same quantity, in the same units. Sample quality on "
+         f"{budget.quality_samples} samples (DDPM: DDIM {budget.quality_steps} steps; the baselines in one pass; "
+         "VAE samples are the decoder means), seed 0 for all.\n",
+         "| metric | " + " | ".join(MODEL_NAMES[r.model] for r in rows) + " | real data |",
+         "|---|" + "---:|" * (len(rows) + 1),
+         "| training steps (CPU seconds) | " + " | ".join(_steps_cell(r) for r in rows) + " | |",
+         "| bits/dim (+- s.e.) | " + " | ".join(_nll_cell(r, "bits_per_dim") for r in rows) + " | |",
+         "| Frechet distance | " + " | ".join(f"{fd[r.model]:.1f}" for r in rows) + f" | {floor:.1f} (floor) |",
+         "| label histogram 0-9 (%) | " + " | ".join(hist(r.samples["label_histogram"]) for r in rows)
+         + f" | {hist(by['ddpm'].samples['floor']['label_histogram'])} |",
+         "| label TV from uniform | " + " | ".join(f"{r.samples['label_tv_from_uniform']:.3f}" for r in rows)
+         + f" | {by['ddpm'].samples['floor']['label_tv_from_uniform']:.3f} |",
+         "| mean classifier confidence | " + " | ".join(f"{r.samples['mean_confidence']:.3f}" for r in rows)
+         + f" | {by['ddpm'].samples['floor']['mean_confidence']:.3f} |",
+         "| samples per second | " + " | ".join(f"{1 / r.samples['seconds_per_sample']:.1f}" for r in rows) + " | |",
+         "\nModels: " + "; ".join(f"**{MODEL_NAMES[r.model]}**: {r.label}" for r in rows) + ". Samples (the first "
+         "100 of each set, the same seed):\n",
+         "| " + " | ".join(MODEL_NAMES[r.model] for r in rows) + " |",
+         "|" + "---|" * len(rows),
+         "| " + " | ".join(f"![{r.model}]({r.grid})" for r in rows) + " |\n"]
+    return L
+
+
+def _section_seconds(page: Page) -> float:
+    """Wall-clock of all training and evaluation behind the page's sections."""
+    total = 0.0
+    if page.chequerboard:
+        total += sum(v.train["wall_seconds"] + v.eval["eval_seconds"] for v in page.chequerboard)
+    if page.mnist:
+        total += sum(n.train["wall_seconds"] + n.bound_eval["eval_seconds"] + n.quality_eval["eval_seconds"]
+                     for n in page.mnist)
+    if page.samplers:
+        total += sum(row.eval["eval_seconds"] for st in page.samplers for row in st.rows)
+    for rows in list((page.toy_compare or {}).values()) + [page.mnist_compare or []]:
+        total += sum(r.train["wall_seconds"] + r.eval_seconds for r in rows
+                     if not (page.mnist and rows is page.mnist_compare and r.model == "ddpm"))
+    return total
+
+
+def render_reproduce(page: Page) -> list[str]:
+    sections = [name for name, records in zip(SECTIONS, (page.chequerboard, page.mnist, page.samplers,
+                                                         page.toy_compare, page.mnist_compare)) if records is not None]
+    command = "python benchmarks/results.py" + ("" if sections == list(SECTIONS)
+                                                else f" --sections {','.join(sections)}")
+    L = ["## Reproduce\n",
+         ("```\npyddpm-classifier          # once: the MNIST classifier (cached)\n" if page.classifier else "```\n")
+         + f"{command:<45} # everything on this page (cached run dirs in {page.runs_arg})\n```\n"]
+    classifier = (f", plus {page.classifier['train_seconds'] / 60:.0f} min for the classifier" if page.classifier
+                  else "")
+    L.append(f"All training and evaluation above took {_section_seconds(page) / 60:.0f} min of wall-clock time on "
+             f"this machine{classifier}.\n")
+    return L
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ TOY_DATA_SCALE = 64.0
 IMAGE_DEFAULTS = {"batch_size": 128, "epochs": 20}  # toy defaults are TrainConfig's
 NET_DEFAULT_LR = {"unet-ddpm": 2e-4}  # Ho et al.'s rate for their U-Net; 1e-3 (TrainConfig's) otherwise
 LR_SCHEDULES = ("cosine", "constant")
+# settings of the DDPM and its networks, left out of a baseline run's config (``run_config(..., model=...)``)
+DDPM_SETTINGS = ("net", "hidden", "depth", "activation", "time_embedding", "channels", "num_res_blocks", "dropout",
+                 "attention", "T", "schedule", "beta_1", "beta_T", "variance", "grid_steps")
 
 
 @dataclass
@@ -82,10 +85,17 @@ def network_settings(cfg: TrainConfig, data: dict) -> dict:
     return {"name": cfg.net, "kwargs": kwargs}
 
 
-def run_config(cfg: TrainConfig, train_data: torch.Tensor) -> dict:
-    """The JSON config of a run: enough to rebuild the model and map samples back to data space."""
+def run_config(cfg: TrainConfig, train_data: torch.Tensor, model: dict | None = None) -> dict:
+    """The JSON config of a run: enough to rebuild the model and map samples back to data space.
+
+    ``model`` None: a DDPM run (``diffusion`` and ``network`` entries). Else a baseline's ``{"name", "kwargs"}``
+    (``pyddpm.baselines.build_baseline``), stored as the ``model`` entry in their place, the DDPM's settings
+    (``DDPM_SETTINGS``) left out of ``train``."""
     data = {"name": canonical_name(cfg.data), "shape": list(train_data.shape[1:]), "center": 0.5,
             "scale": cfg.resolved_scale(), **data_config_entries(cfg.data)}
+    if model is not None:
+        train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in DDPM_SETTINGS}
+        return {"pyddpm_version": __version__, "model": model, "data": data, "train": train}
     return {
         "pyddpm_version": __version__,
         "diffusion": {"T": cfg.T, "schedule": cfg.schedule, "beta_1": cfg.beta_1, "beta_T": cfg.beta_T,

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from . import ops
 from .data import DataTransform, is_toy
+from .diffusion import DDPM
 
 BACKENDS = ("fused", "torch")
 
@@ -179,15 +180,25 @@ def generate_samples(model, data_config: dict, num: int, *, seed: int, batch_siz
     """``num`` samples mapped back to data space (images clamped to their value range), on the CPU.
 
     Samples are drawn in batches with the counter-based noise, so sample i is the same whatever the batch size.
-    ``steps`` switches to DDIM with that many steps; ``graph`` is the samplers' CUDA-graph option.
+    ``steps`` switches to DDIM with that many steps; ``graph`` is the samplers' CUDA-graph option. A model that is
+    not a DDPM (``pyddpm.baselines``) draws by its own ``sample(shape, seed=, sample_offset=)``, which takes none of
+    the DDPM's sampler options (``backend`` is ignored).
     """
     if num < 1 or batch_size < 1:
         raise ValueError(f"--num and --batch-size must be positive, got {num} and {batch_size}")
+    if not isinstance(model, DDPM):
+        given = [flag for flag, value in (("--steps", steps), ("--eta", eta), ("--variance", variance),
+                                          ("--clip", clip), ("--graph", graph)) if value not in (None, 0.0, False)]
+        if given:
+            raise ValueError(f"{', '.join(given)} set the DDPM's sampler; this run's {type(model).__name__} samples "
+                             "in one pass: leave them out")
     shape = tuple(data_config["shape"])
     out = []
     for start in range(0, num, batch_size):
         b = min(batch_size, num - start)
-        if steps is None:
+        if not isinstance(model, DDPM):
+            x = model.sample((b, *shape), seed=seed, sample_offset=start)
+        elif steps is None:
             x = ddpm_sample(model, (b, *shape), seed=seed, backend=backend, variance=variance, clip=clip,
                             sample_offset=start, progress=progress, graph=graph)
         else:

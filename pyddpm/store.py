@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from .baselines import build_baseline
 from .diffusion import DDPM
 from .nets import build_network
 
@@ -107,8 +108,11 @@ def read_safetensors_metadata(data: bytes) -> dict:
     return header.get("__metadata__", {})
 
 
-def build_model(config: dict) -> DDPM:
-    """A fresh ``DDPM`` with the network and schedule a run's config describes."""
+def build_model(config: dict) -> torch.nn.Module:
+    """A fresh model as a run's config describes it: a ``DDPM`` (network and schedule), or the baseline of its
+    ``model`` entry (``pyddpm.baselines``)."""
+    if "model" in config:
+        return _build_baseline(config["model"])
     try:
         net, diff = config["network"], config["diffusion"]
         network = build_network(net["name"], **net["kwargs"])
@@ -116,6 +120,18 @@ def build_model(config: dict) -> DDPM:
                     schedule=diff["schedule"], variance=diff["variance"])
     except KeyError as err:
         raise CheckpointError(f"run config lacks the entry {err}; it was not written by pyddpm-train") from None
+
+
+def _build_baseline(entry: dict) -> torch.nn.Module:
+    try:
+        return build_baseline(entry["name"], **entry["kwargs"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"run config has a bad model entry {entry!r}: {err}") from None
+
+
+def architecture(config: dict) -> dict:
+    """The entry of a run config that fixes the weights' shapes: ``model`` (baselines) or ``network`` (DDPM)."""
+    return config["model"] if "model" in config else config["network"]
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
@@ -131,7 +147,7 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], what:
         raise CheckpointError(f"{what} does not match the architecture in its config: {err}") from None
 
 
-def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[DDPM, dict]:
+def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """The trained model of a run directory (its sampling weights) in eval mode, and the run's config."""
     checkpoint = read_checkpoint(run_dir)
     model = build_model(checkpoint.config)

@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from .config import TrainConfig, run_config
 from .data import DataTransform, describe_training_data, load_training_data, to_data_space
 from .ema import EMA
-from .store import (CHECKPOINT_FILE, CheckpointError, build_model, load_weights, optimizer_tensors, read_checkpoint,
-                    restore_optimizer, save_checkpoint, write_atomic, write_json)
+from .store import (CHECKPOINT_FILE, CheckpointError, architecture, build_model, load_weights, optimizer_tensors,
+                    read_checkpoint, restore_optimizer, save_checkpoint, write_atomic, write_json)
 
 METRICS_CSV = "metrics.csv"
 
@@ -70,10 +70,23 @@ class StopRequest:
         self.requested = True
 
 
-class Trainer:
-    """Holds the state of one run; ``run()`` is the training loop."""
+class Objective(torch.nn.Module):
+    """``model.loss(x)`` as a module's forward, so DDP and torch.compile wrap the training objective of any model
+    with a ``loss`` (the DDPM's L_simple, a flow's negative log-likelihood, a VAE's negative ELBO)."""
 
-    def __init__(self, cfg: TrainConfig, out: Path, device: torch.device, resume: bool):
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(x)
+
+
+class Trainer:
+    """Holds the state of one run; ``run()`` is the training loop. ``model``: None trains the DDPM of ``cfg``,
+    a ``{"name", "kwargs"}`` entry the ``pyddpm.baselines`` model it names (``config.run_config``)."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, device: torch.device, resume: bool, model: dict | None = None):
         self.cfg, self.out = cfg, out
         self.world, self.rank, self.local_rank = _distributed_setup(device)
         self.master = self.rank == 0
@@ -88,7 +101,7 @@ class Trainer:
                                    download=cfg.download and self.master)
         if cfg.download and self.world > 1 and self.master:
             dist.barrier()
-        self.config = run_config(cfg, train)
+        self.config = run_config(cfg, train, model)
         self.transform = DataTransform(0.5, cfg.resolved_scale())
         self.train = train.to(device)  # the data sets pyddpm trains on fit on any device (MNIST: 47 MB of uint8)
         self.global_batch = cfg.batch_size * self.world
@@ -99,14 +112,16 @@ class Trainer:
         self.schedule_steps = cfg.epochs * self.steps_per_epoch  # the learning-rate schedule's horizon
         self.total_steps = min(cfg.max_steps or self.schedule_steps, self.schedule_steps)
 
+        self._order_epoch, self._order = -1, None
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = build_model(self.config).to(device)
+        if not resume:
+            self._initialise_from_data()
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         torch.manual_seed(cfg.seed + 1000 * self.rank)  # distinct noise per rank
         self.step = 0
         self.train_seconds = 0.0  # time spent in optimizer steps (not checkpoints or pictures), over all sessions
-        self._order_epoch, self._order = -1, None
         if not resume and (out / CHECKPOINT_FILE).exists():
             raise ValueError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
         if resume:
@@ -115,13 +130,24 @@ class Trainer:
                 self._truncate_log()
 
         self.amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
-        wrapped = self.model
+        wrapped = Objective(self.model)
         if self.world > 1:
             wrapped = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+                wrapped, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
         self.loss_fn = torch.compile(wrapped) if cfg.compile else wrapped
 
+    def _initialise_from_data(self) -> None:
+        """Run the data-dependent initialisation of layers that have one (a flow's actnorm: ``needs_init()``) on the
+        first batch, before the EMA copies the model and DDP broadcasts rank 0's weights."""
+        if any(getattr(m, "needs_init", lambda: False)() for m in self.model.modules()):
+            with torch.no_grad():
+                self.model.train().loss(self.batch(0))
+
     # ----- checkpoints ----------------------------------------------------------------------------------
+    def model_name(self) -> str:
+        """The baseline's name, or the DDPM's network."""
+        return self.config["model"]["name"] if "model" in self.config else self.cfg.net
+
     def sampling_model(self):
         """The model samples come from: the EMA weights when training keeps them."""
         return self.ema.shadow if self.ema is not None else self.model
@@ -160,7 +186,7 @@ class Trainer:
         save_checkpoint(self.out, self.config, tensors, state)
 
     def _restore(self, checkpoint) -> None:
-        if checkpoint.config["network"] != self.config["network"]:
+        if architecture(checkpoint.config) != architecture(self.config):
             raise CheckpointError(f"cannot resume {self.out}: its network settings differ from this run's")
         state = checkpoint.state
         if state["world"] != self.world:
@@ -229,7 +255,7 @@ class Trainer:
         if self.master:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json(self.out / "config.json", self.config)
-            print(f"pyddpm-train: {cfg.data} with {cfg.net} on {self.device} x {self.world}; "
+            print(f"pyddpm-train: {cfg.data} with {self.model_name()} on {self.device} x {self.world}; "
                   f"{self.total_steps} steps of batch {self.global_batch} (= {cfg.batch_size} x {self.world}), "
                   f"lr {cfg.lr}; writing {self.out}", flush=True)
             print(f"pyddpm-train: {describe_training_data(cfg.data, len(self.train), seed=cfg.seed, data_dir=cfg.data_dir)}"

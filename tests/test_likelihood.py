@@ -214,3 +214,27 @@ def test_bad_inputs_are_clear_errors():
         pixels_to_model(torch.tensor([0, 256]))
     with pytest.raises(TypeError, match="integer"):
         pixels_to_model(torch.tensor([0.5]))
+
+
+def test_gaussian_decoder_is_the_normal_log_density_and_the_bound_is_above_the_entropy():
+    """decoder="gaussian" (continuous data): L_0 = -log N(x0; mu_theta(x_1, 1), sigma_1^2) by torch.distributions,
+    the t >= 2 terms as for pixels, and the mean bound on Gaussian data never below its differential entropy."""
+    model = gaussian_ddpm(100)
+    g = torch.Generator().manual_seed(3)
+    x0 = MEAN.double() + torch.randn(64, 3, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(COV.double()).T
+    eps = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    ones = torch.ones(64, dtype=torch.long)
+    _, abar, _ = model.schedule_at(ones, 2)
+    mean, var = model.p_mean_variance(abar.sqrt() * x0 + (1 - abar).sqrt() * eps, ones)
+    expected = -torch.distributions.Normal(mean, var.sqrt()).log_prob(x0).sum(1)
+    torch.testing.assert_close(bound_terms(model, x0, ones, eps, decoder="gaussian"), expected, atol=1e-9, rtol=0)
+    later = torch.full((64,), 7)
+    torch.testing.assert_close(bound_terms(model, x0, later, eps, decoder="gaussian"),
+                               bound_terms(model, x0, later, eps), atol=0, rtol=0)
+    many = MEAN.double() + torch.randn(2000, 3, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(COV.double()).T
+    bound = variational_bound(model, many * 4, batch_size=2000, decoder="gaussian")  # any scale: not pixels
+    nats = bound.per_image * 3 * math.log(2) - 3 * math.log(4)
+    entropy = 0.5 * math.log((2 * math.pi * math.e) ** 3 * torch.linalg.det(COV.double()).item())
+    assert float(nats.mean()) > entropy - 4 * float(nats.std()) / math.sqrt(2000)
+    with pytest.raises(ValueError, match="unknown decoder"):
+        variational_bound(model, many, decoder="laplace")

@@ -14,6 +14,7 @@ from .pixels import bits_per_dim, pixel_grid
 from .vae import VAE, gaussian_kl
 
 BASELINES: dict[str, type[nn.Module]] = {"flow": RealNVP, "vae": VAE}
+DATA_SCALE = 2.0  # the model-space scale the default settings are made for, toy data too: the exercise's [-1, 1]
 
 _DEFAULTS = {
     ("flow", "toy"): {"dim": 2, "num_couplings": 8, "hidden": 128, "num_hidden_layers": 2},
@@ -44,6 +45,7 @@ def default_kwargs(name: str, dataset: str) -> dict:
 
 __all__ = [
     "BASELINES",
+    "DATA_SCALE",
     "VAE",
     "RealNVP",
     "bits_per_dim",

@@ -229,10 +229,11 @@ class RealNVP(nn.Module):
         return -self.negative_log_likelihood(x).double()
 
     @torch.no_grad()
-    def sample(self, shape, seed: int | None = None) -> torch.Tensor:
+    def sample(self, shape, seed: int | None = None, sample_offset: int = 0) -> torch.Tensor:
         """x = f^-1(z), z ~ N(0, I), of ``shape`` = (n, *sample_shape); with a seed z is pyddpm's Philox noise at
-        step 0, the DDPM's x_T for the same seed (``layers.standard_normal``)."""
+        step 0 for samples sample_offset .. sample_offset + n - 1, the DDPM's x_T for the same seed
+        (``layers.standard_normal``)."""
         shape = checks.sample_shape("RealNVP", shape, self.dim)
         like = next(self.parameters())
-        z = standard_normal((shape[0], self.dim), seed, 0, like)
+        z = standard_normal((shape[0], self.dim), seed, 0, like, sample_offset)
         return self.inverse(z)[0].reshape(shape)

@@ -24,13 +24,13 @@ def soft_bound(raw: torch.Tensor, bound: float) -> torch.Tensor:
     return bound * torch.tanh(raw / bound)
 
 
-def standard_normal(shape, seed: int | None, step: int, like: torch.Tensor) -> torch.Tensor:
+def standard_normal(shape, seed: int | None, step: int, like: torch.Tensor, sample_offset: int = 0) -> torch.Tensor:
     """N(0, I) noise of ``shape`` on ``like``'s device and dtype.
 
     With a seed it follows pyddpm's counter-based Philox rule (``pyddpm.philox``): sample i depends only on
     (seed, i, step), not on the batch size, so a flow's z at step 0 is the DDPM's x_T for the same seed and
-    shape. Without one it comes from torch's global generator.
+    shape; row r of the batch is sample ``sample_offset + r``. Without one it comes from torch's global generator.
     """
     if seed is None:
         return torch.randn(shape, device=like.device, dtype=like.dtype)
-    return philox_normal(shape, seed, step, device=like.device, dtype=like.dtype)
+    return philox_normal(shape, seed, step, sample_offset, device=like.device, dtype=like.dtype)

@@ -168,17 +168,18 @@ class VAE(nn.Module):
         return self.iwae(x, K, generator)
 
     @torch.no_grad()
-    def sample(self, shape, seed: int | None = None, decoder_noise: bool | None = None) -> torch.Tensor:
+    def sample(self, shape, seed: int | None = None, decoder_noise: bool | None = None,
+               sample_offset: int = 0) -> torch.Tensor:
         """x ~ p(x | z), z ~ N(0, I), of ``shape`` = (n, *sample_shape). With ``decoder_noise`` False the decoder
         mean m(z) is returned (the default for the discretised decoder, as the DDPM's last step adds no noise;
         True for the Gaussian one; the discretised decoder's mean may lie outside [-1, 1], the outer bins being
         open: clamp it before mapping to pixels). With a seed, z and the decoder noise are pyddpm's Philox noise
-        at steps 0 and 1."""
+        at steps 0 and 1 for samples sample_offset .. sample_offset + n - 1."""
         shape = checks.sample_shape("VAE", shape, self.dim)
         if decoder_noise is None:
             decoder_noise = self.likelihood == "gaussian"
         like = next(self.parameters())
-        z = standard_normal((shape[0], self.latent_dim), seed, 0, like)
+        z = standard_normal((shape[0], self.latent_dim), seed, 0, like, sample_offset)
         mean, log_std = self.decode(z)
-        x = mean + log_std.exp() * standard_normal(mean.shape, seed, 1, like) if decoder_noise else mean
+        x = mean + log_std.exp() * standard_normal(mean.shape, seed, 1, like, sample_offset) if decoder_noise else mean
         return x.reshape(shape)

@@ -1,13 +1,17 @@
 """`pyddpm-eval RUN_DIR`: the metrics of a trained run, printed as a table and written to RUN_DIR/eval.json.
 
-Toy runs: the toy metrics (``pyddpm.evaluate.toy.toy_metrics``) of ``--num`` samples. Image runs: the variational
-bound in bits/dim (+- standard error) on the test split (``likelihood``) and the sample quality of ``--num``
-samples in the classifier's feature space (``frechet``), each beside its real-data floor: the same metric for as
-many training images as samples, against the test split.
+Toy runs: the toy metrics (``pyddpm.evaluate.toy.toy_metrics``) of ``--num`` samples and the negative
+log-likelihood in nats of ``--test-points`` fresh true points. Image runs: the variational bound in bits/dim
+(+- standard error) on the test split (``likelihood``) and the sample quality of ``--num`` samples in the
+classifier's feature space (``frechet``), each beside its real-data floor: the same metric for as many training
+images as samples, against the test split. Runs of the baselines (``pyddpm.baselines``) report the flow's exact
+likelihood or the VAE's IWAE bounds (K = 1 and ``--iwae-k``) in place of the DDPM's bound, and the same sample
+metrics.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -15,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..baselines.scoring import image_bits_per_dim, toy_negative_log_likelihood
 from ..data import DataError, DataTransform, is_toy, load_images, toy_distribution
+from ..diffusion import DDPM
 from ..evaluate.classifier import (ClassifierError, checksum_path, classify, default_classifier_path, load_classifier,
                                    pixels_to_unit)
 from ..evaluate.frechet import gaussian_statistics, quality_metrics
@@ -36,8 +42,18 @@ def samples_to_pixels(samples: torch.Tensor) -> torch.Tensor:
     return (samples * 255).floor().clamp(0, 255).to(torch.uint8)
 
 
-def sampler_name(T: int, steps: int | None) -> str:
-    return f"DDIM {steps} steps" if steps else f"DDPM (Alg. 2) {T} steps"
+def sampler_name(model, steps: int | None) -> str:
+    """How ``model`` draws samples: DDIM or Algorithm 2 for a DDPM, one pass for a baseline."""
+    if not isinstance(model, DDPM):
+        return f"{type(model).__name__}, one pass"
+    return f"DDIM {steps} steps" if steps else f"DDPM (Alg. 2) {model.T} steps"
+
+
+def model_entry(config: dict) -> dict:
+    """What a run is, for the record: its baseline entry, or the DDPM's network and diffusion."""
+    if "model" in config:
+        return {"model": config["model"]}
+    return {"network": config["network"], "diffusion": config["diffusion"]}
 
 
 def draw_samples(model, config: dict, args) -> tuple[torch.Tensor, dict]:
@@ -48,8 +64,9 @@ def draw_samples(model, config: dict, args) -> tuple[torch.Tensor, dict]:
     seconds = time.perf_counter() - start
     if args.save_samples:
         np.save(args.save_samples, samples.numpy())
-    return samples, {"num_samples": args.num, "sampler": sampler_name(model.T, args.steps),
-                     "variance": args.variance or model.variance, "seed": args.seed,
+    variance = args.variance or model.variance if isinstance(model, DDPM) else None
+    return samples, {"num_samples": args.num, "sampler": sampler_name(model, args.steps),
+                     "variance": variance, "seed": args.seed,
                      "sampling_seconds": round(seconds, 2), "seconds_per_sample": seconds / args.num}
 
 
@@ -58,7 +75,34 @@ def evaluate_toy(model, config: dict, args, grid_path: Path) -> dict:
     samples, info = draw_samples(model, config, args)
     distribution = toy_distribution(config["data"]["name"])
     plot_toy_samples(distribution, samples, grid_path, title=info["sampler"])
-    return {"samples": {**info, **toy_metrics(distribution, samples, seed=args.seed + 1), "picture": str(grid_path)}}
+    results = {"samples": {**info, **toy_metrics(distribution, samples, seed=args.seed + 1), "picture": str(grid_path)}}
+    if not args.no_bound:
+        results["likelihood"] = toy_likelihood(model, config, distribution, args)
+    return results
+
+
+def toy_likelihood(model, config: dict, distribution, args) -> dict:
+    """-log p(x) in nats of data space of ``args.test_points`` fresh true points (seed ``args.seed + 2``): the DDPM's
+    bound with a continuous Gaussian decoder, the flow's exact value, the VAE's IWAE bounds; beside the truth's."""
+    points = distribution.sample(args.test_points, generator=torch.Generator().manual_seed(args.seed + 2))
+    truth = float(-distribution.log_prob(points).mean())
+    if not isinstance(model, DDPM):
+        record = toy_negative_log_likelihood(model, points, config["data"], K=args.iwae_k, seed=args.seed,
+                                             batch_size=len(points))
+        return {**record, "true_nats": truth}
+    start = time.perf_counter()
+    data = config["data"]
+    transform = DataTransform(data["center"], data["scale"])
+    bound = variational_bound(model, transform.to_model(points.double()), t_samples=args.t_samples,
+                              batch_size=len(points), variance=args.variance, seed=args.seed, decoder="gaussian")
+    dims = points.shape[1]
+    nats = bound.per_image * dims * math.log(2) - dims * math.log(transform.scale)  # bits/dim -> data-space nats
+    estimator = "variational bound, Gaussian decoder" + (f", {args.t_samples} sampled t" if args.t_samples else "")
+    mean, error = float(nats.mean()), float(nats.std() / math.sqrt(len(nats)))
+    return {"nats": mean, "standard_error": error,
+            "estimates": [{"estimator": estimator, "K": None, "nats": mean, "standard_error": error}],
+            "test_points": len(points), "seed": args.seed, "seconds": round(time.perf_counter() - start, 2),
+            "true_nats": truth}
 
 
 def evaluate_images(model, config: dict, args, grid_path: Path) -> dict:
@@ -75,7 +119,11 @@ def evaluate_images(model, config: dict, args, grid_path: Path) -> dict:
         classifier, classifier_info = load_classifier(classifier_path, args.device)
     test_pixels, _ = load_images(name, "test", data_dir)
     results: dict = {}
-    if not args.no_bound:
+    if not args.no_bound and not isinstance(model, DDPM):
+        n = min(args.test_images or len(test_pixels), len(test_pixels))
+        results["likelihood"] = image_bits_per_dim(model, test_pixels[:n], K=args.iwae_k, seed=args.seed,
+                                                   batch_size=args.batch_size)
+    elif not args.no_bound:
         n = min(args.test_images or len(test_pixels), len(test_pixels))
         x0 = pixels_to_model(test_pixels[:n].reshape(n, *data["shape"]))
         start = time.perf_counter()
@@ -112,6 +160,14 @@ def evaluate_images(model, config: dict, args, grid_path: Path) -> dict:
 def format_table(title: str, results: dict) -> str:
     """The results as a Markdown table: metric | model | real-data floor."""
     rows = [f"{title}", "", "| metric | model | real data (train vs test) |", "|---|---:|---:|"]
+    like = results.get("likelihood")
+    for e in like["estimates"] if like else []:
+        if "test_images" in like:
+            rows.append(f"| bits/dim, {e['estimator']} ({like['test_images']} test images) | {e['bits_per_dim']:.4f} "
+                        f"± {e['standard_error']:.4f} | |")
+        else:
+            rows.append(f"| -log p(x) in nats, {e['estimator']} ({like['test_points']} test points) | "
+                        f"{e['nats']:.4f} ± {e['standard_error']:.4f} | {like['true_nats']:.4f} (truth) |")
     b = results.get("bound")
     if b:
         how = "all T terms" if b["t_samples"] is None else f"{b['t_samples']} sampled t per image"
@@ -121,7 +177,7 @@ def format_table(title: str, results: dict) -> str:
                     f"{b['decoder_L_0']:.4f} | |")
     s = results.get("samples")
     if s:
-        head = f"{s['num_samples']} samples, {s['sampler']}, sigma^2 = {s['variance']}"
+        head = f"{s['num_samples']} samples, {s['sampler']}" + (f", sigma^2 = {s['variance']}" if s["variance"] else "")
         rows.append(f"| sampling time ({head}) | {s['sampling_seconds']:.1f} s "
                     f"({s['seconds_per_sample'] * 1000:.1f} ms/sample) | |")
         floor = s.get("floor")
@@ -157,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "L_0 exact) instead of computing all T terms")
     p.add_argument("--test-images", type=int, default=None,
                    help="images: evaluate the bound on the first N test images (default: all)")
+    p.add_argument("--test-points", type=int, default=2000,
+                   help="toy data: fresh true points for the negative log-likelihood (default 2000)")
+    p.add_argument("--iwae-k", type=int, default=100, metavar="K",
+                   help="VAE runs: the larger K of the IWAE bound, reported beside K = 1 (the ELBO) (default 100)")
     p.add_argument("--batch-size", type=int, default=256,
                    help="images per network call, bound and sampling (default 256)")
     p.add_argument("--steps", type=int, default=None, metavar="K",
@@ -169,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images: the classifier file (default ~/.cache/pyddpm/DATA-classifier.safetensors, "
                         "trained once by `pyddpm-classifier`)")
     p.add_argument("--data-dir", default=None, help="images: IDX directory (default: the run's)")
-    p.add_argument("--no-bound", action="store_true", help="images: skip the bound")
+    p.add_argument("--no-bound", action="store_true",
+                   help="skip the likelihood (images: the bound or a baseline's bits/dim; toy data: the test NLL)")
     p.add_argument("--no-samples", action="store_true", help="images: skip sampling and sample quality")
     p.add_argument("--save-samples", default=None, metavar="FILE.npy",
                    help="also write the samples the metrics were computed on (data space) to this .npy file")
@@ -183,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        for flag in ("num", "t_samples", "test_images", "steps"):
+        for flag in ("num", "t_samples", "test_images", "steps", "test_points", "iwae_k"):
             value = getattr(args, flag)
             if value is not None and value < 1:
                 raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
@@ -193,6 +254,10 @@ def main(argv=None) -> int:
             raise ValueError("nothing to evaluate: --no-bound and --no-samples together leave no metric")
         args.device = pick_device(args.device)
         model, config = load_model(args.run_dir, args.device)
+        ddpm_only = [flag for flag in ("t_samples", "steps", "variance") if getattr(args, flag) is not None]
+        if ddpm_only and not isinstance(model, DDPM):
+            raise ValueError(f"--{ddpm_only[0].replace('_', '-')} applies to DDPM runs; {args.run_dir} is a "
+                             f"{config['model']['name']} run")
         toy = is_toy(config["data"]["name"])
         if args.num is None:
             args.num = 5000 if toy else 1000
@@ -205,11 +270,12 @@ def main(argv=None) -> int:
     except (CheckpointError, ClassifierError, DataError, ValueError, RuntimeError) as err:
         print(f"pyddpm-eval: error: {err}", file=sys.stderr)
         return 2
-    net, diff = config["network"], config["diffusion"]
-    title = (f"pyddpm-eval {args.run_dir}: {config['data']['name']}, {net['name']}, T = {diff['T']} on "
-             f"{args.device}")
-    record = {"run_dir": str(args.run_dir), "data": config["data"]["name"], "network": net, "diffusion": diff,
-              "parameters": sum(p.numel() for p in model.network.parameters()), "device": str(args.device),
+    what = (f"{config['network']['name']}, T = {config['diffusion']['T']}" if isinstance(model, DDPM)
+            else config["model"]["name"])
+    title = f"pyddpm-eval {args.run_dir}: {config['data']['name']}, {what} on {args.device}"
+    weights = model.network if isinstance(model, DDPM) else model
+    record = {"run_dir": str(args.run_dir), "data": config["data"]["name"], **model_entry(config),
+              "parameters": sum(p.numel() for p in weights.parameters()), "device": str(args.device),
               "eval_seconds": round(seconds, 1), **results}
     write_json(out, record)
     print(format_table(title, results))

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..data import is_toy, toy_distribution
+from ..evaluate.report import sampler_label
 from ..evaluate.plots import describe_run, plot_frames, plot_toy_samples, save_image_grid
 from ..samplers import BACKENDS, generate_samples, sample_trajectory, trajectory_steps
 from ..schedules import VARIANCES
@@ -32,13 +33,6 @@ def save_samples(samples: torch.Tensor, data_config: dict, path: str | Path, tit
         save_image_grid(samples.reshape(-1, *data_config["image_shape"]), path, title=title)
 
 
-def sampler_name(model, steps: int | None, eta: float = 0.0, variance: str | None = None) -> str:
-    """How samples were drawn, for figure titles: Algorithm 2 with T steps and sigma_t^2, or DDIM."""
-    if steps is not None:
-        return f"DDIM, {steps} steps, eta {eta:g}"
-    return f"Algorithm 2, T = {model.T}, sigma_t^2 = {variance or model.variance}"
-
-
 def write_trajectory(model, config: dict, path: str | Path, args) -> None:
     """The reverse process from x_T to x_0 of ``args.num`` samples (at most 16 drawn for images), at ``args.frames``
     steps, as one row of panels (.png) or an animation (.gif)."""
@@ -49,7 +43,7 @@ def write_trajectory(model, config: dict, path: str | Path, args) -> None:
                                    eta=args.eta, variance=args.variance, clip=args.clip, backend=args.backend,
                                    graph=args.graph)
     title = (f"reverse process, {num} samples — {describe_run(config)} — "
-             f"{sampler_name(model, args.steps, args.eta, args.variance)}, seed {args.seed}")
+             f"{sampler_label(model, args.steps, args.eta, args.variance)}, seed {args.seed}")
     plot_frames(trajectory, config["data"], path, title)
 
 
@@ -90,7 +84,7 @@ def main(argv=None) -> int:
                                    backend=args.backend, steps=args.steps, eta=args.eta,
                                    variance=args.variance, clip=args.clip, progress=True, graph=args.graph)
         save_samples(samples, config["data"], args.out,
-                     title=f"{describe_run(config)} — {sampler_name(model, args.steps, args.eta, args.variance)}, "
+                     title=f"{describe_run(config)} — {sampler_label(model, args.steps, args.eta, args.variance)}, "
                            f"seed {args.seed}")
         if args.trajectory:
             write_trajectory(model, config, args.trajectory, args)

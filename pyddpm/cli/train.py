@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from ..baselines import BASELINES, DATA_SCALE, build_baseline, default_kwargs
 from ..config import IMAGE_DEFAULTS, LR_SCHEDULES, NET_DEFAULT_LR, TrainConfig
 from ..data import canonical_name, is_toy
 from ..evaluate.report import metrics_table, write_run_report, write_sample_grid
@@ -128,7 +130,45 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grid-steps", type=int, default=d.grid_steps,
                    help="images: DDIM steps for the per-epoch grids (0: all T steps); samples.png always uses "
                         "Algorithm 2 with all T steps")
+    add_model_arguments(p)
     return p
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"hidden\": 64}}', got {text!r}")
+    return value
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--model and --model-kwargs: train the DDPM or one of the course's baselines (``pyddpm.baselines``)."""
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=["ddpm", *BASELINES], default="ddpm",
+                   help="ddpm (network and diffusion settings above), or a baseline trained by the same loop: flow "
+                        "(RealNVP, exact likelihood) or vae (Gaussian-latent VAE, ELBO); the baselines ignore the "
+                        "network and diffusion flags and default to --data-scale 2")
+    g.add_argument("--model-kwargs", type=_json_object, default=None, metavar="JSON",
+                   help="flow / vae: constructor settings over the data set's defaults "
+                        "(pyddpm.baselines.default_kwargs), e.g. '{\"hidden\": 64, \"num_couplings\": 4}'")
+
+
+def model_entry(args: argparse.Namespace, cfg: TrainConfig) -> dict | None:
+    """The baseline's ``{"name", "kwargs"}`` run-config entry (None: a DDPM run); with --resume the stored one.
+    A baseline run without --data-scale gets ``baselines.DATA_SCALE`` (set in ``cfg``)."""
+    if args.resume:
+        return read_checkpoint(args.resume).config.get("model")
+    if args.model == "ddpm":
+        if args.model_kwargs is not None:
+            raise ValueError("--model-kwargs applies to --model flow or vae; the DDPM takes the network flags")
+        return None
+    if cfg.data_scale is None:
+        cfg.data_scale = DATA_SCALE
+    model = build_baseline(args.model, **{**default_kwargs(args.model, cfg.data), **(args.model_kwargs or {})})
+    return {"name": args.model, "kwargs": model.config}  # every setting, so later defaults never change the run
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -184,16 +224,18 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
+        model = model_entry(args, cfg)
         device = pick_device(args.device)
-        out = Path(args.resume or args.out or f"runs/{cfg.data}-{cfg.net}-{time.strftime('%Y%m%d-%H%M%S')}")
-        trainer = Trainer(cfg, out, device, resume=bool(args.resume))
+        name = model["name"] if model else cfg.net
+        out = Path(args.resume or args.out or f"runs/{cfg.data}-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        trainer = Trainer(cfg, out, device, resume=bool(args.resume), model=model)
         if not trainer.run(on_epoch_end=epoch_grid_writer(cfg)):
             return 130
         if trainer.master:
             metrics = write_run_report(out, trainer.sampling_model(), trainer.config, trainer.timing(),
                                        out / METRICS_CSV)
             print(metrics_table(metrics, trainer.config))
-            print(f"metrics.json holds these for programs; pictures: samples.png, forward.png, loss.png")
+            print("metrics.json holds these for programs; pictures: samples.png, forward.png, loss.png")
             print(f"done: {out}")
     except KeyboardInterrupt:
         return 130

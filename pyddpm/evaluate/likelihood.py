@@ -60,12 +60,17 @@ def prior_kl(model: DDPM, x0: torch.Tensor) -> torch.Tensor:
     return kl.expand_as(x0).flatten(1).sum(1)
 
 
+DECODERS = ("discretized", "gaussian")
+
+
 def bound_terms(model: DDPM, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor | None = None,
-                variance: str | None = None) -> torch.Tensor:
+                variance: str | None = None, decoder: str = "discretized") -> torch.Tensor:
     """Per-example L_{t-1} in nats, float64: the KL of eq. 5 for t >= 2, L_0 = -log p_theta(x0 | x1) for t = 1.
 
     x0 is a batch on the grid 2 k / 255 - 1, t the 1-based steps of shape (batch,), eps the noise of
-    x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (eq. 4; drawn when None).
+    x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (eq. 4; drawn when None). ``decoder`` "gaussian" takes L_0 as
+    the continuous -log N(x0; mu_theta(x_1, 1), sigma_1^2) instead (continuous data such as the toy sets: the
+    bound is then on -log p(x0), a density).
     """
     x0 = x0.double()
     eps = torch.randn_like(x0) if eps is None else eps.double()
@@ -74,7 +79,10 @@ def bound_terms(model: DDPM, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tenso
     mean, var = model.p_mean_variance(x_t, t, variance)  # eq. 11
     terms = torch.empty_like(x0)
     first, rest = t == 1, t > 1
-    if first.any():  # L_0 (eq. 13)
+    if first.any() and decoder == "gaussian":  # L_0 of a continuous Gaussian decoder
+        m, v = mean[first], var[first].expand_as(mean[first])
+        terms[first] = 0.5 * ((x0[first] - m).pow(2) / v + v.log() + math.log(2 * math.pi))
+    elif first.any():  # L_0 (eq. 13)
         terms[first] = -discretized_gaussian_log_likelihood(x0[first], mean[first], var[first])
     if rest.any():  # L_{t-1}: KL of eq. 5 between eqs. 6-7 and eq. 11
         post_mean, post_var = model.q_posterior(x0[rest], x_t[rest], t[rest])
@@ -109,8 +117,10 @@ class Bound:
 
 @torch.no_grad()
 def variational_bound(model: DDPM, x0: torch.Tensor, *, t_samples: int | None = None, batch_size: int = 256,
-                      variance: str | None = None, seed: int = 0, progress: bool = False) -> Bound:
+                      variance: str | None = None, seed: int = 0, progress: bool = False,
+                      decoder: str = "discretized") -> Bound:
     """The bound L of eq. 5 in bits/dim for each image of ``x0`` (grid values 2 k / 255 - 1, shape (n, ...)).
+    With ``decoder`` "gaussian" (``bound_terms``) x0 is any continuous data in model space and L bounds -log p(x0).
 
     With ``t_samples`` None every term t = 1..T is computed, one x_t ~ q(x_t | x_0) per image and t.
     With ``t_samples = K`` each image gets K distinct steps s_1..s_K drawn uniformly from {2..T} and
@@ -123,7 +133,9 @@ def variational_bound(model: DDPM, x0: torch.Tensor, *, t_samples: int | None = 
         raise ValueError(f"--t-samples must be an integer in [1, T - 1 = {T - 1}], got {t_samples!r}")
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
-    if x0.numel() and (x0.min() < -1 or x0.max() > 1):
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
+    if decoder == "discretized" and x0.numel() and (x0.min() < -1 or x0.max() > 1):
         raise ValueError("x0 must lie in [-1, 1] on the grid 2 k / 255 - 1; map pixels with pixels_to_model")
     device = model.beta.device
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -142,7 +154,7 @@ def variational_bound(model: DDPM, x0: torch.Tensor, *, t_samples: int | None = 
 
         def term(t: torch.Tensor) -> torch.Tensor:
             eps = torch.randn(x.shape, generator=generator, device=device, dtype=torch.float64)
-            value = bound_terms(model, x, t, eps, variance).cpu()
+            value = bound_terms(model, x, t, eps, variance, decoder).cpu()
             bar.update(b)
             return value
 

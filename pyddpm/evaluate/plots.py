@@ -17,14 +17,17 @@ from ..samplers import model_to_data  # noqa: E402
 
 
 def describe_run(config: dict) -> str:
-    """A run's data set, network and data scale for figure titles, from its config (``data``, ``network``)."""
-    data, net = config["data"], config["network"]["name"]
-    return f"{data['name']}, {net} network, data scale {data['scale']:g}"
+    """A run's data set, model (network, or baseline) and data scale for figure titles, from its config."""
+    data = config["data"]
+    net = config["network"]["name"] + " network" if "network" in config else config["model"]["name"]
+    return f"{data['name']}, {net}, data scale {data['scale']:g}"
 
 
-def plot_loss(steps, losses, path: str | os.PathLike, title: str = "training loss", dims: int | None = None) -> None:
-    """The logged loss (faint) and its moving average against the optimizer step. Each logged point is the mean
-    L_simple of the steps since the previous one; L_simple is a sum over the ``dims`` dimensions."""
+def plot_loss(steps, losses, path: str | os.PathLike, title: str = "training loss", dims: int | None = None,
+              ylabel: str | None = None) -> None:
+    """The logged loss (faint) and its moving average against the optimizer step (log scale when all positive).
+    Each logged point is the mean loss of the steps since the previous one; by default the loss is the DDPM's
+    L_simple, a sum over the ``dims`` dimensions (``ylabel`` names another objective)."""
     steps, losses = np.asarray(steps), np.asarray(losses, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(steps, losses, alpha=0.3, lw=0.8, label="logged: mean over the steps since the previous point")
@@ -34,11 +37,12 @@ def plot_loss(steps, losses, path: str | os.PathLike, title: str = "training los
         ax.plot(steps[window - 1:], smooth, lw=1.5, label=f"moving average over {window} logged points")
     ax.set_xlabel("optimizer step")
     per = f", summed over D = {dims} dimensions" if dims else ""
-    ax.set_ylabel(f"L_simple = ||eps - eps_theta||^2{per}", fontsize=8)
-    if dims:
+    ax.set_ylabel(ylabel or f"L_simple = ||eps - eps_theta||^2{per}", fontsize=8)
+    if dims and ylabel is None:
         ax.text(0.99, 0.97, f"predicting eps = 0 scores D = {dims}; per dimension: divide by {dims}",
                 transform=ax.transAxes, ha="right", va="top", fontsize=7, color="0.3")
-    ax.set_yscale("log")
+    if np.all(losses > 0):  # a negative log-likelihood of continuous data can be negative
+        ax.set_yscale("log")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()

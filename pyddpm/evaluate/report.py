@@ -11,31 +11,37 @@ import math
 import torch
 
 from ..data import is_toy, load_images, to_data_space, toy_distribution
+from ..diffusion import DDPM
 from ..samplers import generate_samples
 from ..store import write_json
 from .plots import describe_run, plot_forward_process, plot_loss, plot_toy_samples, save_image_grid
 from .toy import toy_metrics
 
+# what a baseline's training loss is (``loss.png``'s axis); the DDPM's is L_simple
+BASELINE_OBJECTIVES = {"flow": "negative log-likelihood (nats)", "vae": "negative ELBO (nats)"}
 FORWARD_POINTS = 2000  # toy points in forward.png (images: 16)
 
 
-def sampler_label(model, steps: int = 0) -> str:
-    """The sampler of a grid or picture, for its title."""
+def sampler_label(model, steps: int | None = 0, eta: float = 0.0, variance: str | None = None) -> str:
+    """How samples were drawn, for figure titles: Algorithm 2 with T steps and sigma_t^2, DDIM, or a baseline's
+    one pass."""
+    if not isinstance(model, DDPM):
+        return f"{type(model).__name__}, one pass"
     if steps and steps < model.T:
-        return f"DDIM, {steps} steps"
-    return f"Algorithm 2, T = {model.T}, sigma_t^2 = {model.variance}"
+        return f"DDIM, {steps} steps" + (f", eta {eta:g}" if eta else "")
+    return f"Algorithm 2, T = {model.T}, sigma_t^2 = {variance or model.variance}"
 
 
 def write_sample_grid(model, config: dict, path: Path, num: int, seed: int, steps: int = 0, when: str = "") -> float:
-    """A PNG grid of ``num`` images from ``model`` by DDIM with ``steps`` steps (0: all T steps of Algorithm 2),
-    the same seed every time so grids are comparable, titled with the run, the sampler and ``when``; returns the
+    """A PNG grid of ``num`` images from ``model`` by DDIM with ``steps`` steps (0: all T steps of Algorithm 2; a
+    baseline samples in one pass), the same seed every time so grids are comparable, titled with the run, the sampler and ``when``; returns the
     seconds it took."""
     was_training = model.training
     start = time.perf_counter()
     model.eval()
     try:
-        images = generate_samples(model, config["data"], num, seed=seed, steps=min(steps, model.T) or None,
-                                  progress=steps == 0)
+        steps = min(steps, model.T) if isinstance(model, DDPM) else 0
+        images = generate_samples(model, config["data"], num, seed=seed, steps=steps or None, progress=steps == 0)
     finally:
         model.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,9 +108,12 @@ def write_run_report(run_dir: Path, model, config: dict, timing: dict, metrics_c
     train = config["train"]
     with open(metrics_csv) as f:
         rows = list(csv.DictReader(f))
+    objective = BASELINE_OBJECTIVES[config["model"]["name"]] if "model" in config else None  # None: L_simple
     plot_loss([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], run_dir / "loss.png",
-              title=f"training loss — {describe_run(config)}", dims=math.prod(config["data"]["shape"]))
-    write_forward_figure(run_dir, model, config, train["seed"])
+              title=f"training loss — {describe_run(config)}", dims=math.prod(config["data"]["shape"]),
+              ylabel=objective and f"{objective} per example")
+    if isinstance(model, DDPM):
+        write_forward_figure(run_dir, model, config, train["seed"])
     if not is_toy(config["data"]["name"]):
         metrics = dict(timing)
         if train["grid_samples"] > 0:
