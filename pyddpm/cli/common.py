@@ -82,8 +82,9 @@ def check_int(flag: str, value: int | None, lo: int, hi: int | None = None) -> N
     if value is None:
         return
     if not (lo <= value and (hi is None or value <= hi)):
-        bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{flag} must be an integer {bound}, got {value}")
+        most = "" if hi is None else f" and <= {hi}" if lo != 1 else f" (at most {hi})"
+        bound = "a positive integer" if lo == 1 else f">= {lo}"
+        raise ValueError(f"{flag} must be {bound}{most}, got {value}")
 
 
 def check_float(flag: str, value: float | None, lo: float, hi: float, *, hi_open: bool = False,
@@ -95,5 +96,8 @@ def check_float(flag: str, value: float | None, lo: float, hi: float, *, hi_open
     above = value > lo if lo_open else value >= lo
     below = value < hi if hi_open else value <= hi
     if not (math.isfinite(value) and above and below):
-        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-        raise ValueError(f"{flag} must be a finite number in {left}{lo:g}, {hi:g}{right}, got {value}")
+        if lo == 0 and hi == math.inf:
+            bound = "a positive number" if lo_open else "a finite number >= 0"
+        else:
+            bound = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise ValueError(f"{flag} must be {bound}, got {value}")
