@@ -92,7 +92,8 @@ def _check_coefficient_values(values, clip) -> list[float]:
     if not isinstance(clip, bool):
         raise TypeError(f"clip must be a bool, got {type(clip).__name__}")
     if not isinstance(values, (list, tuple)) or len(values) != len(_COEF_FIELDS):
-        raise ValueError(f"coef must hold the {len(_COEF_FIELDS)} numbers {', '.join(_COEF_FIELDS)}, got {values!r:.80}")
+        raise ValueError(f"coef must hold the {len(_COEF_FIELDS)} numbers {', '.join(_COEF_FIELDS)}, "
+                         f"got {values!r:.80}")
     for name, value in zip(_COEF_FIELDS, values):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"coef.{name} must be a Python float, got {type(value).__name__}")
@@ -236,7 +237,8 @@ def _check_fake(x_t: Tensor, others: dict, coef=None, seed: int = -1, step: int 
     for name, t in others.items():
         if t is None:
             continue
-        torch._check(t.device == x_t.device, lambda: f"{name} must be on the device of x_t ({x_t.device}), got {t.device}")
+        torch._check(t.device == x_t.device,
+                     lambda: f"{name} must be on the device of x_t ({x_t.device}), got {t.device}")
         torch._check(t.dtype == x_t.dtype, lambda: f"{name} must have the dtype of x_t ({x_t.dtype}), got {t.dtype}")
         torch._check(t.dim() == x_t.dim(), lambda: f"{name} must have the shape of x_t")
         for a, b in zip(t.shape, x_t.shape):

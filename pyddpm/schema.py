@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from .baselines import BASELINES
 from .config import TrainConfig
 from .nets import NETWORKS, build_network
 from .schedules import SCHEDULES, VARIANCES
@@ -145,6 +146,30 @@ def _check_network(network, data: dict, numel: int) -> None:
         raise SchemaError(f"network.kwargs.attention: must be true or false, got {kwargs['attention']!r}")
 
 
+_BASELINE_BOUNDS = {"dim": MAX_SAMPLE_NUMEL, "hidden": MAX_WIDTH, "latent_dim": MAX_WIDTH,
+                    "num_hidden_layers": MAX_DEPTH, "num_couplings": MAX_DEPTH}
+
+
+def _check_baseline(model) -> None:
+    """The ``model`` entry of a baseline run (``pyddpm.baselines``): settings its class takes, sizes in bounds."""
+    _dict("model", model)
+    name = _choice("model.name", _entry("model", model, "name"), tuple(BASELINES))
+    kwargs = _dict("model.kwargs", _entry("model", model, "kwargs"))
+    params = inspect.signature(BASELINES[name]).parameters
+    for key, value in kwargs.items():
+        if key not in params:
+            raise SchemaError(f"model.kwargs.{key}: not a setting of the {name} baseline")
+        if key in _BASELINE_BOUNDS:
+            _int(f"model.kwargs.{key}", value, 1, _BASELINE_BOUNDS[key])
+        elif isinstance(value, float):
+            _float(f"model.kwargs.{key}", value)
+    hidden = kwargs.get("hidden", 1)
+    networks = max(kwargs.get("num_couplings", 1), 2)  # a flow's coupling nets, or a VAE's encoder and decoder
+    lower_bound = hidden * hidden * (kwargs.get("num_hidden_layers", 1) - 1) * networks
+    if lower_bound > MAX_PARAMETERS:
+        raise SchemaError(f"model.kwargs: at least {lower_bound} parameters, more than the limit of {MAX_PARAMETERS}")
+
+
 def count_parameters(name: str, kwargs: dict) -> int:
     """The number of parameters of the network ``build_network(name, **kwargs)`` would build, counted on the meta
     device (no memory); ValueError for settings the network refuses."""
@@ -179,9 +204,14 @@ def check_run_config(config) -> dict:
     """``config`` after checking every entry that rebuilds the model and resumes training; SchemaError names the
     first bad entry. Includes the network's size (at most ``MAX_PARAMETERS`` parameters)."""
     _dict("config", config)
-    _check_diffusion(_entry("", config, "diffusion"))
     data = _entry("", config, "data")
     numel = _check_data(data)
+    if "train" in config:  # absent from imported runs (they cannot be resumed)
+        _check_train(config["train"])
+    if "model" in config:  # a baseline run
+        _check_baseline(config["model"])
+        return config
+    _check_diffusion(_entry("", config, "diffusion"))
     network = _entry("", config, "network")
     _check_network(network, data, numel)
     try:
@@ -190,20 +220,21 @@ def check_run_config(config) -> dict:
         raise SchemaError(f"network.kwargs: {err}") from None
     if n > MAX_PARAMETERS:
         raise SchemaError(f"network.kwargs: {n} parameters, more than the limit of {MAX_PARAMETERS}")
-    _check_train(_entry("", config, "train"))
     return config
 
 
 def check_train_state(state) -> dict:
-    """The JSON training state of a checkpoint after checking its entries' types and ranges."""
+    """The JSON training state of a checkpoint after checking the types and ranges of its entries (an imported
+    run has only a step; resuming needs the rest, and ``pyddpm.train`` names what is missing)."""
     _dict("state", state)
-    _int("state.step", _entry("state", state, "step"), 0, 2**62)
-    _int("state.world", _entry("state", state, "world"), 1, 2**16)
+    _int("state.step", state.get("step", 0), 0, 2**62)
+    _int("state.world", state.get("world", 1), 1, 2**16)
     _int("state.ema_updates", state.get("ema_updates", 0), 0, 2**62)
     _float("state.train_seconds", state.get("train_seconds", 0.0), 0.0)
-    optimizer = _dict("state.optimizer", _entry("state", state, "optimizer"))
-    groups = _entry("state.optimizer", optimizer, "param_groups")
-    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
-        raise SchemaError("state.optimizer.param_groups: must be a list of objects")
-    _dict("state.optimizer.scalars", _entry("state.optimizer", optimizer, "scalars"))
+    if "optimizer" in state:
+        optimizer = _dict("state.optimizer", state["optimizer"])
+        groups = _entry("state.optimizer", optimizer, "param_groups")
+        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+            raise SchemaError("state.optimizer.param_groups: must be a list of objects")
+        _dict("state.optimizer.scalars", _entry("state.optimizer", optimizer, "scalars"))
     return state

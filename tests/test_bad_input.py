@@ -263,8 +263,6 @@ CORRUPT = {  # how the checkpoint is damaged -> what the message names
     "T a string": (_set("config.diffusion.T", "10"), "diffusion.T"),
     "beta_1 a string": (_set("config.diffusion.beta_1", "1e-4"), "diffusion.beta_1"),
     "no data entry": (_set("config.data", KeyError), "data: missing"),
-    "no train entry": (_set("config.train", KeyError), "train: missing"),
-    "no world entry": (_set("state.world", KeyError), "state.world: missing"),
     "epochs null": (_set("config.train.epochs", None), "train.epochs"),
     "T 10^12": (_set("config.diffusion.T", 10**12), "diffusion.T"),
     "num_layers 10^8": (_set("config.network.kwargs.num_layers", 10**8), "network.kwargs.num_layers"),
@@ -282,12 +280,22 @@ def test_corrupt_run_configs_name_the_entry(ws, capsys, case):
     mutate, field = CORRUPT[case]
     rewrite_metadata(ws / "R", mutate)
     before = tree(ws)
-    argv = ["--resume", "R"] if case.startswith(("no world", "epochs")) else None
-    if argv:
-        refused(capsys, "train", argv, field)
+    if case == "epochs null":
+        refused(capsys, "train", ["--resume", "R"], field)
     refused(capsys, "sample", ["R", "--out", "s.npy"], field)
     refused(capsys, "eval", ["R"], field)
     assert tree(ws) == before
+
+
+@pytest.mark.parametrize("entry, message", [("config.train", "no train entry"), ("state.world", "'world'"),
+                                            ("state.optimizer", "'optimizer'")])
+def test_a_run_without_its_training_state_samples_but_does_not_resume(ws, capsys, entry, message):
+    """As an imported run: it samples, and --resume names what is missing."""
+    rewrite_metadata(ws / "R", _set(entry, KeyError))
+    before = tree(ws)
+    refused(capsys, "train", ["--resume", "R"], "cannot resume", message)
+    assert tree(ws) == before
+    assert sample_main(["R", "--num", "4", "--out", "s.npy"]) == 0
 
 
 TENSOR_DAMAGE = ["int weights", "bool weights", "wrong shape", "a flipped bit", "missing rng state"]

@@ -11,7 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 
+from pyddpm.baselines import default_kwargs
 from pyddpm.cli.train import main as train_main
+from pyddpm.schema import SchemaError, check_run_config
 from pyddpm.samplers import NonFiniteSamples, generate_samples
 from pyddpm.store import CHECKPOINT_FILE, CheckpointError, load_model, read_checkpoint, read_safetensors_metadata
 
@@ -89,3 +91,17 @@ def test_random_mutations_fail_clearly_or_load_correctly(run, tmp_path):
             outcomes["loaded"] += 1
         assert time.perf_counter() - start < SECONDS_PER_CASE, what
     assert outcomes["refused"] > CASES // 3 and outcomes["loaded"] > 0, outcomes  # both kinds were exercised
+
+
+@pytest.mark.parametrize("name", ["flow", "vae"])
+def test_baseline_model_entries_are_checked(run, name):
+    """A baseline run's ``model`` entry: its default settings pass; unknown or oversized ones are named."""
+    config = {k: v for k, v in read_checkpoint(run).config.items() if k not in ("network", "diffusion")}
+    good = dict(config, model={"name": name, "kwargs": default_kwargs(name, "chequerboard")})
+    assert check_run_config(good) is good
+    for kwargs, field in (({"width": 3}, "model.kwargs.width"), ({"hidden": 10**8}, "model.kwargs.hidden"),
+                          ({"hidden": 8192, "num_hidden_layers": 200}, "parameters"),
+                          ({"num_hidden_layers": "2"}, "model.kwargs.num_hidden_layers")):
+        bad = dict(config, model={"name": name, "kwargs": {**good["model"]["kwargs"], **kwargs}})
+        with pytest.raises(SchemaError, match=field):
+            check_run_config(bad)

@@ -24,9 +24,10 @@ def pick_device(device: str, flag: str = "--device") -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"{flag}: device {device!r} requested but CUDA is not available; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"{flag}: device {device!r} does not exist: this machine has "
-                             f"{torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"{flag}: device {device!r} does not exist: this machine has {count} CUDA device(s), "
+                             f"cuda:0 to cuda:{count - 1}")
     return dev
 
 

@@ -168,7 +168,10 @@ def config_from_args(args: argparse.Namespace, given: dict[str, str] | None = No
     flags on the command line, may change only ``RESUME_SETTINGS``; other changed flags are refused by name)."""
     given = {} if given is None else given
     if args.resume:
-        stored = read_checkpoint(args.resume).config["train"]
+        stored = read_checkpoint(args.resume).config.get("train")
+        if stored is None:
+            raise ValueError(f"cannot resume {args.resume}: its config has no train entry (it was not written by "
+                             "pyddpm-train, e.g. imported); sample or export it, or train a new run")
         cfg = TrainConfig(**{k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__})
         cfg.max_steps = None  # a resumed run goes on to the end of its schedule unless --max-steps says otherwise
         _refuse_resume_changes(args, cfg, given)
