@@ -7,10 +7,12 @@ One reverse step of Algorithm 2 (DDPM) or DDIM is affine in (x_t, eps_hat, z) wi
 ``reverse_step`` computes it in one kernel call (float32 on CPU; float32, float16, bfloat16 on CUDA;
 float32 math), with z either given or drawn inside the kernel from the counter-based Philox rule of
 ``pyddpm.philox``. It is registered as the torch.library custom ops ``pyddpm::reverse_step`` (new
-tensor), ``pyddpm::reverse_step_out`` (writes ``out``) and ``pyddpm::reverse_step_`` (in place), so
-torch.compile(fullgraph=True), export and fake tensors see it; plain eager calls on plain tensors launch
-the kernel directly (same kernel, no dispatcher overhead), which CUDA graph capture records like any
-launch on the current stream. It has no autograd formula (sampling only).
+tensor), ``pyddpm::reverse_step_out`` (writes ``out``), ``pyddpm::reverse_step_`` (in place) and
+``pyddpm::reverse_step_scheduled``, so torch.compile(fullgraph=True), export and fake tensors see it; plain
+eager calls on plain tensors launch the kernel directly (same kernel, no dispatcher overhead), which CUDA
+graph capture records like any launch on the current stream. Every entry checks dtypes, devices, shapes,
+contiguity and scalar ranges before a launch (the ops' implementations too, and their fake kernels with
+torch._check), so no call reads or writes out of bounds. It has no autograd formula (sampling only).
 ``reverse_step_reference`` is the specification in plain torch; the two agree to the bit on CPU.
 """
 from __future__ import annotations
@@ -80,14 +82,25 @@ def _coefficient_list(coef) -> list[float]:
         raise TypeError(f"coef must be a pyddpm.ops.StepCoefficients, got {type(coef).__name__}")
     if not isinstance(coef.clip, bool):
         raise TypeError(f"coef.clip must be a bool, got {type(coef.clip).__name__}")
-    values = [coef.a, coef.b, coef.sigma, coef.c, coef.p, coef.q, coef.lo, coef.hi]
+    return _check_coefficient_values([coef.a, coef.b, coef.sigma, coef.c, coef.p, coef.q, coef.lo, coef.hi],
+                                     coef.clip)
+
+
+def _check_coefficient_values(values, clip) -> list[float]:
+    """[a, b, sigma, c, p, q, lo, hi] as floats after checking there are 8 finite numbers representable in float32
+    (lo <= hi when clipping); the check every entry runs, the registered ops included."""
+    if not isinstance(clip, bool):
+        raise TypeError(f"clip must be a bool, got {type(clip).__name__}")
+    if not isinstance(values, (list, tuple)) or len(values) != len(_COEF_FIELDS):
+        raise ValueError(f"coef must hold the {len(_COEF_FIELDS)} numbers {', '.join(_COEF_FIELDS)}, "
+                         f"got {values!r:.80}")
     for name, value in zip(_COEF_FIELDS, values):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"coef.{name} must be a Python float, got {type(value).__name__}")
         if not -_FLOAT32_MAX <= value <= _FLOAT32_MAX:  # also false for NaN
             raise ValueError(f"coef.{name} must be finite and representable in float32, got {value}")
-    if coef.clip and not values[6] <= values[7]:
-        raise ValueError(f"coef.lo must be <= coef.hi, got lo={coef.lo}, hi={coef.hi}")
+    if clip and not values[6] <= values[7]:
+        raise ValueError(f"coef.lo must be <= coef.hi, got lo={values[6]}, hi={values[7]}")
     return [float(v) for v in values]
 
 
@@ -146,14 +159,39 @@ def _check_no_partial_overlap(out: Tensor, inputs: dict) -> None:
             raise ValueError(f"out partially overlaps {name}; use out=x_t for in place or a separate tensor")
 
 
+def _check_kernel_args(out, x_t, eps_hat, noise, coef, clip, seed, step, sample_offset) -> list[float]:
+    """Everything the kernel relies on (seed -1: no seed), checked on every entry, the registered ops included, so
+    a traced or exported graph re-run on new inputs never launches out of bounds; returns the coefficients."""
+    _check_tensor("x_t", x_t, None)
+    if x_t.dim() < 1:
+        raise ValueError("x_t must have a batch dimension (dim >= 1), got a 0-dim tensor")
+    _check_fused("x_t", x_t)
+    for name, t in (("eps_hat", eps_hat), ("noise", noise), ("out", out)):
+        if t is not None:
+            _check_tensor(name, t, x_t)
+            _check_fused(name, t)
+    values = _check_coefficient_values(coef, clip)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    philox.check_counter_args(max(seed, 0), step, sample_offset, x_t.shape[0])
+    if seed < -1:
+        raise ValueError(f"seed must be in [0, 2**63) (or -1: none), got {seed}")
+    if noise is not None and seed != -1:
+        raise ValueError("give either noise or seed, not both")
+    if noise is None and seed == -1 and values[2] != 0.0:
+        raise ValueError("coef.sigma != 0 needs noise: pass noise=<tensor like x_t> or seed=<int>")
+    return values
+
+
 def _launch(out: Tensor, x_t: Tensor, eps_hat: Tensor, noise: Optional[Tensor], coef: Sequence[float],
             clip: bool, seed: int, step: int, sample_offset: int) -> None:
-    """Runs the kernel on validated tensors (seed -1: none); refuses an out that partially overlaps an input."""
+    """Runs the kernel after ``_check_kernel_args`` (seed -1: none); refuses an out that partially overlaps an
+    input."""
+    a, b, sigma, c, p, q, lo, hi = _check_kernel_args(out, x_t, eps_hat, noise, coef, clip, seed, step, sample_offset)
     _require_extension(x_t.device)
     if out.numel() == 0:
         return
     _check_no_partial_overlap(out, {"x_t": x_t, "eps_hat": eps_hat, "noise": noise})
-    a, b, sigma, c, p, q, lo, hi = coef
     cuda = x_t.device.type == "cuda"
     with torch.cuda.device(x_t.device) if cuda else contextlib.nullcontext():
         _C.reverse_step(
@@ -188,18 +226,47 @@ _reverse_step_inplace_op = torch.library.custom_op("pyddpm::reverse_step_", _rev
                                                    mutates_args=("x_t",))
 
 
+def _check_fake(x_t: Tensor, others: dict, coef=None, seed: int = -1, step: int = 0, sample_offset: int = 0) -> None:
+    """The fake kernels' checks (torch._check, so symbolic shapes are checked as they are traced): the tensors of
+    ``others`` match x_t in device, dtype and shape; x_t's dtype suits its device; the scalars are in range."""
+    torch._check(x_t.dim() >= 1, lambda: "x_t must have a batch dimension (dim >= 1)")
+    allowed = (torch.float32,) if x_t.device.type == "cpu" else tuple(_DTYPE_CODES)
+    torch._check(x_t.device.type in ("cpu", "cuda") and x_t.dtype in allowed,
+                 lambda: f"x_t must be float32 on cpu (or float32/float16/bfloat16 on cuda), got {x_t.dtype} on "
+                         f"{x_t.device}")
+    for name, t in others.items():
+        if t is None:
+            continue
+        torch._check(t.device == x_t.device,
+                     lambda: f"{name} must be on the device of x_t ({x_t.device}), got {t.device}")
+        torch._check(t.dtype == x_t.dtype, lambda: f"{name} must have the dtype of x_t ({x_t.dtype}), got {t.dtype}")
+        torch._check(t.dim() == x_t.dim(), lambda: f"{name} must have the shape of x_t")
+        for a, b in zip(t.shape, x_t.shape):
+            torch._check(a == b, lambda: f"{name} must have the shape of x_t")
+    if coef is not None:
+        torch._check(len(coef) == len(_COEF_FIELDS), lambda: f"coef must hold {len(_COEF_FIELDS)} numbers")
+        torch._check(all(-_FLOAT32_MAX <= v <= _FLOAT32_MAX for v in coef),
+                     lambda: "coef must be finite and representable in float32")
+    torch._check(-1 <= seed < 2**63, lambda: f"seed must be in [0, 2**63) (or -1: none), got {seed}")
+    torch._check(0 <= step < 2**32, lambda: f"step must be in [0, 2**32), got {step}")
+    torch._check(0 <= sample_offset < 2**63, lambda: f"sample_offset must be in [0, 2**63), got {sample_offset}")
+
+
 @_reverse_step_op.register_fake
 def _(x_t, eps_hat, noise, coef, clip, seed, step, sample_offset):
+    _check_fake(x_t, {"eps_hat": eps_hat, "noise": noise}, coef, seed, step, sample_offset)
     return torch.empty_like(x_t)
 
 
 @_reverse_step_out_op.register_fake
 def _(x_t, eps_hat, noise, out, coef, clip, seed, step, sample_offset):
+    _check_fake(x_t, {"eps_hat": eps_hat, "noise": noise, "out": out}, coef, seed, step, sample_offset)
     return None
 
 
 @_reverse_step_inplace_op.register_fake
 def _(x_t, eps_hat, noise, coef, clip, seed, step, sample_offset):
+    _check_fake(x_t, {"eps_hat": eps_hat, "noise": noise}, coef, seed, step, sample_offset)
     return None
 
 
@@ -273,38 +340,89 @@ def step_schedule(coefs: Sequence[StepCoefficients], steps: Sequence[int], devic
                         torch.zeros((), dtype=torch.int64, device=device), coefs[0].clip)
 
 
-def reverse_step_scheduled(x_t: Tensor, eps_hat: Tensor, schedule: StepSchedule, *, seed: int,
-                           sample_offset: int = 0) -> Tensor:
-    """x_t <- the reverse step of row ``schedule.index`` of the schedule, in place, with in-kernel Philox noise.
-
-    The row is read where the kernel runs and nothing waits for the host, so one CUDA graph holding the
-    network, this call and ``schedule.index.add_(1)`` replays every step of a sampling loop. The same call
-    with the row's coefficients to ``reverse_step`` gives the same bits.
-    """
+def _check_schedule_args(x_t, eps_hat, table, steps, index, clip, seed, sample_offset) -> None:
+    """Everything the scheduled kernel relies on. The rows' Philox steps must be in [0, 2**32) and their
+    coefficients finite: read from the device, except while a CUDA graph is being captured (no host read is
+    allowed then; ``step_schedule`` checked every row when the schedule was built)."""
     _check_tensor("x_t", x_t, None)
+    if x_t.dim() < 1:
+        raise ValueError("x_t must have a batch dimension (dim >= 1), got a 0-dim tensor")
     _check_tensor("eps_hat", eps_hat, x_t)
     for name, t in (("x_t", x_t), ("eps_hat", eps_hat)):
         _check_fused(name, t)
-    for name, t, dtype in (("table", schedule.table, torch.float32), ("steps", schedule.steps, torch.int64),
-                           ("index", schedule.index, torch.int64)):
-        if t.device != x_t.device or t.dtype != dtype or not t.is_contiguous():
+    for name, t, dtype in (("table", table, torch.float32), ("steps", steps, torch.int64),
+                           ("index", index, torch.int64)):
+        if not isinstance(t, Tensor) or t.device != x_t.device or t.dtype != dtype or not t.is_contiguous():
             raise ValueError(f"schedule.{name} must be a contiguous {dtype} tensor on {x_t.device}")
-    if schedule.table.dim() != 2 or schedule.table.shape[1] != 8 or schedule.steps.shape != schedule.table.shape[:1]:
-        raise ValueError("schedule.table must have shape (K, 8) and schedule.steps shape (K,)")
-    if schedule.index.dim() != 0:
+    if table.dim() != 2 or table.shape[1] != 8 or table.shape[0] < 1 or steps.shape != table.shape[:1]:
+        raise ValueError("schedule.table must have shape (K, 8) with K >= 1 and schedule.steps shape (K,)")
+    if index.dim() != 0:
         raise ValueError("schedule.index must be a 0-dim tensor")
-    seed, _, sample_offset = philox.check_counter_args(seed, 0, sample_offset, x_t.shape[0])
+    if not isinstance(clip, bool):
+        raise TypeError(f"schedule.clip must be a bool, got {type(clip).__name__}")
+    philox.check_counter_args(seed, 0, sample_offset, x_t.shape[0])
+    if x_t.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return
+    lo, hi = int(steps.min()), int(steps.max())
+    if not (0 <= lo and hi < 2**32):
+        raise ValueError(f"schedule.steps must be Philox steps in [0, 2**32), got values from {lo} to {hi}")
+    if not bool(torch.isfinite(table).all()):
+        raise ValueError("schedule.table must hold finite coefficients")
+    if clip and not bool((table[:, 6] <= table[:, 7]).all()):
+        raise ValueError("schedule.table: lo must be <= hi in every row")
+
+
+def _reverse_step_scheduled_impl(x_t: Tensor, eps_hat: Tensor, table: Tensor, steps: Tensor, index: Tensor,
+                                 clip: bool, seed: int, sample_offset: int) -> None:
+    _check_schedule_args(x_t, eps_hat, table, steps, index, clip, seed, sample_offset)
     _require_extension(x_t.device)
+    if x_t.numel() == 0:
+        return
     _check_no_partial_overlap(x_t, {"eps_hat": eps_hat})
     cuda = x_t.device.type == "cuda"
     with torch.cuda.device(x_t.device) if cuda else contextlib.nullcontext():
         _C.reverse_step_scheduled(
             device=int(cuda), dtype=_DTYPE_CODES[x_t.dtype], x_t=x_t.data_ptr(), eps_hat=eps_hat.data_ptr(),
-            batch=x_t.shape[0], numel_per_sample=math.prod(x_t.shape[1:]), table=schedule.table.data_ptr(),
-            steps=schedule.steps.data_ptr(), index=schedule.index.data_ptr(), rows=schedule.table.shape[0],
-            clip=schedule.clip, seed=seed, sample_offset=sample_offset,
-            stream=torch.cuda.current_stream().cuda_stream if cuda else 0, num_threads=torch.get_num_threads())
-    torch.autograd.graph.increment_version(x_t)
+            batch=x_t.shape[0], numel_per_sample=math.prod(x_t.shape[1:]), table=table.data_ptr(),
+            steps=steps.data_ptr(), index=index.data_ptr(), rows=table.shape[0], clip=clip, seed=seed,
+            sample_offset=sample_offset, stream=torch.cuda.current_stream().cuda_stream if cuda else 0,
+            num_threads=torch.get_num_threads())
+
+
+_reverse_step_scheduled_op = torch.library.custom_op("pyddpm::reverse_step_scheduled", _reverse_step_scheduled_impl,
+                                                     mutates_args=("x_t",))
+
+
+@_reverse_step_scheduled_op.register_fake
+def _(x_t, eps_hat, table, steps, index, clip, seed, sample_offset):
+    _check_fake(x_t, {"eps_hat": eps_hat}, None, seed, 0, sample_offset)
+    for name, t, dtype in (("table", table, torch.float32), ("steps", steps, torch.int64),
+                           ("index", index, torch.int64)):
+        torch._check(t.device == x_t.device and t.dtype == dtype,
+                     lambda: f"schedule.{name} must be a {dtype} tensor on {x_t.device}")
+    torch._check(table.dim() == 2 and steps.dim() == 1 and index.dim() == 0,
+                 lambda: "schedule.table must have shape (K, 8), schedule.steps (K,), schedule.index ()")
+    torch._check(table.shape[1] == 8, lambda: "schedule.table must have shape (K, 8)")
+    torch._check(table.shape[0] == steps.shape[0], lambda: "schedule.steps must have one step per table row")
+    return None
+
+
+def reverse_step_scheduled(x_t: Tensor, eps_hat: Tensor, schedule: StepSchedule, *, seed: int,
+                           sample_offset: int = 0) -> Tensor:
+    """x_t <- the reverse step of row ``schedule.index`` of the schedule, in place, with in-kernel Philox noise
+    (the registered op ``pyddpm::reverse_step_scheduled``; an index outside the rows leaves x_t as it is).
+
+    The row is read where the kernel runs and nothing waits for the host, so one CUDA graph holding the
+    network, this call and ``schedule.index.add_(1)`` replays every step of a sampling loop. The same call
+    with the row's coefficients to ``reverse_step`` gives the same bits.
+    """
+    args = (x_t, eps_hat, schedule.table, schedule.steps, schedule.index, schedule.clip, seed, sample_offset)
+    _check_schedule_args(*args)
+    if _plain_eager(x_t, eps_hat, schedule.table, schedule.steps, schedule.index):
+        _reverse_step_scheduled_impl(*args)
+        torch.autograd.graph.increment_version(x_t)
+    else:
+        _reverse_step_scheduled_op(*args)
     return x_t
 
 

@@ -24,6 +24,10 @@ from .diffusion import DDPM
 BACKENDS = ("fused", "torch")
 
 
+class NonFiniteSamples(ValueError):
+    """The reverse process produced NaN or infinite samples (diverged weights, or a schedule that amplifies)."""
+
+
 def ddpm_sample(
     model,
     shape,
@@ -182,7 +186,8 @@ def generate_samples(model, data_config: dict, num: int, *, seed: int, batch_siz
     Samples are drawn in batches with the counter-based noise, so sample i is the same whatever the batch size.
     ``steps`` switches to DDIM with that many steps; ``graph`` is the samplers' CUDA-graph option. A model that is
     not a DDPM (``pyddpm.baselines``) draws by its own ``sample(shape, seed=, sample_offset=)``, which takes none of
-    the DDPM's sampler options (``backend`` is ignored).
+    the DDPM's sampler options (``backend`` is ignored). A batch with a NaN or infinite sample raises
+    NonFiniteSamples (before the next batch is drawn).
     """
     if num < 1 or batch_size < 1:
         raise ValueError(f"--num and --batch-size must be positive, got {num} and {batch_size}")
@@ -204,7 +209,14 @@ def generate_samples(model, data_config: dict, num: int, *, seed: int, batch_siz
         else:
             x = ddim_sample(model, (b, *shape), steps, eta=eta, seed=seed, backend=backend, clip=clip,
                             sample_offset=start, progress=progress, graph=graph)
-        out.append(x.float().cpu())
+        x = x.float().cpu()
+        finite = torch.isfinite(x.reshape(b, -1)).all(dim=1)
+        if not finite.all():
+            raise NonFiniteSamples(
+                f"{int((~finite).sum())} of the {b} samples {start}..{start + b - 1} are NaN or infinite: the "
+                "model's weights or the sampler's settings (--steps, --eta, --variance) make the reverse process "
+                "diverge; nothing was written")
+        out.append(x)
     return model_to_data(torch.cat(out), data_config)
 
 

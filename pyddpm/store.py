@@ -3,11 +3,16 @@ written atomically and read back safely; the optimizer's state as safetensors-fr
 
 The checkpoint holds the sampling weights under ``model.`` (EMA weights when training used EMA), everything
 needed to resume under ``train.``, and the config and training state as JSON in its metadata, so the one file
-is self-contained. Files are written to a temporary name and renamed, so a crash never leaves a half-written
-checkpoint, and loading never unpickles anything.
+is self-contained: ``config.json`` is a copy for people and other tools, never read back (the checkpoint's
+embedded config is the only source). Files are written to a temporary name and renamed (with the user's umask),
+so a crash never leaves a half-written checkpoint, and loading never unpickles anything. On read, the config and
+training state are checked against ``pyddpm.schema``, the tensor data against the SHA-256 in the metadata
+(checkpoints written before it existed load without), and every weight's dtype, shape and finiteness against
+the architecture.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -22,10 +27,12 @@ from safetensors.torch import save as save_safetensors
 from .baselines import build_baseline
 from .diffusion import DDPM
 from .nets import build_network
+from .schema import SchemaError, check_run_config, check_train_state
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT_VERSION = 1
+CHECKSUM_KEY = "tensors_sha256"
 
 
 class CheckpointError(RuntimeError):
@@ -49,6 +56,7 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; the file gets the mode open() would give it
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -57,6 +65,34 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_temporaries(run_dir: str | os.PathLike, names=(CHECKPOINT_FILE, CONFIG_FILE)) -> list[Path]:
+    """Delete the temporaries ``.NAME.*.tmp`` that ``write_atomic`` leaves when a process is killed mid-write
+    (for each file name in ``names``); returns the paths removed. Only for a run no other process writes."""
+    removed = []
+    for name in names:
+        for tmp in Path(run_dir).glob(f".{name}.*.tmp"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
+
+
+def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of the tensors' names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -69,7 +105,8 @@ def save_checkpoint(run_dir: str | os.PathLike, config: dict, tensors: dict[str,
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    metadata = {"pyddpm_format": str(FORMAT_VERSION), "config": json.dumps(config), "state": json.dumps(state)}
+    metadata = {"pyddpm_format": str(FORMAT_VERSION), "config": json.dumps(config), "state": json.dumps(state),
+                CHECKSUM_KEY: tensors_checksum(flat)}
     write_atomic(run_dir / CHECKPOINT_FILE, save_safetensors(flat, metadata=metadata))
     write_json(run_dir / CONFIG_FILE, config)
     return run_dir / CHECKPOINT_FILE
@@ -89,13 +126,22 @@ def read_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
         metadata = read_safetensors_metadata(data)
         config = json.loads(metadata["config"])
         state = json.loads(metadata["state"])
-    except (SafetensorError, KeyError, ValueError) as err:
+        version = int(metadata.get("pyddpm_format", "0"))
+    except (SafetensorError, KeyError, TypeError, ValueError, RecursionError) as err:
         raise CheckpointError(
             f"{path} is corrupted or truncated ({err}); it cannot be loaded. "
             "Re-run training, or restore the file from a backup"
         ) from None
-    if int(metadata.get("pyddpm_format", 0)) > FORMAT_VERSION:
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer pyddpm (format {metadata['pyddpm_format']}); upgrade pyddpm")
+    if CHECKSUM_KEY in metadata and metadata[CHECKSUM_KEY] != tensors_checksum(tensors):
+        raise CheckpointError(f"{path} is corrupted: its tensor data does not match the SHA-256 stored when it was "
+                              "written (bit flips or tampering); restore the file from a backup or re-run training")
+    try:
+        check_run_config(config)
+        check_train_state(state)
+    except SchemaError as err:
+        raise CheckpointError(f"corrupted run config: {err} (in {path})") from None
     return Checkpoint(config=config, state=state, tensors=tensors)
 
 
@@ -105,7 +151,10 @@ def read_safetensors_metadata(data: bytes) -> dict:
         raise ValueError("file too short")
     header_len = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + header_len])
-    return header.get("__metadata__", {})
+    metadata = header.get("__metadata__", {}) if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ValueError("the header's __metadata__ is not a table of strings")
+    return metadata
 
 
 def build_model(config: dict) -> torch.nn.Module:
@@ -120,6 +169,8 @@ def build_model(config: dict) -> torch.nn.Module:
                     schedule=diff["schedule"], variance=diff["variance"])
     except KeyError as err:
         raise CheckpointError(f"run config lacks the entry {err}; it was not written by pyddpm-train") from None
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"corrupted run config: network or diffusion settings: {err}") from None
 
 
 def _build_baseline(entry: dict) -> torch.nn.Module:
@@ -141,6 +192,14 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], what:
         raise CheckpointError(
             f"{what} does not match the architecture in its config: "
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    for name, expected in model.state_dict().items():
+        got = weights[name]
+        if got.dtype != expected.dtype or got.shape != expected.shape:
+            raise CheckpointError(f"{what} does not match the architecture in its config: {name} is {got.dtype} "
+                                  f"{tuple(got.shape)}, the network needs {expected.dtype} {tuple(expected.shape)}")
+        if got.is_floating_point() and not torch.isfinite(got).all():
+            raise CheckpointError(f"{what} holds NaN or infinite weights ({name}); it cannot sample. Resume from "
+                                  "an earlier copy of the run, or re-run training")
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
@@ -169,9 +228,20 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], settings: dict) -> None:
-    """Inverse of ``optimizer_tensors``."""
+    """Inverse of ``optimizer_tensors``; CheckpointError if the state does not fit the optimizer's parameters."""
     state: dict[int, dict] = {}
-    for name, value in list(tensors.items()) + list(settings["scalars"].items()):
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": settings["param_groups"]})
+    try:
+        for name, value in list(tensors.items()) + list(settings["scalars"].items()):
+            pid, key = name.split(".", 1)
+            state.setdefault(int(pid), {})[key] = value
+        params = {pid: p for saved, group in zip(settings["param_groups"], optimizer.param_groups)
+                  for pid, p in zip(saved["params"], group["params"])}
+        for pid, entries in state.items():
+            for key, value in entries.items():
+                if torch.is_tensor(value) and value.dim() > 0 and (
+                        value.shape != params[pid].shape or value.dtype != params[pid].dtype):
+                    raise ValueError(f"state {pid}.{key} is {value.dtype} {tuple(value.shape)}, its parameter "
+                                     f"{params[pid].dtype} {tuple(params[pid].shape)}")
+        optimizer.load_state_dict({"state": state, "param_groups": settings["param_groups"]})
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"the optimizer state does not match the model: {err}") from None

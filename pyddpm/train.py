@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 from .config import TrainConfig, run_config
 from .data import DataTransform, describe_training_data, load_training_data, to_data_space
 from .ema import EMA
-from .store import (CHECKPOINT_FILE, CheckpointError, architecture, build_model, load_weights, optimizer_tensors,
-                    read_checkpoint, restore_optimizer, save_checkpoint, write_atomic, write_json)
+from .store import (CHECKPOINT_FILE, CONFIG_FILE, CheckpointError, architecture, build_model, load_weights,
+                    optimizer_tensors, read_checkpoint, remove_temporaries, restore_optimizer, save_checkpoint,
+                    write_atomic, write_json)
 
 METRICS_CSV = "metrics.csv"
 
@@ -122,10 +123,20 @@ class Trainer:
         torch.manual_seed(cfg.seed + 1000 * self.rank)  # distinct noise per rank
         self.step = 0
         self.train_seconds = 0.0  # time spent in optimizer steps (not checkpoints or pictures), over all sessions
+        self._saved_step: int | None = None  # the step of the checkpoint on disk (None: none written yet)
+        if self.master and out.is_dir():  # left by a process killed while writing
+            remove_temporaries(out, (CHECKPOINT_FILE, CONFIG_FILE, METRICS_CSV))
         if not resume and (out / CHECKPOINT_FILE).exists():
             raise ValueError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
         if resume:
-            self._restore(read_checkpoint(out))
+            try:
+                self._restore(read_checkpoint(out))
+            except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+                if isinstance(err, CheckpointError):
+                    raise
+                raise CheckpointError(f"cannot resume {out}: its training state is incomplete or corrupted "
+                                      f"({type(err).__name__}: {err})") from None
+            self._saved_step = self.step
             if self.master:
                 self._truncate_log()
 
@@ -158,12 +169,29 @@ class Trainer:
             states.append(torch.cuda.get_rng_state(self.device))
         return states
 
+    def kept_checkpoint(self) -> str:
+        """What a stopped run leaves on disk and how to go on, for the divergence messages."""
+        if self._saved_step is None:
+            return (f"No checkpoint was written (the first was due at step "
+                    f"{min(self.cfg.checkpoint_every, self.total_steps)}), so there is nothing to resume: start again "
+                    "with a lower --lr or --grad-clip")
+        return (f"The last good checkpoint (step {self._saved_step}) in {self.out} is kept: resume it with "
+                f"`pyddpm-train --resume {self.out} --lr <lower>` (or --grad-clip <lower>)")
+
+    def _finite_state(self) -> bool:
+        """Whether every weight (raw and EMA), buffer and optimizer moment that a checkpoint would hold is finite."""
+        tensors = list(self.model.state_dict().values())
+        if self.ema is not None:
+            tensors += list(self.ema.shadow.state_dict().values())
+        tensors += list(optimizer_tensors(self.optimizer)[0].values())
+        return all(torch.isfinite(t).all() for t in tensors if t.is_floating_point())
+
     def save(self) -> None:
-        """Write the checkpoint (all ranks take part in gathering RNG states; rank 0 writes)."""
-        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
-            raise TrainingDiverged(f"the weights became NaN or infinite by step {self.step}; stopped. The last good "
-                                f"checkpoint (step {self._last_saved}) in {self.out} is kept: lower --lr or "
-                                "--grad-clip and resume from it")
+        """Write the checkpoint (all ranks take part in gathering RNG states; rank 0 writes); never one holding a
+        NaN or infinite number (TrainingDiverged instead)."""
+        if not self._finite_state():
+            raise TrainingDiverged(f"the weights became NaN or infinite by step {self.step}; stopped. "
+                                   f"{self.kept_checkpoint()}")
         rng = self._rng_states()
         if self.world > 1:
             gathered = [None] * self.world
@@ -261,7 +289,6 @@ class Trainer:
             print(f"pyddpm-train: {describe_training_data(cfg.data, len(self.train), seed=cfg.seed, data_dir=cfg.data_dir)}"
                   f"; {self.steps_per_epoch} steps per epoch, {cfg.epochs} epochs", flush=True)
         self._pending: list[torch.Tensor] = []
-        self._last_saved = self.step
         self._restart_clock()
         stopping = False
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self._epoch_label(), unit="step",
@@ -284,8 +311,9 @@ class Trainer:
                         self._restart_clock()
         except KeyboardInterrupt:
             if self.master:
-                print(f"\ninterrupted twice: stopped without saving; the checkpoint of step {self._last_saved} in "
-                      f"{self.out} is kept", file=sys.stderr)
+                kept = ("no checkpoint was written" if self._saved_step is None else
+                        f"the checkpoint of step {self._saved_step} in {self.out} is kept")
+                print(f"\ninterrupted twice: stopped without saving; {kept}", file=sys.stderr)
             raise
         finally:
             bar.close()
@@ -314,7 +342,7 @@ class Trainer:
 
     def _save(self) -> None:
         self.save()
-        self._last_saved = self.step
+        self._saved_step = self.step
         self._restart_clock()
 
     def _flush(self, bar, stop_requested: bool) -> bool:
@@ -330,9 +358,7 @@ class Trainer:
         if flags[0]:
             bad = losses[~torch.isfinite(losses)]
             value = f"{bad[0].item()}" if len(bad) else "non-finite on another process"
-            raise TrainingDiverged(
-                f"the loss became {value} by step {self.step}; stopped. The last good checkpoint "
-                f"(step {self._last_saved}) in {self.out} is kept: lower --lr or --grad-clip and resume from it")
+            raise TrainingDiverged(f"the loss became {value} by step {self.step}; stopped. {self.kept_checkpoint()}")
         elapsed = time.perf_counter() - self._tick
         self.train_seconds += elapsed
         rate = (self.step - self._tick_step) * self.global_batch / elapsed

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from ..data import DataError
 from ..evaluate.classifier import MIN_TEST_ACCURACY, checksum_path, default_classifier_path, save_classifier, train_classifier
+from .common import check_int, check_output_file, pick_device
+
+MAX_EPOCHS = 1000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,11 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.epochs < 1:
-            raise ValueError(f"--epochs must be a positive integer, got {args.epochs}")
-        out = Path(args.out) if args.out else default_classifier_path(args.data)
+        check_int("--epochs", args.epochs, 1, MAX_EPOCHS)
+        check_int("--seed", args.seed, 0, 2**63 - 1)
+        device = pick_device(args.device)
+        out = check_output_file(args.out or default_classifier_path(args.data), "--out")
         model, info = train_classifier(args.data, args.data_dir, epochs=args.epochs, seed=args.seed,
-                                       device=args.device)
+                                       device=device)
         need = MIN_TEST_ACCURACY[info["data"]]
         if info["test_accuracy"] < need:
             raise ValueError(f"test accuracy {info['test_accuracy']:.2%} is below the required {need:.0%}; "

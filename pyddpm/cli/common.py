@@ -1,14 +1,104 @@
-"""What every console script shares: the device flag."""
+"""What every console script shares: the device flag, output paths checked before any work, and range checks
+whose one-line errors name the flag and its valid range."""
 from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
 
 import torch
 
+DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
 
-def pick_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else as given, checked to exist."""
+
+def pick_device(device: str, flag: str = "--device") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise a CPU or CUDA device that exists (ValueError if not)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{flag}: unknown device {device!r}; use {DEVICE_HELP}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"{flag}: pyddpm runs on cpu or cuda, not {device!r}; use {DEVICE_HELP}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag}: device {device!r} requested but CUDA is not available; use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"{flag}: device {device!r} does not exist: this machine has {count} CUDA device(s), "
+                             f"cuda:0 to cuda:{count - 1}")
     return dev
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """The nearest of ``path``'s ancestors that exists (``path`` is created below it)."""
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    return parent
+
+
+def _check_creatable(path: Path, flag: str) -> None:
+    ancestor = _existing_ancestor(path)
+    if not ancestor.is_dir():
+        raise ValueError(f"{flag} {str(path)!r}: {str(ancestor)!r} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {str(path)!r}: the directory {str(ancestor)!r} is not writable")
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "--out", suffixes: tuple[str, ...] = ()) -> Path:
+    """``path`` as a Path after checking, before any work, that a file can be written there: not a directory, with
+    the right suffix, and missing parent directories creatable in a writable directory."""
+    path = Path(path)
+    if not str(path) or str(path).endswith(os.sep):
+        raise ValueError(f"{flag} {str(path)!r}: need a file name")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ValueError(f"{flag} must end in {' or '.join(suffixes)}, got {str(path)!r}")
+    if path.is_dir():
+        raise ValueError(f"{flag} {str(path)!r} is a directory; give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{flag} {str(path)!r} is not writable")
+    _check_creatable(path, flag)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as a Path after checking, before any work, that it is (or can be created as) a writable directory."""
+    path = Path(path)
+    if not str(path):
+        raise ValueError(f"{flag}: need a directory name")
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{flag} {str(path)!r} is a file, not a directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"{flag} {str(path)!r} is not writable")
+        return path
+    _check_creatable(path, flag)
+    return path
+
+
+def check_int(flag: str, value: int | None, lo: int, hi: int | None = None) -> None:
+    """ValueError naming ``flag`` unless ``value`` (None: not given) is an integer in [lo, hi]."""
+    if value is None:
+        return
+    if not (lo <= value and (hi is None or value <= hi)):
+        most = "" if hi is None else f" and <= {hi}" if lo != 1 else f" (at most {hi})"
+        bound = "a positive integer" if lo == 1 else f">= {lo}"
+        raise ValueError(f"{flag} must be {bound}{most}, got {value}")
+
+
+def check_float(flag: str, value: float | None, lo: float, hi: float, *, hi_open: bool = False,
+                lo_open: bool = False) -> None:
+    """ValueError naming ``flag`` unless ``value`` (None: not given) is finite and in the range
+    (``lo_open``/``hi_open`` exclude that end)."""
+    if value is None:
+        return
+    above = value > lo if lo_open else value >= lo
+    below = value < hi if hi_open else value <= hi
+    if not (math.isfinite(value) and above and below):
+        if lo == 0 and hi == math.inf:
+            bound = "a positive number" if lo_open else "a finite number >= 0"
+        else:
+            bound = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise ValueError(f"{flag} must be {bound}, got {value}")

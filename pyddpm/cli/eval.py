@@ -30,8 +30,9 @@ from ..evaluate.plots import plot_toy_samples, save_image_grid
 from ..evaluate.toy import toy_metrics
 from ..samplers import generate_samples
 from ..schedules import VARIANCES
+from ..schema import MAX_SAMPLES, MAX_SEED, MAX_T
 from ..store import CheckpointError, load_model, write_json
-from .common import pick_device
+from .common import check_int, check_output_file, pick_device
 
 EVAL_FILE = "eval.json"
 GRID_IMAGES = 100
@@ -244,25 +245,29 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        for flag in ("num", "t_samples", "test_images", "steps", "test_points", "iwae_k"):
-            value = getattr(args, flag)
-            if value is not None and value < 1:
-                raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
-        if args.batch_size < 1:
-            raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
+        for flag, hi in (("num", MAX_SAMPLES), ("t_samples", MAX_T), ("test_images", None), ("steps", MAX_T),
+                         ("batch_size", None), ("test_points", MAX_SAMPLES), ("iwae_k", None)):
+            check_int(f"--{flag.replace('_', '-')}", getattr(args, flag), 1, hi)
+        check_int("--seed", args.seed, 0, MAX_SEED)
         if args.no_bound and args.no_samples:
             raise ValueError("nothing to evaluate: --no-bound and --no-samples together leave no metric")
+        out = check_output_file(args.out or Path(args.run_dir) / EVAL_FILE, "--out")
+        grid_path = check_output_file(out.with_suffix(".png"), "--out (its picture)")
+        if args.save_samples:
+            check_output_file(args.save_samples, "--save-samples", (".npy",))
         args.device = pick_device(args.device)
         model, config = load_model(args.run_dir, args.device)
         ddpm_only = [flag for flag in ("t_samples", "steps", "variance") if getattr(args, flag) is not None]
         if ddpm_only and not isinstance(model, DDPM):
             raise ValueError(f"--{ddpm_only[0].replace('_', '-')} applies to DDPM runs; {args.run_dir} is a "
                              f"{config['model']['name']} run")
+        if isinstance(model, DDPM):
+            check_int("--steps", args.steps, 1, model.T)
         toy = is_toy(config["data"]["name"])
         if args.num is None:
             args.num = 5000 if toy else 1000
-        out = Path(args.out) if args.out else Path(args.run_dir) / EVAL_FILE
-        grid_path = out.with_suffix(".png")
+        for path in (out, Path(args.save_samples or out)):
+            path.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         with torch.no_grad():
             results = (evaluate_toy if toy else evaluate_images)(model, config, args, grid_path)

@@ -14,6 +14,9 @@ import warnings
 from ..store import CheckpointError
 from ..export import ExportError, export_run
 from ..schedules import VARIANCES
+from .common import check_int, check_output_dir
+
+MAX_BATCH = 4096  # the example batch is traced and run once per file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "sampler.pt) (default: both)")
     p.add_argument("--variance", choices=VARIANCES, default=None,
                    help="reverse variance sigma_t^2 baked into the step (default: the run's, normally beta)")
-    p.add_argument("--batch", type=int, default=4, help="size of the random batch used to trace and validate (default 4)")
+    p.add_argument("--batch", type=int, default=4,
+                   help=f"size of the random batch used to trace and validate, 2 to {MAX_BATCH} (default 4)")
     return p
 
 
@@ -35,6 +39,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     formats = [f.strip().lower() for f in args.format.split(",") if f.strip()]
     try:
+        check_int("--batch", args.batch, 2, MAX_BATCH)
+        check_output_dir(args.out, "--out")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             written = export_run(args.run_dir, args.out, formats, args.variance, args.batch)
@@ -46,3 +52,7 @@ def main(argv=None) -> int:
     for path, note in written:
         print(f"wrote {path} ({note}; validated against PyTorch)")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,17 +13,18 @@ from ..evaluate.report import sampler_label
 from ..evaluate.plots import describe_run, plot_frames, plot_toy_samples, save_image_grid
 from ..samplers import BACKENDS, generate_samples, sample_trajectory, trajectory_steps
 from ..schedules import VARIANCES
+from ..schema import MAX_SAMPLES, MAX_SEED, MAX_T
 from ..store import CheckpointError, load_model
-from .common import pick_device
+from .common import check_float, check_int, check_output_file, pick_device
+
+SUFFIXES = (".npy", ".png")
 
 
 def save_samples(samples: torch.Tensor, data_config: dict, path: str | Path, title: str = "") -> None:
     """Write samples as ``.npy`` (data space) or ``.png`` (toy: beside the true density; images: a grid), the
     picture headed by ``title``."""
-    path = Path(path)
+    path = check_output_file(path, "--out", SUFFIXES)
     suffix = path.suffix.lower()
-    if suffix not in (".npy", ".png"):
-        raise ValueError(f"--out must end in .npy or .png, got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":
         np.save(path, samples.numpy())
@@ -55,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples.png", help="output file: .npy (data space) or .png (default samples.png)")
     p.add_argument("--batch-size", type=int, default=10000, help="samples per batch (default 10000)")
     p.add_argument("--steps", type=int, default=None, help="use DDIM with this many steps instead of all T")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic) (default 0)")
+    p.add_argument("--eta", type=float, default=0.0,
+                   help="DDIM eta in [0, 1]: 0 = deterministic, 1 = the DDPM posterior's variance (default 0)")
     p.add_argument("--variance", choices=VARIANCES, default=None,
                    help="reverse variance sigma_t^2 (default: the run's, normally beta)")
     p.add_argument("--clip", action="store_true", help="clamp the x0 estimate to [-1, 1] at every step")
@@ -76,10 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.trajectory and Path(args.trajectory).suffix.lower() not in (".png", ".gif"):
-            raise ValueError(f"--trajectory must end in .png or .gif, got {args.trajectory!r}")
+        check_int("--num", args.num, 1, MAX_SAMPLES)
+        check_int("--seed", args.seed, 0, MAX_SEED)
+        check_int("--batch-size", args.batch_size, 1)
+        check_int("--steps", args.steps, 1, MAX_T)
+        check_float("--eta", args.eta, 0.0, 1.0)
+        if args.eta != 0 and args.steps is None:
+            raise ValueError("--eta applies to DDIM only: give --steps K as well")
+        check_output_file(args.out, "--out", SUFFIXES)
+        if args.trajectory:
+            check_output_file(args.trajectory, "--trajectory", (".png", ".gif"))
         device = pick_device(args.device)
         model, config = load_model(args.run_dir, device)
+        check_int("--steps", args.steps, 1, model.T)
         samples = generate_samples(model, config["data"], args.num, seed=args.seed, batch_size=args.batch_size,
                                    backend=args.backend, steps=args.steps, eta=args.eta,
                                    variance=args.variance, clip=args.clip, progress=True, graph=args.graph)

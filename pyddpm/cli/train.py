@@ -15,15 +15,22 @@ from pathlib import Path
 import torch.distributed as dist
 
 from ..baselines import BASELINES, DATA_SCALE, build_baseline, default_kwargs
-from ..config import IMAGE_DEFAULTS, LR_SCHEDULES, NET_DEFAULT_LR, TrainConfig
-from ..data import canonical_name, is_toy
+from ..config import IMAGE_DEFAULTS, LR_SCHEDULES, NET_DEFAULT_LR, TrainConfig, network_settings
+from ..data import canonical_name, data_config_entries, is_toy
 from ..evaluate.report import metrics_table, write_run_report, write_sample_grid
 from ..nets import NETWORKS
 from ..nets.fc import ACTIVATIONS, TIME_EMBEDDINGS
 from ..schedules import SCHEDULES, VARIANCES
-from ..store import CheckpointError, read_checkpoint
+from ..schema import (MAX_DEPTH, MAX_LEVELS, MAX_NUM_TRAIN, MAX_PARAMETERS, MAX_RES_BLOCKS, MAX_SAMPLES, MAX_T,
+                      MAX_WIDTH, count_parameters)
+from ..store import CHECKPOINT_FILE, CONFIG_FILE, CheckpointError, read_checkpoint
 from ..train import METRICS_CSV, Trainer, TrainingDiverged
-from .common import pick_device
+from .common import check_float, check_int, check_output_dir, pick_device
+
+# what --resume may change (the rest of a run's settings are fixed by its checkpoint); runtime flags beside them
+RESUME_SETTINGS = ("lr", "grad_clip", "epochs", "max_steps", "data_dir")
+RUNTIME_FLAGS = ("resume", "device", "out", "model", "model_kwargs")  # a resumed run keeps its stored model
+MAX_SEED = 2**62  # the trainer offsets the seed per rank and epoch; Philox seeds are < 2**63
 
 
 def _channel_list(text: str) -> list[int]:
@@ -171,14 +178,47 @@ def model_entry(args: argparse.Namespace, cfg: TrainConfig) -> dict | None:
     return {"name": args.model, "kwargs": model.config}  # every setting, so later defaults never change the run
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """A validated TrainConfig from parsed arguments (or, with --resume, from the run being resumed)."""
+def given_flags(argv) -> dict[str, str]:
+    """{dest: flag} of the options given on the command line ``argv`` (not those left at their defaults)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(parser.parse_args(argv))
+    flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+    return {dest: flags.get(dest, dest) for dest in given}
+
+
+def _refuse_resume_changes(args: argparse.Namespace, cfg: TrainConfig, given: dict[str, str]) -> None:
+    """ValueError naming the first flag given with --resume that would change a setting the run fixes."""
+    allowed = ", ".join(f"--{name.replace('_', '-')}" for name in RESUME_SETTINGS + ("device",))
+    for dest, flag in given.items():
+        if dest in RESUME_SETTINGS + RUNTIME_FLAGS:
+            continue
+        value, stored = getattr(args, dest), getattr(cfg, dest, None)
+        if dest == "data":
+            value = canonical_name(value)
+        if value != stored:
+            raise ValueError(f"{flag} cannot change on --resume (the run has {stored!r}, got {value!r}): "
+                             f"a resumed run may change only {allowed}; start a new run with --out to change {flag}")
+    if "out" in given and Path(args.out) != Path(args.resume):
+        raise ValueError("--out cannot be used with --resume: the resumed run is written back into its directory")
+
+
+def config_from_args(args: argparse.Namespace, given: dict[str, str] | None = None) -> TrainConfig:
+    """A validated TrainConfig from parsed arguments (or, with --resume, from the run being resumed: ``given``, the
+    flags on the command line, may change only ``RESUME_SETTINGS``; other changed flags are refused by name)."""
+    given = {} if given is None else given
     if args.resume:
-        stored = read_checkpoint(args.resume).config["train"]
+        stored = read_checkpoint(args.resume).config.get("train")
+        if stored is None:
+            raise ValueError(f"cannot resume {args.resume}: its config has no train entry (it was not written by "
+                             "pyddpm-train, e.g. imported); sample or export it, or train a new run")
         cfg = TrainConfig(**{k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__})
         cfg.max_steps = None  # a resumed run goes on to the end of its schedule unless --max-steps says otherwise
-        if args.data_dir is not None:
-            cfg.data_dir = args.data_dir
+        _refuse_resume_changes(args, cfg, given)
+        for name in ("lr", "grad_clip", "data_dir"):
+            if name in given:
+                setattr(cfg, name, getattr(args, name))
     else:
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
@@ -193,17 +233,55 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.max_steps is not None:
         cfg.max_steps = args.max_steps
     cfg.data = canonical_name(cfg.data)
-    for name in ("T", "batch_size", "num_train", "epochs", "checkpoint_every", "hidden", "depth", "num_res_blocks"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(cfg, name)}")
-    for name in ("grid_samples", "grid_steps"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
-    if cfg.max_steps is not None and cfg.max_steps < 1:
-        raise ValueError(f"--max-steps must be a positive integer, got {cfg.max_steps}")
-    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
-        raise ValueError(f"--lr must be a positive number, got {cfg.lr}")
+    check_settings(cfg)
     return cfg
+
+
+def check_settings(cfg: TrainConfig) -> None:
+    """ValueError naming the flag of the first setting out of its range, before any data is loaded; includes the
+    network's size (at most ``MAX_PARAMETERS`` parameters)."""
+    bounds = {"T": MAX_T, "batch_size": MAX_NUM_TRAIN, "num_train": MAX_NUM_TRAIN, "epochs": None,
+              "checkpoint_every": None, "hidden": MAX_WIDTH, "depth": MAX_DEPTH, "num_res_blocks": MAX_RES_BLOCKS,
+              "max_steps": None, "num_samples": MAX_SAMPLES}
+    for name, hi in bounds.items():
+        check_int(f"--{name.replace('_', '-')}", getattr(cfg, name), 1, hi)
+    check_int("--grid-samples", cfg.grid_samples, 0, MAX_SAMPLES)
+    check_int("--grid-steps", cfg.grid_steps, 0, MAX_T)
+    check_int("--warmup", cfg.warmup, 0)
+    check_int("--seed", cfg.seed, 0, MAX_SEED)
+    if cfg.channels is not None and (len(cfg.channels) > MAX_LEVELS or max(cfg.channels) > MAX_WIDTH):
+        raise ValueError(f"--channels: at most {MAX_LEVELS} levels of at most {MAX_WIDTH} channels, got "
+                         f"{','.join(map(str, cfg.channels))}")
+    check_float("--lr", cfg.lr, 0.0, math.inf, lo_open=True, hi_open=True)
+    check_float("--grad-clip", cfg.grad_clip, 0.0, math.inf, hi_open=True)
+    check_float("--ema", cfg.ema, 0.0, 1.0, hi_open=True)
+    check_float("--weight-decay", cfg.weight_decay, 0.0, math.inf, hi_open=True)
+    check_float("--dropout", cfg.dropout, 0.0, 1.0, hi_open=True)
+    check_float("--data-scale", cfg.data_scale, 0.0, math.inf, lo_open=True, hi_open=True)
+    check_float("--beta-1", cfg.beta_1, 0.0, 1.0, lo_open=True, hi_open=True)
+    check_float("--beta-T", cfg.beta_T, 0.0, 1.0, lo_open=True, hi_open=True)
+    if cfg.schedule == "linear" and cfg.beta_1 > cfg.beta_T:
+        raise ValueError(f"--beta-1 must be <= --beta-T, got {cfg.beta_1} > {cfg.beta_T}")
+    entries = data_config_entries(cfg.data)
+    data = {"name": cfg.data, "shape": [math.prod(entries["image_shape"])] if "image_shape" in entries else [2],
+            **entries}
+    network = network_settings(cfg, data)
+    n = count_parameters(network["name"], network["kwargs"])
+    if n > MAX_PARAMETERS:
+        raise ValueError(f"--hidden/--depth/--channels: the network would have {n:,} parameters, more than the "
+                         f"limit of {MAX_PARAMETERS:,}")
+
+
+def check_run_dir(out: Path, flag: str, resume: bool) -> None:
+    """ValueError, before any work, unless ``out`` can hold this run: a writable directory (or creatable) without a
+    run in it (unless resuming) and without a directory in place of a file the run writes."""
+    check_output_dir(out, flag)
+    if not resume and (out / CHECKPOINT_FILE).exists():
+        raise ValueError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
+    for name in (CHECKPOINT_FILE, CONFIG_FILE, METRICS_CSV, "metrics.json", "samples.png", "loss.png"):
+        if (out / name).is_dir():
+            raise ValueError(f"{flag} {str(out)!r}: {name} there is a directory; pyddpm-train writes a file of "
+                             "that name")
 
 
 def epoch_grid_writer(cfg: TrainConfig):
@@ -223,11 +301,12 @@ def epoch_grid_writer(cfg: TrainConfig):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = config_from_args(args)
-        model = model_entry(args, cfg)
         device = pick_device(args.device)
+        cfg = config_from_args(args, given_flags(argv))
+        model = model_entry(args, cfg)
         name = model["name"] if model else cfg.net
         out = Path(args.resume or args.out or f"runs/{cfg.data}-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        check_run_dir(out, "--resume" if args.resume else "--out", resume=bool(args.resume))
         trainer = Trainer(cfg, out, device, resume=bool(args.resume), model=model)
         if not trainer.run(on_epoch_end=epoch_grid_writer(cfg)):
             return 130
