@@ -182,8 +182,8 @@ NAN_CASES = ["loss NaN before the first checkpoint", "EMA weights NaN at the che
 @pytest.mark.parametrize("case", NAN_CASES)
 def test_nan_is_an_error_that_says_what_is_on_disk(ws, capsys, monkeypatch, case):
     if case == "loss NaN before the first checkpoint":
-        original = DDPM.forward
-        monkeypatch.setattr(DDPM, "forward", lambda self, x: original(self, x) * math.nan)
+        original = DDPM.loss  # what the Trainer's objective calls
+        monkeypatch.setattr(DDPM, "loss", lambda self, x: original(self, x) * math.nan)
         line = refused(capsys, "train", TINY + ["--max-steps", "8", "--out", "new"], "nan", "No checkpoint was written")
         assert "is kept" not in line and not (ws / "new" / CHECKPOINT_FILE).exists()
     elif case == "EMA weights NaN at the checkpoint":

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..data import is_toy, toy_distribution
+from ..diffusion import DDPM
 from ..evaluate.report import sampler_label
 from ..evaluate.plots import describe_run, plot_frames, plot_toy_samples, save_image_grid
 from ..samplers import BACKENDS, generate_samples, sample_trajectory, trajectory_steps
@@ -90,7 +91,8 @@ def main(argv=None) -> int:
             check_output_file(args.trajectory, "--trajectory", (".png", ".gif"))
         device = pick_device(args.device)
         model, config = load_model(args.run_dir, device)
-        check_int("--steps", args.steps, 1, model.T)
+        if isinstance(model, DDPM):  # a baseline refuses DDPM sampler flags in generate_samples
+            check_int("--steps", args.steps, 1, model.T)
         samples = generate_samples(model, config["data"], args.num, seed=args.seed, batch_size=args.batch_size,
                                    backend=args.backend, steps=args.steps, eta=args.eta,
                                    variance=args.variance, clip=args.clip, progress=True, graph=args.graph)
