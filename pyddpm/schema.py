@@ -12,8 +12,8 @@ import math
 
 import torch
 
-from .baselines import BASELINES
 from .config import TrainConfig
+from .families import model_family
 from .nets import NETWORKS, build_network
 from .schedules import SCHEDULES, VARIANCES
 
@@ -153,9 +153,13 @@ _BASELINE_BOUNDS = {"dim": MAX_SAMPLE_NUMEL, "hidden": MAX_WIDTH, "latent_dim": 
 def _check_baseline(model) -> None:
     """The ``model`` entry of a baseline run (``pyddpm.baselines``): settings its class takes, sizes in bounds."""
     _dict("model", model)
-    name = _choice("model.name", _entry("model", model, "name"), tuple(BASELINES))
+    name = _entry("model", model, "name")
+    try:
+        cls = model_family(name)
+    except ValueError as err:
+        raise SchemaError(f"model.name: {err}") from None
     kwargs = _dict("model.kwargs", _entry("model", model, "kwargs"))
-    params = inspect.signature(BASELINES[name]).parameters
+    params = inspect.signature(cls).parameters
     for key, value in kwargs.items():
         if key not in params:
             raise SchemaError(f"model.kwargs.{key}: not a setting of the {name} baseline")

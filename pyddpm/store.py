@@ -24,9 +24,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from .baselines import build_baseline
 from .diffusion import DDPM
 from .nets import build_network
+from .families import model_family
 from .schema import SchemaError, check_run_config, check_train_state
 
 CONFIG_FILE = "config.json"
@@ -159,7 +159,7 @@ def read_safetensors_metadata(data: bytes) -> dict:
 
 def build_model(config: dict) -> torch.nn.Module:
     """A fresh model as a run's config describes it: a ``DDPM`` (network and schedule), or the baseline of its
-    ``model`` entry (``pyddpm.baselines``)."""
+    ``model`` entry (a family of ``pyddpm.families``: the flow and VAE of ``pyddpm.baselines``)."""
     if "model" in config:
         return _build_baseline(config["model"])
     try:
@@ -175,7 +175,7 @@ def build_model(config: dict) -> torch.nn.Module:
 
 def _build_baseline(entry: dict) -> torch.nn.Module:
     try:
-        return build_baseline(entry["name"], **entry["kwargs"])
+        return model_family(entry["name"])(**entry["kwargs"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"run config has a bad model entry {entry!r}: {err}") from None
 

@@ -107,14 +107,14 @@ def test_sigint_saves_a_loadable_checkpoint_and_the_run_resumes(tmp_path):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     calls = {"n": 0}
-    original = DDPM.forward
+    original = DDPM.loss  # what the Trainer's objective calls
 
     def nan_after_32_steps(self, x):
         calls["n"] += 1
         loss = original(self, x)
         return loss * math.nan if calls["n"] > 32 else loss
 
-    monkeypatch.setattr(DDPM, "forward", nan_after_32_steps)
+    monkeypatch.setattr(DDPM, "loss", nan_after_32_steps)
     out = tmp_path / "nan"
     assert train_main(TINY + ["--out", str(out), "--epochs", "10", "--checkpoint-every", "10"]) == 2
     err = capsys.readouterr().err

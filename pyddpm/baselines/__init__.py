@@ -9,11 +9,14 @@ from __future__ import annotations
 from torch import nn
 
 from ..data import is_toy
+from ..families import register_family
 from .flow import RealNVP
 from .pixels import bits_per_dim, pixel_grid
 from .vae import VAE, gaussian_kl
 
 BASELINES: dict[str, type[nn.Module]] = {"flow": RealNVP, "vae": VAE}
+for _name, _cls in BASELINES.items():  # so that pyddpm.store rebuilds their runs
+    register_family(_name, _cls)
 DATA_SCALE = 2.0  # the model-space scale the default settings are made for, toy data too: the exercise's [-1, 1]
 
 _DEFAULTS = {
