@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import struct
 import sys
 import zlib
@@ -27,6 +28,8 @@ import numpy as np
 EXPORT_FORMAT = "1"
 MANIFEST = "manifest.json"
 NOISE_SPEC = "pyddpm-philox4x32-10-boxmuller-1"
+MAX_SAMPLES, MAX_T = 1_000_000, 100_000  # pyddpm's own limits (pyddpm/schema.py)
+MAX_THREADS = 1024
 
 # ---- pyddpm's noise rule (pyddpm/philox.py, csrc/philox.h), in numpy --------------------------------------
 _U64 = np.uint64
@@ -171,7 +174,24 @@ class ExportedModel:
             self.a, self.b, self.sigma = (np.asarray(table[k], dtype=_F32) for k in ("a", "b", "sigma"))
         except (KeyError, ValueError, TypeError) as err:
             raise SamplerError(f"{path.parent / MANIFEST}: incomplete or malformed pyddpm manifest ({err!r})") from None
+        self._check_values(path.parent / MANIFEST)
         self._check_io(path)
+
+    def _check_values(self, manifest: Path) -> None:
+        """The manifest's numbers are usable: finite, in range, consistent (a checksum cannot vouch for them)."""
+        problems = []
+        if not 1 <= self.T <= MAX_T:
+            problems.append(f"T = {self.T} is not in [1, {MAX_T}]")
+        if not (np.isfinite(self.scale) and self.scale > 0 and np.isfinite(self.center)):
+            problems.append(f"to_data must have a finite divide > 0 and a finite add, got {self.scale}, {self.center}")
+        if self.value_range is not None and not (
+                len(self.value_range) == 2 and all(np.isfinite(v) for v in self.value_range)
+                and self.value_range[0] <= self.value_range[1]):
+            problems.append(f"to_data.clamp must be null or [lo, hi] with finite lo <= hi, got {self.value_range}")
+        if not all(np.isfinite(v).all() for v in (self.a, self.b, self.sigma)) or (self.sigma < 0).any():
+            problems.append("step_coefficients must be finite, with sigma >= 0")
+        if problems:
+            raise SamplerError(f"{manifest}: {problems[0]}")
 
     def _check_io(self, path: Path) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -216,6 +236,9 @@ def sample(model: ExportedModel, num: int, seed: int, batch_size: int = 10000) -
         for t in range(model.T, 0, -1):
             z = philox_normal(shape, seed, t, start) if t > 1 else np.zeros(shape, _F32)  # sigma_1 = 0
             x = model.step(x, t, z)
+        if not np.isfinite(x).all():
+            raise SamplerError(f"samples {start}..{start + shape[0] - 1} came out NaN or infinite: the exported model "
+                               "diverges; nothing was written")
         out.append(model.to_data(x))
     return np.concatenate(out)
 
@@ -272,14 +295,28 @@ def save(samples: np.ndarray, model: ExportedModel, path: Path) -> None:
         raise SamplerError(f"no picture for samples of shape {samples.shape[1:]}; write .npy instead")
 
 
+def check_output_path(path: Path) -> None:
+    """SamplerError naming --out unless a file can be written at ``path`` (checked before any sampling)."""
+    if path.is_dir():
+        raise SamplerError(f"--out {str(path)!r} is a directory; give a file name")
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise SamplerError(f"--out {str(path)!r}: {str(ancestor)!r} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK):
+        raise SamplerError(f"--out {str(path)!r}: {str(ancestor)!r} is not writable")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onnx_sampler.py", description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="export directory (uses step.onnx) or the path of step.onnx or denoiser.onnx")
-    p.add_argument("--num", type=int, default=1000, help="number of samples (default 1000)")
+    p.add_argument("--num", type=int, default=1000, help=f"number of samples, at most {MAX_SAMPLES} (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="noise seed; sample i depends only on (seed, i) (default 0)")
     p.add_argument("--out", default="samples.png", help="output file: .npy (data space) or .png (default samples.png)")
     p.add_argument("--batch-size", type=int, default=10000, help="samples per batch (default 10000)")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default 0: its choice)")
+    p.add_argument("--threads", type=int, default=0,
+                   help=f"onnxruntime intra-op threads, 0..{MAX_THREADS} (default 0: its choice)")
     return p
 
 
@@ -289,10 +326,15 @@ def main(argv=None) -> int:
     try:
         if out.suffix.lower() not in (".npy", ".png"):
             raise SamplerError(f"--out must end in .npy or .png, got {str(out)!r}")
-        if args.num < 1 or args.batch_size < 1:
-            raise SamplerError(f"--num and --batch-size must be positive, got {args.num} and {args.batch_size}")
+        check_output_path(out)
+        if not 1 <= args.num <= MAX_SAMPLES:
+            raise SamplerError(f"--num must be positive and at most {MAX_SAMPLES}, got {args.num}")
+        if not 1 <= args.batch_size <= MAX_SAMPLES:
+            raise SamplerError(f"--batch-size must be positive and at most {MAX_SAMPLES}, got {args.batch_size}")
         if not 0 <= args.seed < 2**63:
             raise SamplerError(f"--seed must be in [0, 2**63), got {args.seed}")
+        if not 0 <= args.threads <= MAX_THREADS:
+            raise SamplerError(f"--threads must be in [0, {MAX_THREADS}] (0: onnxruntime's choice), got {args.threads}")
         model = ExportedModel(args.model, args.threads)
         save(sample(model, args.num, args.seed, args.batch_size), model, out)
     except SamplerError as err:

@@ -275,11 +275,16 @@ class Trainer:
             self.ema.update(self.model)
         return loss.detach()
 
-    def run(self, on_epoch_end: Callable[["Trainer"], None] | None = None, log_every: int = 25) -> bool:
+    def run(self, on_epoch_end: Callable[["Trainer"], None] | None = None,
+            other_work: Callable[["Trainer"], float] | None = None, log_every: int = 25) -> bool:
         """Train until ``total_steps``, checkpointing every ``checkpoint_every`` steps and at the end, calling
-        ``on_epoch_end(self)`` on rank 0 after each full epoch (its time is not training time). Returns False when a
-        signal (Ctrl-C) stopped it early, after saving."""
+        ``on_epoch_end(self)`` on rank 0 after each full epoch (its time is not training time). ``other_work(self)``
+        estimates the seconds of the run's work still to come besides optimizer steps (grids, final sampling): the
+        bar's ``run_eta`` then covers the whole run. Returns False when a signal (Ctrl-C) stopped it early, after
+        saving."""
         cfg = self.cfg
+        self._other_work = other_work
+        self._session_steps, self._session_seconds = 0, 0.0  # optimizer steps and their time, this session
         if self.master:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json(self.out / "config.json", self.config)
@@ -361,10 +366,16 @@ class Trainer:
             raise TrainingDiverged(f"the loss became {value} by step {self.step}; stopped. {self.kept_checkpoint()}")
         elapsed = time.perf_counter() - self._tick
         self.train_seconds += elapsed
+        self._session_seconds += elapsed
+        self._session_steps += self.step - self._tick_step
         rate = (self.step - self._tick_step) * self.global_batch / elapsed
         self._restart_clock()
         bar.set_description(self._epoch_label(), refresh=False)
-        bar.set_postfix(loss=f"{losses.mean():.4f}", img_s=f"{rate:,.0f}")
+        postfix = {"loss": f"{losses.mean():.4f}", "img_s": f"{rate:,.0f}"}
+        if self._other_work is not None and self.master:
+            training_left = (self.total_steps - self.step) * self._session_seconds / max(self._session_steps, 1)
+            postfix["run_eta"] = tqdm.format_interval(training_left + self._other_work(self))
+        bar.set_postfix(postfix)
         if self.master:
             self._log(losses, rate)
         return bool(flags[1])

@@ -4,6 +4,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import math
 import shutil
 import subprocess
 
@@ -155,3 +156,31 @@ def test_help_names_every_flag(tmp_path):
     for flag in ("--num", "--seed", "--out", "--batch-size", "--threads"):
         assert flag in result.stdout
     assert io.StringIO(result.stdout).readline().startswith("usage: onnx_sampler.py")
+
+
+def test_bad_input_is_refused_before_sampling(tmp_path_factory, tmp_path):
+    """Output paths, sizes, threads and manifest values a checksum cannot vouch for: one line naming the flag or
+    entry, exit 2, no traceback, nothing written."""
+    out = exported(tmp_path_factory, "toy")
+    manifest = json.loads((out / "manifest.json").read_text())
+    (tmp_path / "afile").write_text("a file, not a directory")
+    sigma_nan = {**manifest["step_coefficients"], "sigma": [math.nan] * manifest["T"]}
+    cases = [
+        ((out, "--out", tmp_path / "afile" / "s.npy"), "is a file, not a directory"),
+        ((out, "--num", 10**12), "--num must be positive and at most"),
+        ((out, "--batch-size", 10**12), "--batch-size must be positive and at most"),
+        ((out, "--threads", -1), "--threads must be in [0, "),
+        ((out, "--threads", 10**9), "--threads must be in [0, "),
+        ((altered_export(out, tmp_path / "scale0", to_data={**manifest["to_data"], "divide": 0.0}),),
+         "finite divide > 0"),
+        ((altered_export(out, tmp_path / "sigma", step_coefficients=sigma_nan),), "must be finite, with sigma >= 0"),
+    ]
+    (tmp_path / "dir.npy").mkdir()
+    cases.append(((out, "--out", tmp_path / "dir.npy"), "is a directory"))
+    for args, message in cases:
+        written = sorted(p.name for p in tmp_path.rglob("*.npy") if p.is_file())
+        result = run_sampler(tmp_path, *args, *(() if "--out" in args else ("--out", tmp_path / "x.npy")))
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (
+            args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert sorted(p.name for p in tmp_path.rglob("*.npy") if p.is_file()) == written  # nothing written

@@ -12,11 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from ..baselines import BASELINES, DATA_SCALE, build_baseline, default_kwargs
 from ..config import IMAGE_DEFAULTS, LR_SCHEDULES, NET_DEFAULT_LR, TrainConfig, network_settings
 from ..data import canonical_name, data_config_entries, is_toy
+from ..diffusion import DDPM
 from ..evaluate.report import metrics_table, write_run_report, write_sample_grid
 from ..nets import NETWORKS
 from ..nets.fc import ACTIVATIONS, TIME_EMBEDDINGS
@@ -298,6 +300,44 @@ def epoch_grid_writer(cfg: TrainConfig):
     return write
 
 
+class OtherWork:
+    """The Trainer's estimate of the run's work besides optimizer steps: the per-epoch grids still to draw and the
+    end-of-run sampling (all T steps), priced by one timed forward pass of the sampling network at the sampling
+    batch, measured once."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.batch = cfg.num_samples if is_toy(cfg.data) else cfg.grid_samples
+        self._forward_seconds: float | None = None
+
+    def __call__(self, trainer: Trainer) -> float:
+        model = trainer.sampling_model()
+        if not isinstance(model, DDPM) or self.batch < 1:
+            return 0.0  # a baseline samples in one pass
+        if self._forward_seconds is None:
+            self._forward_seconds = forward_seconds(model, self.batch, trainer.config["data"]["shape"])
+        grids = 0
+        if not is_toy(self.cfg.data):
+            epochs_left = trainer.total_steps // trainer.steps_per_epoch - trainer.step // trainer.steps_per_epoch
+            grids = max(epochs_left, 0) * min(self.cfg.grid_steps or model.T, model.T)
+        return self._forward_seconds * (grids + model.T)
+
+
+def forward_seconds(model: DDPM, batch: int, shape) -> float:
+    """Seconds of one eps_theta evaluation on ``batch`` samples (after a warm-up), as sampling runs it."""
+    x = torch.randn(batch, *shape, device=model.beta.device)
+    t = model.time_input(model.T, batch)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model.network(x, t)
+        start = time.perf_counter()
+        model.network(x, t)
+        seconds = time.perf_counter() - start
+    model.train(was_training)
+    return seconds
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -308,7 +348,7 @@ def main(argv=None) -> int:
         out = Path(args.resume or args.out or f"runs/{cfg.data}-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         check_run_dir(out, "--resume" if args.resume else "--out", resume=bool(args.resume))
         trainer = Trainer(cfg, out, device, resume=bool(args.resume), model=model)
-        if not trainer.run(on_epoch_end=epoch_grid_writer(cfg)):
+        if not trainer.run(on_epoch_end=epoch_grid_writer(cfg), other_work=OtherWork(cfg)):
             return 130
         if trainer.master:
             metrics = write_run_report(out, trainer.sampling_model(), trainer.config, trainer.timing(),
