@@ -60,29 +60,16 @@ def ddpm_sample(
     """
     coefs = model.step_coefficients(variance, clip)
     timesteps = list(range(model.T, 0, -1))
-    return _reverse_loop(model, shape, timesteps, [coefs[t - 1] for t in timesteps],
-                         seed, backend, sample_offset, progress, graph, callback)
+    return _reverse_loop(model, shape, timesteps, [coefs[t - 1] for t in timesteps], seed=seed, backend=backend,
+                         sample_offset=sample_offset, progress=progress, graph=graph, callback=callback)
 
 
-def ddim_sample(
-    model,
-    shape,
-    steps: int,
-    *,
-    eta: float = 0.0,
-    seed: int | None = None,
-    backend: str = "fused",
-    clip: bool = False,
-    sample_offset: int = 0,
-    progress: bool = False,
-    graph: bool | None = None,
-    callback: Callable[[int, torch.Tensor], None] | None = None,
-) -> torch.Tensor:
+def ddim_sample(model, shape, steps: int, *, eta: float = 0.0, clip: bool = False, **options) -> torch.Tensor:
     """x_0 by the DDIM sampler of Song et al. (2021) in ``steps`` steps; eta = 0 is deterministic after x_T.
-    The options are those of ``ddpm_sample``; ``callback`` sees the DDIM time steps only (then 0)."""
+    ``options`` are those of ``ddpm_sample`` but ``variance`` (seed, backend, sample_offset, progress, graph,
+    callback); ``callback`` sees the DDIM time steps only (then 0)."""
     timesteps = model.ddim_timesteps(steps)
-    return _reverse_loop(model, shape, timesteps, model.ddim_coefficients(timesteps, eta, clip),
-                         seed, backend, sample_offset, progress, graph, callback)
+    return _reverse_loop(model, shape, timesteps, model.ddim_coefficients(timesteps, eta, clip), **options)
 
 
 def step_runner(model, x: torch.Tensor, timesteps, coefs, seed: int, sample_offset: int = 0):
@@ -133,8 +120,9 @@ def _use_graph(graph: bool | None, backend: str, device: torch.device) -> bool:
     return bool(graph)
 
 
-def _reverse_loop(model, shape, timesteps, coefs, seed, backend, sample_offset, progress, graph,
-                  callback=None) -> torch.Tensor:
+def _reverse_loop(model, shape, timesteps, coefs, *, seed: int | None = None, backend: str = "fused",
+                  sample_offset: int = 0, progress: bool = False, graph: bool | None = None,
+                  callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     shape = tuple(int(s) for s in shape)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..data import is_toy
-from ..families import register_family
+from ..families import build_registered, register_family
 from .flow import RealNVP
 from .pixels import bits_per_dim, pixel_grid
 from .vae import VAE, gaussian_kl
@@ -31,12 +31,7 @@ _DEFAULTS = {
 
 def build_baseline(name: str, **kwargs) -> nn.Module:
     """The baseline registered under ``name``, built with ``kwargs`` (as stored in a run's config)."""
-    if name not in BASELINES:
-        raise ValueError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")
-    try:
-        return BASELINES[name](**kwargs)
-    except TypeError as err:
-        raise ValueError(f"bad settings for baseline {name!r}: {err}") from None
+    return build_registered(BASELINES, "baseline", name, kwargs)
 
 
 def default_kwargs(name: str, dataset: str) -> dict:

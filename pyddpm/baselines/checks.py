@@ -28,6 +28,13 @@ def choice(owner: str, name: str, value, choices) -> str:
     return value
 
 
+def mlp_settings(owner: str, hidden, num_hidden_layers, activation, activations) -> None:
+    """The settings every baseline's MLPs share: ``hidden`` units, ``num_hidden_layers`` (>= 0), ``activation``."""
+    positive_int(owner, "hidden", hidden)
+    positive_int(owner, "num_hidden_layers", num_hidden_layers, minimum=0)
+    choice(owner, "activation", activation, activations)
+
+
 def flat_batch(owner: str, x: torch.Tensor, dim: int) -> torch.Tensor:
     """x of shape (batch, *sample_shape) with prod(sample_shape) == dim, viewed as (batch, dim)."""
     if x.dim() < 2 or math.prod(x.shape[1:]) != dim:

@@ -165,9 +165,7 @@ class RealNVP(nn.Module):
         owner = "RealNVP"
         checks.positive_int(owner, "dim", dim, minimum=2)
         checks.positive_int(owner, "num_couplings", num_couplings)
-        checks.positive_int(owner, "hidden", hidden)
-        checks.positive_int(owner, "num_hidden_layers", num_hidden_layers, minimum=0)
-        checks.choice(owner, "activation", activation, ACTIVATIONS)
+        checks.mlp_settings(owner, hidden, num_hidden_layers, activation, ACTIVATIONS)
         checks.choice(owner, "mask", mask, MASKS)
         checks.choice(owner, "norm", norm, NORMS)
         checks.choice(owner, "pretransform", pretransform, PRETRANSFORMS)

@@ -75,9 +75,7 @@ class VAE(nn.Module):
         owner = "VAE"
         checks.positive_int(owner, "dim", dim)
         checks.positive_int(owner, "latent_dim", latent_dim)
-        checks.positive_int(owner, "hidden", hidden)
-        checks.positive_int(owner, "num_hidden_layers", num_hidden_layers, minimum=0)
-        checks.choice(owner, "activation", activation, ACTIVATIONS)
+        checks.mlp_settings(owner, hidden, num_hidden_layers, activation, ACTIVATIONS)
         checks.choice(owner, "likelihood", likelihood, LIKELIHOODS)
         checks.choice(owner, "decoder_variance", decoder_variance, DECODER_VARIANCES)
         checks.positive_float(owner, "decoder_std", decoder_std)

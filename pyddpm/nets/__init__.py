@@ -5,6 +5,7 @@ import inspect
 
 from torch import nn
 
+from ..families import build_registered
 from .fc import FcNetwork
 from .unet import ExerciseUNet
 from .unet_ddpm import DDPMUNet
@@ -17,12 +18,7 @@ DEFAULT_CHANNELS = {name: list(inspect.signature(cls).parameters["channels"].def
 
 def build_network(name: str, **kwargs) -> nn.Module:
     """The network registered under ``name``, built with ``kwargs`` (as stored in a run's config)."""
-    if name not in NETWORKS:
-        raise ValueError(f"unknown network {name!r}; choose one of {', '.join(NETWORKS)}")
-    try:
-        return NETWORKS[name](**kwargs)
-    except TypeError as err:
-        raise ValueError(f"bad settings for network {name!r}: {err}") from None
+    return build_registered(NETWORKS, "network", name, kwargs)
 
 
 __all__ = ["DDPMUNet", "DEFAULT_CHANNELS", "ExerciseUNet", "FcNetwork", "NETWORKS", "build_network"]
