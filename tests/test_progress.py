@@ -37,3 +37,12 @@ def test_other_work_prices_the_final_sampling_by_a_timed_forward_pass(tmp_path):
     one = forward_seconds(trainer.sampling_model(), cfg.num_samples, [2])
     # T forward passes of the 500-point batch (toy runs draw no grids); timings of one pass vary by 10x on a busy CPU
     assert estimate > 0 and 0.1 * one * cfg.T <= estimate <= 10 * one * cfg.T
+
+
+def test_pricing_the_other_work_leaves_the_training_random_stream_alone(tmp_path):
+    """A resumed run replays the saved random state exactly; the ETA's timed forward pass must not draw from it."""
+    cfg = TrainConfig(**TINY)
+    trainer = Trainer(cfg, tmp_path / "run", torch.device("cpu"), resume=False)
+    before = torch.get_rng_state()
+    OtherWork(cfg)(trainer)
+    assert torch.equal(torch.get_rng_state(), before)

@@ -324,8 +324,10 @@ class OtherWork:
 
 
 def forward_seconds(model: DDPM, batch: int, shape) -> float:
-    """Seconds of one eps_theta evaluation on ``batch`` samples (after a warm-up), as sampling runs it."""
-    x = torch.randn(batch, *shape, device=model.beta.device)
+    """Seconds of one eps_theta evaluation on ``batch`` samples (after a warm-up), as sampling runs it. Its input
+    comes from a private generator: the training's random stream (restored exactly on --resume) is not touched."""
+    generator = torch.Generator(model.beta.device).manual_seed(0)
+    x = torch.randn(batch, *shape, device=model.beta.device, generator=generator)
     t = model.time_input(model.T, batch)
     was_training = model.training
     model.eval()
