@@ -64,5 +64,5 @@ def export_run(run_dir: str | Path, out: str | Path, formats=FORMATS, variance: 
         for path in export_torchscript(step, coefs, list(data["shape"]), data, value_range, out, metadata, (x, t, z)):
             written.append((path, "TorchScript"))
     manifest_path = write_manifest(out, manifest, [path for path, _ in written])
-    written.append((manifest_path, "manifest: the metadata as JSON numbers and the SHA-256 of each file above"))
+    written.append((manifest_path, "manifest: the metadata as JSON numbers and the SHA-256 of each file above, all of them validated against PyTorch"))
     return written
