@@ -10,6 +10,7 @@ import torch
 from pyddpm.baselines.scoring import toy_negative_log_likelihood
 from pyddpm.cli.eval import main as eval_main
 from pyddpm.cli.sample import main as sample_main
+from pyddpm.cli.export import main as export_main
 from pyddpm.cli.train import main as train_main
 from pyddpm.config import TrainConfig, run_config
 from pyddpm.data import toy_distribution
@@ -123,6 +124,8 @@ def test_ddpm_run_config_is_unchanged():
     (["--model", "flow", "--model-kwargs", '{"hiden": 3}'], "bad settings for baseline 'flow'"),
     (["--model", "vae", "--model-kwargs", '{"hidden": 0}'], "hidden must be an integer >= 1"),
     (["--model-kwargs", '{"hidden": 3}'], "--model-kwargs applies to --model flow or vae"),
+    (["--model", "flow", "--hidden", "32"], "--hidden sets the DDPM's network or diffusion; --model flow"),
+    (["--model", "vae", "--T", "50"], "--T sets the DDPM's network or diffusion; --model vae"),
 ])
 def test_bad_model_settings_are_clear_errors(argv, message, tmp_path, capsys):
     assert train_main([*argv, "--max-steps", "1", "--out", str(tmp_path / "r")]) == 2
@@ -134,6 +137,13 @@ def test_model_kwargs_must_be_a_json_object(capsys):
     with pytest.raises(SystemExit):
         train_main(["--model", "flow", "--model-kwargs", "[1, 2]"])
     assert "expected a JSON object" in capsys.readouterr().err
+
+
+def test_a_baseline_run_is_not_exported_as_a_ddpm(runs, tmp_path, capsys):
+    assert export_main([str(runs["flow", "chequerboard"]), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "holds a flow run; pyddpm-export writes a DDPM's" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
 
 
 def test_ddpm_sampler_flags_on_a_baseline_run_are_clear_errors(runs, tmp_path, capsys):

@@ -165,15 +165,25 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "(pyddpm.baselines.default_kwargs), e.g. '{\"hidden\": 64, \"num_couplings\": 4}'")
 
 
-def model_entry(args: argparse.Namespace, cfg: TrainConfig) -> dict | None:
+# the settings of the DDPM's network and diffusion, which a baseline run (--model flow|vae) has no use for
+DDPM_SETTINGS = ("net", "hidden", "depth", "activation", "time_embedding", "channels", "num_res_blocks", "dropout",
+                 "attention", "T", "schedule", "beta_1", "beta_T", "variance")
+
+
+def model_entry(args: argparse.Namespace, cfg: TrainConfig, given: dict[str, str] | None = None) -> dict | None:
     """The baseline's ``{"name", "kwargs"}`` run-config entry (None: a DDPM run); with --resume the stored one.
-    A baseline run without --data-scale gets ``baselines.DATA_SCALE`` (set in ``cfg``)."""
+    A baseline run without --data-scale gets ``baselines.DATA_SCALE`` (set in ``cfg``); ``given`` (the flags on the
+    command line) must then hold none of the DDPM's settings."""
     if args.resume:
         return read_checkpoint(args.resume).config.get("model")
     if args.model == "ddpm":
         if args.model_kwargs is not None:
             raise ValueError("--model-kwargs applies to --model flow or vae; the DDPM takes the network flags")
         return None
+    ddpm_flags = [flag for dest, flag in (given or {}).items() if dest in DDPM_SETTINGS]
+    if ddpm_flags:
+        raise ValueError(f"{ddpm_flags[0]} sets the DDPM's network or diffusion; --model {args.model} has neither: "
+                         "give its settings with --model-kwargs")
     if cfg.data_scale is None:
         cfg.data_scale = DATA_SCALE
     model = build_baseline(args.model, **{**default_kwargs(args.model, cfg.data), **(args.model_kwargs or {})})
@@ -344,8 +354,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         device = pick_device(args.device)
-        cfg = config_from_args(args, given_flags(argv))
-        model = model_entry(args, cfg)
+        given = given_flags(argv)
+        cfg = config_from_args(args, given)
+        model = model_entry(args, cfg, given)
         name = model["name"] if model else cfg.net
         out = Path(args.resume or args.out or f"runs/{cfg.data}-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         check_run_dir(out, "--resume" if args.resume else "--out", resume=bool(args.resume))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..diffusion import DDPM
 from ..store import load_model
 from .manifest import build_manifest, write_manifest
 from .metadata import export_metadata
@@ -35,6 +36,9 @@ def export_run(run_dir: str | Path, out: str | Path, formats=FORMATS, variance: 
     if batch < 2:
         raise ValueError(f"the example batch must be >= 2 (to check the dynamic batch), got {batch}")
     model, config = load_model(run_dir, "cpu")
+    if not isinstance(model, DDPM):
+        raise ValueError(f"{run_dir} holds a {config['model']['name']} run; pyddpm-export writes a DDPM's denoiser and "
+                         "reverse step (a baseline samples in one pass and has neither)")
     model.requires_grad_(False)
     variance = variance or model.variance
     coefs = model.step_coefficients(variance)
