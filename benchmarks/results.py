@@ -11,7 +11,7 @@ its page somewhere else; it is not a result). ``--sections`` runs and renders on
 
 The comparisons with the baselines (sections 4-5) train each model for the same CPU wall-clock budget: a short
 calibration run measures each model's seconds per optimizer step on this machine, and the real run gets as many
-steps as fit in the budget, its learning-rate schedule ending there (``--epochs 1 --num-train steps x batch``).
+steps as fit in the budget, its learning-rate schedule ending there (``schedule_flags``).
 The training seconds each run actually took (optimizer steps only) are printed beside its numbers.
 """
 from __future__ import annotations
@@ -40,6 +40,7 @@ from pyddpm.baselines import default_kwargs  # noqa: E402
 from pyddpm.config import TrainConfig  # noqa: E402
 from pyddpm.data import is_toy, toy_distribution  # noqa: E402
 from pyddpm.evaluate.classifier import default_classifier_path, load_classifier  # noqa: E402
+from pyddpm.schema import MAX_NUM_TRAIN  # noqa: E402
 from pyddpm.store import read_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -388,9 +389,18 @@ def collect_samplers(budget: Budget, runs: Path, pictures: Path) -> list[Sampler
     return studies
 
 
+def schedule_flags(steps: int, batch: int) -> list[str]:
+    """Flags for a run of ``steps`` steps of ``batch`` whose learning-rate schedule ends there: one epoch of
+    steps x batch fresh toy points, or as few epochs as keep --num-train within pyddpm's limit (the schedule then
+    ends within epochs - 1 steps of the last one)."""
+    epochs = math.ceil(steps * batch / MAX_NUM_TRAIN)
+    per_epoch = math.ceil(steps / epochs)
+    return ["--max-steps", str(steps), "--epochs", str(epochs), "--num-train", str(per_epoch * batch)]
+
+
 def seconds_per_step(run_dir: Path, flags: list[str], steps: int, batch: int) -> float:
     """The Trainer's seconds per optimizer step of a ``steps``-step run with ``flags`` (trained once, cached)."""
-    train(run_dir, [*flags, "--max-steps", str(steps), "--epochs", "1", "--num-train", str(steps * batch)])
+    train(run_dir, [*flags, *schedule_flags(steps, batch)])
     state = read_checkpoint(run_dir).state
     return state["train_seconds"] / state["step"]
 
@@ -400,7 +410,7 @@ def budget_run(run_dir: Path, flags: list[str], seconds: float, calibration: int
     learning-rate schedule ending at the last step. Returns the metrics (with the command) and the seconds taken."""
     per_step = seconds_per_step(run_dir.parent / f"calibrate-{run_dir.name}", flags, calibration, batch)
     steps = max(1, int(seconds / per_step))
-    metrics = train(run_dir, [*flags, "--max-steps", str(steps), "--epochs", "1", "--num-train", str(steps * batch)])
+    metrics = train(run_dir, [*flags, *schedule_flags(steps, batch)])
     return metrics, read_checkpoint(run_dir).state["train_seconds"]
 
 
