@@ -26,6 +26,7 @@ MAX_SAMPLE_NUMEL = 2**20  # numbers in one sample (1024 x 1024 pixels)
 MAX_PARAMETERS = 2**28  # network parameters: 1 GiB of float32 weights (4 GiB with EMA and AdamW state)
 MAX_NUM_TRAIN = 10_000_000  # training examples
 MAX_SAMPLES = 1_000_000  # samples drawn by one command
+MAX_EPOCHS = 1000  # passes over a training set (the classifier, the course's exercise)
 MAX_SEED = 2**63 - 1
 
 

@@ -77,6 +77,24 @@ def course_unet_file(path: Path, T: int = 6) -> DDPM:
     return model
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--model", "afile/m.pt"], "--model 'afile/m.pt': "),
+    (["train", "--epochs", "0"], "--epochs must be a positive integer"),
+    (["train", "--n-data", str(10**11)], "--n-data must be a positive integer (at most"),
+    (["train", "--seed", "-1"], "--seed must be >= 0"),
+    (["train", "--lr", "nan"], "--lr must be a positive number"),
+    (["sample", "--samples", "s.txt"], "--samples must end in .npy or .png"),
+])
+def test_exercise_refuses_bad_arguments_before_any_work(argv, message, tmp_path, monkeypatch, capsys):
+    """One line naming the flag, before training: an unwritable --model no longer fails after the whole run."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("a file, not a directory")
+    assert exercise_main([*argv, "--data", "cb"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing written
+
+
 def test_course_key_mapping_is_the_issues_and_round_trips():
     state = DDPM(ExerciseUNet()).state_dict()
     course = to_course_keys(state)

@@ -7,9 +7,9 @@ import sys
 
 from ..data import DataError
 from ..evaluate.classifier import MIN_TEST_ACCURACY, checksum_path, default_classifier_path, save_classifier, train_classifier
+from ..schema import MAX_EPOCHS
 from .common import check_int, check_output_file, pick_device
 
-MAX_EPOCHS = 1000
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,9 @@ from ..course import (COURSE_DATA_SCALE, COURSE_NETWORKS, CourseFileError, check
 from ..data import DataTransform, canonical_name, is_toy, load_images, to_data_space, toy_distribution
 from ..data.mnist import DataError
 from ..samplers import generate_samples
-from .common import pick_device
+from ..schema import MAX_EPOCHS, MAX_NUM_TRAIN, MAX_SAMPLES, MAX_SEED
+from .common import check_float, check_int, check_output_file, pick_device
+from .sample import SUFFIXES as SAMPLE_SUFFIXES
 from .sample import save_samples
 
 COURSE_N_DATA = 10_000_000  # ddpm.py: n_data = 10000000
@@ -93,15 +95,21 @@ def train(model, data: torch.Tensor, args, device: torch.device) -> None:
 
 
 def check_args(args) -> None:
+    """Every argument checked before any work, with pyddpm's shared checks and limits: sizes, ranges, and the
+    file the command will write (--model for train, --samples for sample)."""
     check_network(args.network, args.data)
     if args.batch_size is None:
         args.batch_size = 10000 if is_toy(args.data) else IMAGE_BATCH
-    for name in ("batch_size", "epochs", "n_data", "num_samples"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise ValueError(f"--lr must be a positive number, got {args.lr}")
+    check_int("--batch-size", args.batch_size, 1, MAX_NUM_TRAIN)
+    check_int("--epochs", args.epochs, 1, MAX_EPOCHS)
+    check_int("--n-data", args.n_data, 1, MAX_NUM_TRAIN)
+    check_int("--num-samples", args.num_samples, 1, MAX_SAMPLES)
+    check_int("--seed", args.seed, 0, MAX_SEED)
+    check_float("--lr", args.lr, 0.0, math.inf, lo_open=True)
+    if args.mode == "train":
+        check_output_file(args.model, "--model")
+    else:
+        check_output_file(args.samples, "--samples", SAMPLE_SUFFIXES)
 
 
 def main(argv=None) -> int:
