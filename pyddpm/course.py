@@ -19,6 +19,7 @@ from .data.mnist import IMAGE_SHAPE
 from .diffusion import DDPM
 from .nets import ExerciseUNet, FcNetwork
 from .nets.unet import from_course_keys, to_course_keys
+from .store import load_weights
 
 COURSE_T = 1000  # ddpm.py: T = 1000 (DDPM's beta_1 = 1e-4, beta_T = 2e-2 defaults)
 COURSE_HIDDEN = 64  # ddpm.py: num_hidden = 64
@@ -80,18 +81,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def load_course_weights(model: DDPM, state: dict[str, torch.Tensor], what: str = "model file") -> None:
-    """Load a course state_dict (course U-Net names accepted) into ``model`` strictly, with a clear error."""
-    state = from_course_keys(state)
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CourseFileError(f"{what} does not fit {type(model.network).__name__}: missing {missing[:4]}, "
-                              f"unexpected {unexpected[:4]}; check --network (and --data)")
-    wrong = [k for k in expected if expected[k].shape != state[k].shape]
-    if wrong:
-        raise CourseFileError(f"{what} does not fit {type(model.network).__name__}: {wrong[0]} has shape "
-                              f"{tuple(state[wrong[0]].shape)}, the network's is {tuple(expected[wrong[0]].shape)}")
-    model.load_state_dict(state, strict=True)
+    """Load a course state_dict (course U-Net names accepted) into ``model`` strictly, with the checks of
+    ``store.load_weights`` (names, dtypes, shapes, finite values) and a clear error."""
+    load_weights(model, from_course_keys(state), what, error=CourseFileError,
+                 mismatch=f"does not fit {type(model.network).__name__} (check --network and --data)")
 
 
 def course_state_dict(model: DDPM) -> dict[str, torch.Tensor]:

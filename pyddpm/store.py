@@ -185,25 +185,26 @@ def architecture(config: dict) -> dict:
     return config["model"] if "model" in config else config["network"]
 
 
-def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
-    """``model.load_state_dict(weights)`` with an error that says how the architectures differ."""
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], what: str,
+                 mismatch: str = "does not match the architecture in its config",
+                 error: type[Exception] = CheckpointError) -> None:
+    """``model.load_state_dict(weights)`` after checking every tensor's name, dtype, shape and finiteness, with an
+    ``error`` that says ``what`` ``mismatch`` and how the architectures differ."""
     missing, unexpected = set(model.state_dict()) - set(weights), set(weights) - set(model.state_dict())
     if missing or unexpected:
-        raise CheckpointError(
-            f"{what} does not match the architecture in its config: "
-            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        raise error(f"{what} {mismatch}: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     for name, expected in model.state_dict().items():
         got = weights[name]
         if got.dtype != expected.dtype or got.shape != expected.shape:
-            raise CheckpointError(f"{what} does not match the architecture in its config: {name} is {got.dtype} "
-                                  f"{tuple(got.shape)}, the network needs {expected.dtype} {tuple(expected.shape)}")
+            raise error(f"{what} {mismatch}: {name} is {got.dtype} {tuple(got.shape)}, the network needs "
+                        f"{expected.dtype} {tuple(expected.shape)}")
         if got.is_floating_point() and not torch.isfinite(got).all():
-            raise CheckpointError(f"{what} holds NaN or infinite weights ({name}); it cannot sample. Resume from "
-                                  "an earlier copy of the run, or re-run training")
+            raise error(f"{what} holds NaN or infinite weights ({name}); it cannot sample. Resume from an earlier "
+                        "copy of the run, or re-run training")
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
-        raise CheckpointError(f"{what} does not match the architecture in its config: {err}") from None
+        raise error(f"{what} {mismatch}: {err}") from None
 
 
 def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:

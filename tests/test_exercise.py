@@ -134,6 +134,21 @@ def test_import_fc_reads_T_and_needs_data_for_2d_models(tmp_path, capsys):
     assert math.isclose(config["diffusion"]["beta_1"], 1e-4) and math.isclose(config["diffusion"]["beta_T"], 2e-2)
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda w: w.round().to(torch.int64), "network.network.0.weight is torch.int64"),
+    (lambda w: w * math.nan, "holds NaN or infinite weights (network.network.0.weight)"),
+])
+def test_import_refuses_integer_or_non_finite_weights(damage, message, tmp_path, capsys):
+    """The same checks as a pyddpm checkpoint's: an integer or NaN weight tensor is refused, naming it."""
+    state = CourseDDPM(CourseFcNetwork(2, 32), T=40).state_dict()
+    state["network.network.0.weight"] = damage(state["network.network.0.weight"])
+    torch.save(state, tmp_path / "fc.pt")
+    assert import_main([str(tmp_path / "fc.pt"), "--network", "fc", "--data", "cb", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "r").exists()
+
+
 class Payload:
     """Unpickling this would create ``marker``: a stand-in for code a pickle runs when loaded unsafely."""
 
