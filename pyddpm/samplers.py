@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from . import ops
 from .data import DataTransform, is_toy
 from .diffusion import DDPM
+from .fast_network import check_precision, fast_network
 
 BACKENDS = ("fused", "torch")
 
@@ -40,6 +41,8 @@ def ddpm_sample(
     progress: bool = False,
     graph: bool | None = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    precision: str = "fp32",
+    fast: bool = True,
 ) -> torch.Tensor:
     """x_0 ~ p_theta(x_0) by Algorithm 2 with sigma_t^2 = beta_t (or beta_tilde_t), z = 0 at t = 1.
 
@@ -57,27 +60,44 @@ def ddpm_sample(
         callback: called as ``callback(t, x_t)`` with x_T before the first step and with x_{t-1} after each step,
             ending with ``callback(0, x_0)`` (model space; ``x_t`` is overwritten by the next step, so clone what
             you keep). Under CUDA graphs it runs between replays.
+        precision: ``"fp32"`` or ``"bf16"`` (the network under bf16 autocast; the update stays float32).
+        fast: evaluate the network through ``pyddpm.fast_network`` (on the CPU: oneDNN, channels-last; equal to
+            the network's own output within float32 rounding); False runs ``model.network`` as it is.
     """
     coefs = model.step_coefficients(variance, clip)
     timesteps = list(range(model.T, 0, -1))
     return _reverse_loop(model, shape, timesteps, [coefs[t - 1] for t in timesteps], seed=seed, backend=backend,
-                         sample_offset=sample_offset, progress=progress, graph=graph, callback=callback)
+                         sample_offset=sample_offset, progress=progress, graph=graph, callback=callback,
+                         precision=precision, fast=fast)
 
 
 def ddim_sample(model, shape, steps: int, *, eta: float = 0.0, clip: bool = False, **options) -> torch.Tensor:
     """x_0 by the DDIM sampler of Song et al. (2021) in ``steps`` steps; eta = 0 is deterministic after x_T.
     ``options`` are those of ``ddpm_sample`` but ``variance`` (seed, backend, sample_offset, progress, graph,
-    callback); ``callback`` sees the DDIM time steps only (then 0)."""
+    callback, precision, fast); ``callback`` sees the DDIM time steps only (then 0)."""
     timesteps = model.ddim_timesteps(steps)
     return _reverse_loop(model, shape, timesteps, model.ddim_coefficients(timesteps, eta, clip), **options)
 
 
-def step_runner(model, x: torch.Tensor, timesteps, coefs, seed: int, sample_offset: int = 0):
+def sampling_network(model, precision: str = "fp32", fast: bool = True):
+    """The network the samplers evaluate: ``fast_network`` of ``model.network`` on its device, or the network as
+    it is (``fast=False``, float32 only)."""
+    precision = check_precision(precision)
+    if fast:
+        return fast_network(model.network, model.beta.device, precision)
+    if precision != "fp32":
+        raise ValueError(f"precision {precision!r} runs on the fast network; leave out fast=False (--eager)")
+    return model.network
+
+
+def step_runner(model, x: torch.Tensor, timesteps, coefs, seed: int, sample_offset: int = 0, network=None):
     """A function that takes the next step of the loop (``coefs[s]`` at step ``timesteps[s]``) on ``x`` in place.
 
     Everything it does is device work that waits for nothing on the host (the step's row is read from a
     schedule on the device), so one CUDA-graph capture of it replays every step. Run under torch.no_grad().
+    ``network`` is what evaluates eps_theta (default: ``model.network``).
     """
+    network = model.network if network is None else network
     device, batch = x.device, x.shape[0]
     schedule = ops.step_schedule(coefs, timesteps, device=device)
     t_inputs = model.time_input(torch.tensor(list(timesteps), device=device))  # (K, 1): row s for step s
@@ -85,11 +105,11 @@ def step_runner(model, x: torch.Tensor, timesteps, coefs, seed: int, sample_offs
 
     def step() -> None:
         t_in.copy_(t_inputs.index_select(0, schedule.index.reshape(1)).expand(batch, 1))
-        eps_hat = model.network(x, t_in).contiguous()
+        eps_hat = network(x, t_in).contiguous()
         ops.reverse_step_scheduled(x, eps_hat, schedule, seed=seed, sample_offset=sample_offset)
         schedule.index.add_(1)
 
-    step.warm_up = lambda: model.network(x, t_in)  # the network alone, leaving x and the schedule as they are
+    step.warm_up = lambda: network(x, t_in)  # the network alone, leaving x and the schedule as they are
     return step
 
 
@@ -122,7 +142,8 @@ def _use_graph(graph: bool | None, backend: str, device: torch.device) -> bool:
 
 def _reverse_loop(model, shape, timesteps, coefs, *, seed: int | None = None, backend: str = "fused",
                   sample_offset: int = 0, progress: bool = False, graph: bool | None = None,
-                  callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+                  callback: Callable[[int, torch.Tensor], None] | None = None, precision: str = "fp32",
+                  fast: bool = True) -> torch.Tensor:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     shape = tuple(int(s) for s in shape)
@@ -132,6 +153,7 @@ def _reverse_loop(model, shape, timesteps, coefs, *, seed: int | None = None, ba
         raise ValueError(f"seed must be an integer in [0, 2**63), got {seed}")
     device = model.beta.device
     use_graph = _use_graph(graph, backend, device)
+    network = sampling_network(model, precision, fast)
     if seed is None and backend == "fused":
         seed = int(torch.randint(0, 2**62, (1,)).item())
     if seed is None:
@@ -145,14 +167,14 @@ def _reverse_loop(model, shape, timesteps, coefs, *, seed: int | None = None, ba
             callback(timesteps[0], x)
         if use_graph:
             with torch.cuda.device(device):
-                captured = capture_step(step_runner(model, x, timesteps, coefs, seed, sample_offset))
+                captured = capture_step(step_runner(model, x, timesteps, coefs, seed, sample_offset, network))
                 for s, _ in enumerate(steps):
                     captured.replay()
                     if callback is not None:
                         callback(reached[s], x)
             return x
         for s, (t, coef) in enumerate(steps):
-            eps_hat = model.network(x, model.time_input(t, shape[0])).contiguous()
+            eps_hat = network(x, model.time_input(t, shape[0])).contiguous()
             step_seed = seed if coef.sigma != 0 else None
             if backend == "fused":
                 x = ops.reverse_step(x, eps_hat, coef, seed=step_seed, step=t, sample_offset=sample_offset, out=x)
@@ -168,7 +190,7 @@ def _reverse_loop(model, shape, timesteps, coefs, *, seed: int | None = None, ba
 def generate_samples(model, data_config: dict, num: int, *, seed: int, batch_size: int = 10000,
                      backend: str = "fused", steps: int | None = None, eta: float = 0.0,
                      variance: str | None = None, clip: bool = False, progress: bool = False,
-                     graph: bool | None = None) -> torch.Tensor:
+                     graph: bool | None = None, precision: str = "fp32", fast: bool = True) -> torch.Tensor:
     """``num`` samples mapped back to data space (images clamped to their value range), on the CPU.
 
     Samples are drawn in batches with the counter-based noise, so sample i is the same whatever the batch size.
@@ -181,7 +203,8 @@ def generate_samples(model, data_config: dict, num: int, *, seed: int, batch_siz
         raise ValueError(f"--num and --batch-size must be positive, got {num} and {batch_size}")
     if not isinstance(model, DDPM):
         given = [flag for flag, value in (("--steps", steps), ("--eta", eta), ("--variance", variance),
-                                          ("--clip", clip), ("--graph", graph)) if value not in (None, 0.0, False)]
+                                          ("--clip", clip), ("--graph", graph), ("--eager", not fast))
+                 if value not in (None, 0.0, False)] + (["--precision"] if precision != "fp32" else [])
         if given:
             raise ValueError(f"{', '.join(given)} set the DDPM's sampler; this run's {type(model).__name__} samples "
                              "in one pass: leave them out")
@@ -193,10 +216,10 @@ def generate_samples(model, data_config: dict, num: int, *, seed: int, batch_siz
             x = model.sample((b, *shape), seed=seed, sample_offset=start)
         elif steps is None:
             x = ddpm_sample(model, (b, *shape), seed=seed, backend=backend, variance=variance, clip=clip,
-                            sample_offset=start, progress=progress, graph=graph)
+                            sample_offset=start, progress=progress, graph=graph, precision=precision, fast=fast)
         else:
             x = ddim_sample(model, (b, *shape), steps, eta=eta, seed=seed, backend=backend, clip=clip,
-                            sample_offset=start, progress=progress, graph=graph)
+                            sample_offset=start, progress=progress, graph=graph, precision=precision, fast=fast)
         x = x.float().cpu()
         finite = torch.isfinite(x.reshape(b, -1)).all(dim=1)
         if not finite.all():
@@ -230,7 +253,8 @@ def sample_trajectory(model, data_config: dict, num: int, keep, *, seed: int, st
                       eta: float = 0.0, **options) -> dict[int, torch.Tensor]:
     """{t: x_t in data space} for the time steps in ``keep`` on the way from x_T to x_0 of ``num`` samples, from one
     run of the sampler (``ddpm_sample``, or ``ddim_sample`` with ``steps``) through its callback; frame 0 equals
-    ``generate_samples`` with the same seed. ``options`` are the samplers' (backend, variance, clip, graph)."""
+    ``generate_samples`` with the same seed. ``options`` are the samplers' (backend, variance, clip, graph,
+    precision, fast)."""
     keep, frames = set(keep), {}
     shape = (num, *data_config["shape"])
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from ..fast_network import PRECISIONS
+
 DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
 
 
@@ -102,3 +104,20 @@ def check_float(flag: str, value: float | None, lo: float, hi: float, *, hi_open
         else:
             bound = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
         raise ValueError(f"{flag} must be {bound}, got {value}")
+
+
+def add_sampling_network_flags(p) -> None:
+    """--precision and --eager: how the samplers evaluate a DDPM's network (``pyddpm.fast_network``)."""
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="the network's precision while sampling: fp32, or bf16 (CPU bf16 autocast, float32 weights "
+                        "and update; faster on CPUs with AVX512-BF16/AMX, samples not identical) (default fp32)")
+    p.add_argument("--eager", action="store_true",
+                   help="sample with the network exactly as trained, bit for bit, instead of its fast copy (oneDNN, "
+                        "channels-last; equal within float32 rounding)")
+
+
+def sampling_network_options(args) -> dict:
+    """The samplers' keyword arguments for the flags of ``add_sampling_network_flags``."""
+    if args.eager and args.precision != "fp32":
+        raise ValueError(f"--precision {args.precision} runs on the fast network; leave out --eager")
+    return {"precision": args.precision, "fast": not args.eager}

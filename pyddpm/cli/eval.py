@@ -32,7 +32,7 @@ from ..samplers import generate_samples
 from ..schedules import VARIANCES
 from ..schema import MAX_SAMPLES, MAX_SEED, MAX_T
 from ..store import CheckpointError, load_model, write_json
-from .common import check_int, check_output_file, pick_device
+from .common import add_sampling_network_flags, check_int, check_output_file, pick_device, sampling_network_options
 
 EVAL_FILE = "eval.json"
 GRID_IMAGES = 100
@@ -61,13 +61,15 @@ def draw_samples(model, config: dict, args) -> tuple[torch.Tensor, dict]:
     """``args.num`` samples in data space and how they were drawn (sampler, variance, seed, seconds)."""
     start = time.perf_counter()
     samples = generate_samples(model, config["data"], args.num, seed=args.seed, batch_size=args.batch_size,
-                               steps=args.steps, variance=args.variance, progress=True)
+                               steps=args.steps, variance=args.variance, progress=True,
+                               **sampling_network_options(args))
     seconds = time.perf_counter() - start
     if args.save_samples:
         np.save(args.save_samples, samples.numpy())
     variance = args.variance or model.variance if isinstance(model, DDPM) else None
     return samples, {"num_samples": args.num, "sampler": sampler_name(model, args.steps),
-                     "variance": variance, "seed": args.seed,
+                     "variance": variance, "seed": args.seed, "precision": args.precision,
+                     "fast_network": not args.eager,
                      "sampling_seconds": round(seconds, 2), "seconds_per_sample": seconds / args.num}
 
 
@@ -235,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-samples", action="store_true", help="images: skip sampling and sample quality")
     p.add_argument("--save-samples", default=None, metavar="FILE.npy",
                    help="also write the samples the metrics were computed on (data space) to this .npy file")
+    add_sampling_network_flags(p)
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ... (default auto)")
     p.add_argument("--out", default=None,
                    help=f"JSON file to write (default RUN_DIR/{EVAL_FILE}); the samples' picture goes beside "
@@ -249,6 +252,7 @@ def main(argv=None) -> int:
                          ("batch_size", None), ("test_points", MAX_SAMPLES), ("iwae_k", None)):
             check_int(f"--{flag.replace('_', '-')}", getattr(args, flag), 1, hi)
         check_int("--seed", args.seed, 0, MAX_SEED)
+        sampling_network_options(args)
         if args.no_bound and args.no_samples:
             raise ValueError("nothing to evaluate: --no-bound and --no-samples together leave no metric")
         out = check_output_file(args.out or Path(args.run_dir) / EVAL_FILE, "--out")

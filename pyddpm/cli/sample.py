@@ -16,7 +16,8 @@ from ..samplers import BACKENDS, generate_samples, sample_trajectory, trajectory
 from ..schedules import VARIANCES
 from ..schema import MAX_SAMPLES, MAX_SEED, MAX_T
 from ..store import CheckpointError, load_model
-from .common import check_float, check_int, check_output_file, pick_device
+from .common import (add_sampling_network_flags, check_float, check_int, check_output_file, pick_device,
+                     sampling_network_options)
 
 SUFFIXES = (".npy", ".png")
 
@@ -43,7 +44,7 @@ def write_trajectory(model, config: dict, path: str | Path, args) -> None:
     keep = trajectory_steps(model, frames, args.steps)
     trajectory = sample_trajectory(model, config["data"], num, keep, seed=args.seed, steps=args.steps,
                                    eta=args.eta, variance=args.variance, clip=args.clip, backend=args.backend,
-                                   graph=args.graph)
+                                   graph=args.graph, **sampling_network_options(args))
     title = (f"reverse process, {num} samples — {describe_run(config)} — "
              f"{sampler_label(model, args.steps, args.eta, args.variance)}, seed {args.seed}")
     plot_frames(trajectory, config["data"], path, title)
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graph", action=argparse.BooleanOptionalAction, default=None,
                    help="replay each whole step (network + fused update) from one CUDA graph (default: on for "
                         "the fused backend on CUDA; same samples as without)")
+    add_sampling_network_flags(p)
     p.add_argument("--trajectory", metavar="FILE", default=None,
                    help="also draw the denoising trajectory x_T -> x_0 (same seed): .png (one row of panels) or "
                         ".gif (an animation); toy data over the true density, images as 4x4 grids")
@@ -89,13 +91,15 @@ def main(argv=None) -> int:
         check_output_file(args.out, "--out", SUFFIXES)
         if args.trajectory:
             check_output_file(args.trajectory, "--trajectory", (".png", ".gif"))
+        network_options = sampling_network_options(args)
         device = pick_device(args.device)
         model, config = load_model(args.run_dir, device)
         if isinstance(model, DDPM):  # a baseline refuses DDPM sampler flags in generate_samples
             check_int("--steps", args.steps, 1, model.T)
         samples = generate_samples(model, config["data"], args.num, seed=args.seed, batch_size=args.batch_size,
                                    backend=args.backend, steps=args.steps, eta=args.eta,
-                                   variance=args.variance, clip=args.clip, progress=True, graph=args.graph)
+                                   variance=args.variance, clip=args.clip, progress=True, graph=args.graph,
+                                   **network_options)
         save_samples(samples, config["data"], args.out,
                      title=f"{describe_run(config)} — {sampler_label(model, args.steps, args.eta, args.variance)}, "
                            f"seed {args.seed}")

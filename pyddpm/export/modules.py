@@ -8,7 +8,6 @@ z is ignored at t = 1 (sigma_1 = 0).
 """
 from __future__ import annotations
 
-import copy
 from typing import List
 
 import torch
@@ -16,6 +15,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..diffusion import network_time
+from ..nets.rewrite import replace_modules
 from ..schedules import StepCoefficients
 from .noise import PhiloxNormal
 
@@ -29,20 +29,10 @@ class StableLogSigmoid(nn.Module):
         return -F.softplus(-x)
 
 
-_STABLE_FOR_EXPORT = {nn.LogSigmoid: StableLogSigmoid}
-
-
 def stable_for_export(network: nn.Module) -> nn.Module:
     """A copy of ``network`` with every activation the exporters translate unstably replaced by a stable
     equivalent (the same function); ``network`` itself when it has none, and is left as it is either way."""
-    if not any(type(m) in _STABLE_FOR_EXPORT for m in network.modules()):
-        return network
-    network = copy.deepcopy(network)
-    for module in network.modules():
-        for name, child in module.named_children():
-            if type(child) in _STABLE_FOR_EXPORT:
-                setattr(module, name, _STABLE_FOR_EXPORT[type(child)]())
-    return network
+    return replace_modules(network, lambda m: StableLogSigmoid() if type(m) is nn.LogSigmoid else None)
 
 
 class Denoiser(nn.Module):

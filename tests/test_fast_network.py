@@ -1,0 +1,161 @@
+"""pyddpm.fast_network against the networks' own eager float32 forward, at trained activation ranges, and the
+samplers on it against the samplers on the eager network (same seed).
+
+Tolerances. float32 fast path: the same function with another summation order (oneDNN instead of MKL; channels-
+last convolutions), so outputs agree to float32 rounding of the sums: |fast - eager| <= 1e-5 x max(1, |eager|)
+(a dot product of K terms in another order differs by up to ~K x 2^-24 of the sum of |terms|; K <= 4608 here,
+and the tests measure ~1e-6). Samples: 1000 steps of those rounding differences, each contracted by the reverse
+process, stay within 1e-4 in model space. bf16: the network's inputs and weights rounded to 8 significant bits
+(2^-8 = 0.4% relative): a trained network's eps_hat agrees within 5% of its scale, pre-activations at +-200 only
+stay finite (bf16's spacing there is 1.0), and the samples are judged by what they are for: the same support
+fraction as float32 within 3 standard errors.
+"""
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from activation_range import NETWORKS, TARGET, push_preactivations
+from pyddpm import DDPM
+from pyddpm import fast_network as fast_module
+from pyddpm.data import toy_distribution
+from pyddpm.fast_network import FastLogSigmoid, fast_network
+from pyddpm.nets import FcNetwork
+from pyddpm.samplers import ddim_sample, ddpm_sample
+
+
+def pushed(name: str, batch: int = 16):
+    """NETWORKS[name] with its pre-activations at +-TARGET on (x, t), and (x, t)."""
+    factory, shape, layers = NETWORKS[name]
+    torch.manual_seed(0)
+    network = factory().eval().requires_grad_(False)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, *shape, generator=generator)
+    t = torch.rand(batch, 1, generator=generator)
+    assert push_preactivations(network, layers(network), x, t) >= 0.99 * TARGET
+    return network, x, t
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_fp32_fast_network_equals_eager_at_trained_activation_ranges(name):
+    network, x, t = pushed(name)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    types = [type(m) for m in network.modules()]
+    fast = fast_network(network, "cpu")
+    with torch.no_grad():
+        eager, out = network(x, t), fast(x, t)
+    assert out.dtype == torch.float32 and out.shape == eager.shape
+    assert torch.isfinite(out).all()
+    scale = max(1.0, float(eager.abs().max()))
+    assert float((out - eager).abs().max()) <= 1e-5 * scale
+    # the trained network itself is untouched
+    assert [type(m) for m in network.modules()] == types
+    assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())
+
+
+@pytest.mark.parametrize("name", ["fc-silu", "fc-relu", "unet"])
+def test_the_fast_path_really_rewrites_the_network(name):
+    network, _, _ = pushed(name)
+    fast = fast_network(network, "cpu")
+    kinds = {type(m) for m in fast.modules()}
+    if name.startswith("fc"):
+        assert fast_module.OneDNNLinear in kinds and nn.Linear not in kinds
+        assert nn.SiLU not in kinds and nn.ReLU not in kinds  # fused into the linears
+    else:
+        assert FastLogSigmoid in kinds and nn.LogSigmoid not in kinds
+        conv = next(m for m in fast.modules() if isinstance(m, nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_bf16_fast_network_stays_finite_at_trained_activation_ranges(name):
+    """bf16 has float32's exponent range: pre-activations of +-200 neither overflow nor give NaN (their values
+    are off by up to bf16's spacing there, 1.0, which is why bf16 is an option judged on samples)."""
+    network, x, t = pushed(name)
+    with torch.no_grad():
+        out = fast_network(network, "cpu", "bf16")(x, t)
+    assert out.dtype == torch.float32 and out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_fast_log_sigmoid_is_log_sigmoid_everywhere_with_finite_gradients():
+    x = torch.cat([torch.linspace(-300, 300, 20001), torch.randn(10000) * 30]).requires_grad_()
+    ref = nn.functional.logsigmoid(x.detach().double())
+    out = FastLogSigmoid()(x)
+    assert torch.isfinite(out).all()
+    # float32 rounding of values up to 300 in magnitude: 1 ulp of 256 is 3e-5; near 0, 1e-6 absolute
+    assert torch.allclose(out.double(), ref, rtol=2e-7, atol=1e-6)
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert torch.allclose(x.grad.double(), torch.sigmoid(-x.detach().double()), atol=1e-6)
+
+
+def test_without_onednn_the_linears_stay_and_one_warning_says_so(monkeypatch):
+    network, x, t = pushed("fc-silu")
+    monkeypatch.setattr(fast_module, "onednn_available", lambda: False)
+    monkeypatch.setattr(fast_module, "_warned", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first, second = fast_network(network, "cpu"), fast_network(network, "cpu")
+    assert len([w for w in caught if "oneDNN" in str(w.message)]) == 1
+    assert nn.Linear in {type(m) for m in first.modules()}
+    with torch.no_grad():
+        assert torch.equal(first(x, t), network(x, t)) and torch.equal(second(x, t), network(x, t))
+
+
+@pytest.fixture(scope="module")
+def chequerboard_model():
+    """A DDPM trained for 1500 steps on the Chequerboard (data scale 8): realistic weights, ~15 s."""
+    torch.manual_seed(0)
+    model = DDPM(FcNetwork(2, 128, num_layers=3, activation="silu", time_embedding="sinusoidal"), T=200)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    data = toy_distribution("chequerboard").sample(200_000, generator=torch.Generator().manual_seed(0)) * 8
+    for step in range(1500):
+        batch = data[torch.randint(0, len(data), (512,))]
+        optimizer.zero_grad()
+        model.loss(batch).backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_samples_of_the_fast_path_equal_the_eager_networks(chequerboard_model):
+    model = chequerboard_model
+    for sampler in (lambda **o: ddpm_sample(model, (2000, 2), seed=5, **o),
+                    lambda **o: ddim_sample(model, (2000, 2), 20, seed=5, **o)):
+        fast, eager = sampler(), sampler(fast=False)
+        assert float((fast - eager).abs().max()) <= 1e-4
+
+
+def test_fast_seeded_samples_do_not_depend_on_the_batch(chequerboard_model):
+    whole = ddpm_sample(chequerboard_model, (300, 2), seed=9)
+    part = ddpm_sample(chequerboard_model, (100, 2), seed=9, sample_offset=100)
+    assert float((whole[100:200] - part).abs().max()) <= 1e-4
+
+
+def test_bf16_eps_of_a_trained_network_is_close_to_fp32(chequerboard_model):
+    network = chequerboard_model.network
+    x = torch.randn(4000, 2, generator=torch.Generator().manual_seed(2)) * 4
+    for t in (0.0, 0.1, 0.5, 0.99):
+        time = torch.full((4000, 1), t)
+        with torch.no_grad():
+            fp32, bf16 = network(x, time), fast_network(network, "cpu", "bf16")(x, time)
+        assert float((bf16 - fp32).abs().max()) <= 0.05 * float(fp32.abs().max()), t
+
+
+def test_bf16_samples_have_the_fp32_support_fraction(chequerboard_model):
+    n = 4000
+    fp32 = ddpm_sample(chequerboard_model, (n, 2), seed=11) / 8
+    bf16 = ddpm_sample(chequerboard_model, (n, 2), seed=11, precision="bf16") / 8
+    squares = toy_distribution("chequerboard").square_index
+    a, b = float((squares(fp32) >= 0).double().mean()), float((squares(bf16) >= 0).double().mean())
+    assert a > 0.8  # the model is trained: the comparison means something
+    se = math.sqrt(a * (1 - a) / n + b * (1 - b) / n)
+    assert abs(a - b) <= 3 * se, (a, b)
+
+
+def test_precision_is_checked_and_needs_the_fast_path(chequerboard_model):
+    with pytest.raises(ValueError, match="precision"):
+        ddpm_sample(chequerboard_model, (4, 2), seed=0, precision="fp16")
+    with pytest.raises(ValueError, match="fast"):
+        ddpm_sample(chequerboard_model, (4, 2), seed=0, precision="bf16", fast=False)
