@@ -60,6 +60,8 @@ class TrainConfig:
     grid_steps: int = 50
     amp: bool | None = None
     compile: bool = False
+    precision: str = "fp32"  # bf16: autocast training (unless amp says otherwise) and bf16 sampling
+    fast: bool = True  # train and sample the network's fast copy (pyddpm.fast_network); False: as built
 
     def resolved_scale(self) -> float:
         """The data scale: as given, else 64 for the toy sets (chosen by measurement, see README) and 2 for images."""

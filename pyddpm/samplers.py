@@ -81,13 +81,20 @@ def ddim_sample(model, shape, steps: int, *, eta: float = 0.0, clip: bool = Fals
 
 def sampling_network(model, precision: str = "fp32", fast: bool = True):
     """The network the samplers evaluate: ``fast_network`` of ``model.network`` on its device, or the network as
-    it is (``fast=False``, float32 only)."""
+    it is (``fast=False``, float32 only). The fast copy is kept on the model until its weights change (an optimizer
+    step or a load bumps their version counters), so repeated sampling does not copy it again."""
     precision = check_precision(precision)
-    if fast:
-        return fast_network(model.network, model.beta.device, precision)
-    if precision != "fp32":
-        raise ValueError(f"precision {precision!r} runs on the fast network; leave out fast=False (--eager)")
-    return model.network
+    if not fast:
+        if precision != "fp32":
+            raise ValueError(f"precision {precision!r} runs on the fast network; leave out fast=False (--eager)")
+        return model.network
+    tensors = [*model.network.parameters(), *model.network.buffers()]
+    key = (precision, str(model.beta.device), tuple((id(t), t._version) for t in tensors))
+    cached = model.__dict__.get("_fast_network_cache")
+    if cached is None or cached[0] != key:
+        cached = (key, fast_network(model.network, model.beta.device, precision))
+        model.__dict__["_fast_network_cache"] = cached
+    return cached[1]
 
 
 def step_runner(model, x: torch.Tensor, timesteps, coefs, seed: int, sample_offset: int = 0, network=None):

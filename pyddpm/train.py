@@ -24,7 +24,9 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig, run_config
 from .data import DataTransform, describe_training_data, load_training_data, to_data_space
+from .diffusion import DDPM
 from .ema import EMA
+from .fast_network import training_network
 from .store import (CHECKPOINT_FILE, CONFIG_FILE, CheckpointError, architecture, build_model, load_weights,
                     optimizer_tensors, read_checkpoint, remove_temporaries, restore_optimizer, save_checkpoint,
                     write_atomic, write_json)
@@ -116,6 +118,8 @@ class Trainer:
         self._order_epoch, self._order = -1, None
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = build_model(self.config).to(device)
+        if cfg.fast and isinstance(self.model, DDPM):
+            self.model.network = training_network(self.model.network, device)
         if not resume:
             self._initialise_from_data()
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
@@ -140,7 +144,7 @@ class Trainer:
             if self.master:
                 self._truncate_log()
 
-        self.amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
+        self.amp = cfg.amp if cfg.amp is not None else (device.type == "cuda" or cfg.precision == "bf16")
         wrapped = Objective(self.model)
         if self.world > 1:
             wrapped = torch.nn.parallel.DistributedDataParallel(

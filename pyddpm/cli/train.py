@@ -20,6 +20,7 @@ from ..config import IMAGE_DEFAULTS, LR_SCHEDULES, NET_DEFAULT_LR, TrainConfig, 
 from ..data import canonical_name, data_config_entries, is_toy
 from ..diffusion import DDPM
 from ..evaluate.report import metrics_table, write_run_report, write_sample_grid
+from ..fast_network import PRECISIONS
 from ..nets import NETWORKS
 from ..nets.fc import ACTIVATIONS, TIME_EMBEDDINGS
 from ..schedules import SCHEDULES, VARIANCES
@@ -124,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on for CUDA, off on CPU)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="bf16: train under bf16 autocast (float32 master weights; --no-amp keeps float32 training) "
+                        "and sample the run's pictures in bf16; faster on CPUs with AVX512-BF16/AMX (default fp32)")
+    g.add_argument("--eager", dest="fast", action="store_false", default=d.fast,
+                   help="train and sample the network exactly as built instead of its fast copy "
+                        "(pyddpm.fast_network on the CPU: LogSigmoid from sigmoid and log, channels-last, oneDNN)")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of data, initial weights and noise")
     g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")

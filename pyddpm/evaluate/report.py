@@ -32,6 +32,14 @@ def sampler_label(model, steps: int | None = 0, eta: float = 0.0, variance: str 
     return f"Algorithm 2, T = {model.T}, sigma_t^2 = {variance or model.variance}"
 
 
+def run_sampling_options(model, config: dict) -> dict:
+    """How a run's own pictures and metrics sample a DDPM: the precision and fast network it trained with."""
+    if not isinstance(model, DDPM):
+        return {}
+    train = config.get("train", {})
+    return {"precision": train.get("precision", "fp32"), "fast": train.get("fast", True)}
+
+
 def write_sample_grid(model, config: dict, path: Path, num: int, seed: int, steps: int = 0, when: str = "") -> float:
     """A PNG grid of ``num`` images from ``model`` by DDIM with ``steps`` steps (0: all T steps of Algorithm 2; a
     baseline samples in one pass), the same seed every time so grids are comparable, titled with the run, the sampler and ``when``; returns the
@@ -41,7 +49,8 @@ def write_sample_grid(model, config: dict, path: Path, num: int, seed: int, step
     model.eval()
     try:
         steps = min(steps, model.T) if isinstance(model, DDPM) else 0
-        images = generate_samples(model, config["data"], num, seed=seed, steps=steps or None, progress=steps == 0)
+        images = generate_samples(model, config["data"], num, seed=seed, steps=steps or None, progress=steps == 0,
+                                  **run_sampling_options(model, config))
     finally:
         model.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +133,8 @@ def write_run_report(run_dir: Path, model, config: dict, timing: dict, metrics_c
         return metrics
     model.eval()
     start = time.perf_counter()
-    samples = generate_samples(model, config["data"], train["num_samples"], seed=train["seed"], progress=True)
+    samples = generate_samples(model, config["data"], train["num_samples"], seed=train["seed"], progress=True,
+                               **run_sampling_options(model, config))
     seconds = time.perf_counter() - start
     distribution = toy_distribution(config["data"]["name"])
     metrics = toy_metrics(distribution, samples, seed=train["seed"] + 1)

@@ -1,0 +1,271 @@
+"""Where the time goes on the CPU, side by side in one process: sampling (ms per reverse step) and training
+(images or points per second) for pyddpm's three networks, every pyddpm path beside the loops users compare with.
+
+Sampling, per network and batch, each a loop of --steps reverse steps, medians over --repeats interleaved runs:
+
+    network alone      the network's forward in eager float32 (what any loop costs at least)
+    course loop        the exercise's Algorithm 2: eager network, torch.randn and the update formula
+    diffusers          the eager network and diffusers' DDPMScheduler.step (when diffusers is installed)
+    pyddpm --eager     pyddpm's samplers with the network as trained (the default until this benchmark)
+    pyddpm fp32        pyddpm's default: pyddpm.fast_network (oneDNN, channels-last) and the fused update
+    pyddpm bf16        the same with --precision bf16
+    fast network alone pyddpm.fast_network's forward (the loop's overhead is measured against it)
+    onnxruntime        pyddpm's own step.onnx (network and update) in onnxruntime, numpy noise
+
+Training, per network: optimizer steps of pyddpm's Trainer (data path, loss, backward, AdamW, EMA) with
+--eager (the default until this benchmark), the default fast network, and --precision bf16.
+
+    python benchmarks/bench_cpu.py [--threads 2] [--repeats 5] [--nets toy,unet,unet-ddpm] [--json out.json]
+
+Trained runs (``pyddpm-train``) for the networks can be given with --toy-run/--unet-run/--ddpm-unet-run; otherwise
+the benchmark trains short runs itself (cached in runs/bench_cpu). Pin the threads (--threads) and run nothing else.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pyddpm import DDPM
+from pyddpm.cli.train import main as train_main
+from pyddpm.config import TrainConfig
+from pyddpm.export import export_run
+from pyddpm.fast_network import fast_network
+from pyddpm.samplers import ddpm_sample
+from pyddpm.store import load_model
+from pyddpm.train import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
+NETS = {  # name: (label, pyddpm-train flags of the run trained when none is given, sampling batch, training batch)
+    "toy": ("toy FcNetwork 256 x 4 (default)", ["--data", "cb", "--max-steps", "300"], 5000, 1000),
+    "unet": ("exercise U-Net", ["--data", "mnist", "--net", "unet", "--max-steps", "100", "--batch-size", "64"], 64,
+             128),
+    "unet-ddpm": ("DDPM U-Net 32,64,64, 1 res. block", ["--data", "mnist", "--net", "unet-ddpm", "--channels",
+                                                        "32,64,64", "--num-res-blocks", "1", "--max-steps", "30",
+                                                        "--batch-size", "32"], 32, 64),
+}
+
+
+def trained_run(name: str, given: str | None) -> Path:
+    if given:
+        return Path(given)
+    run = ROOT / "runs" / "bench_cpu" / name
+    if not (run / "metrics.json").exists():
+        flags = NETS[name][1] + (["--data-dir", str(MNIST_DIR)] if "mnist" in NETS[name][1] else [])
+        assert train_main([*flags, "--grid-samples", "0", "--num-samples", "100", "--device", "cpu",
+                           "--out", str(run)]) == 0
+    return run
+
+
+def with_steps(model: DDPM, steps: int) -> DDPM:
+    """The model's network in a DDPM of T = ``steps`` (a loop of ``steps`` reverse steps costs what any ``steps``
+    steps of the full schedule cost)."""
+    return DDPM(model.network, beta_1=float(model.beta[0]), beta_T=float(model.beta[-1]), T=steps).eval()
+
+
+def course_loop(model: DDPM, shape, steps: int) -> torch.Tensor:
+    """The exercise's Algorithm 2, float32, eager network."""
+    x = torch.randn(shape)
+    alpha, abar, beta = model.alpha.float(), model.alpha_cumprod.float(), model.beta.float()
+    for t in range(steps, 0, -1):
+        eps = model.network(x, torch.full((shape[0], 1), (t - 1) / steps))
+        z = torch.randn_like(x) if t > 1 else torch.zeros_like(x)
+        x = (x - (1 - alpha[t - 1]) / (1 - abar[t - 1]).sqrt() * eps) / alpha[t - 1].sqrt() + beta[t - 1].sqrt() * z
+    return x
+
+
+def diffusers_loop(model: DDPM, shape, steps: int):
+    try:
+        from diffusers import DDPMScheduler
+    except ImportError:
+        return None
+    scheduler = DDPMScheduler(num_train_timesteps=steps, beta_start=float(model.beta[0]),
+                              beta_end=float(model.beta[-1]), variance_type="fixed_large")
+    scheduler.set_timesteps(steps)
+
+    def run():
+        x = torch.randn(shape)
+        for t in scheduler.timesteps:
+            eps = model.network(x, torch.full((shape[0], 1), float(t) / steps))
+            x = scheduler.step(eps, t, x).prev_sample
+        return x
+    return run
+
+
+def onnx_loop(run_dir: Path, shape, steps: int, threads: int, tmp: Path):
+    import sys
+    sys.path.insert(0, str(ROOT / "export"))
+    from onnx_sampler import ExportedModel
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_run(run_dir, tmp, formats=("onnx",))
+    exported = ExportedModel(tmp / "step.onnx", threads=threads)
+    rng = np.random.default_rng(0)
+
+    def run():
+        x = rng.standard_normal(shape, dtype=np.float32)
+        for t in range(exported.T, exported.T - steps, -1):
+            x = exported.step(x, t, rng.standard_normal(shape, dtype=np.float32))
+        return x
+    return run
+
+
+def interleaved(candidates: dict, repeats: int, per: int, grad: bool = False) -> dict[str, float]:
+    """Median seconds / ``per`` of each candidate, the candidates run in turn ``repeats`` times after a warm-up
+    (under torch.no_grad() unless ``grad``)."""
+    with torch.set_grad_enabled(grad):
+        for f in candidates.values():
+            f()
+        times = {k: [] for k in candidates}
+        for _ in range(repeats):
+            for k, f in candidates.items():
+                start = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) / per for k, v in times.items()}
+
+
+def sampling_row(name: str, run_dir: Path, args, tmp: Path) -> dict:
+    model, config = load_model(run_dir, "cpu")
+    model.eval()
+    batch, steps = NETS[name][2], args.steps
+    shape = (batch, *config["data"]["shape"])
+    short = with_steps(model, steps)
+    x, t_in = torch.randn(shape), torch.full((batch, 1), 0.5)
+    fast32 = fast_network(model.network, "cpu")
+
+    def network_alone():
+        for _ in range(steps):
+            model.network(x, t_in)
+
+    def fast_alone():
+        for _ in range(steps):
+            fast32(x, t_in)
+    candidates = {
+        "network alone": network_alone,
+        "course loop": lambda: course_loop(short, shape, steps),
+        "diffusers": diffusers_loop(short, shape, steps),
+        "pyddpm --eager": lambda: ddpm_sample(short, shape, seed=0, fast=False),
+        "pyddpm fp32": lambda: ddpm_sample(short, shape, seed=0),
+        "pyddpm bf16": lambda: ddpm_sample(short, shape, seed=0, precision="bf16"),
+        "fast network alone": fast_alone,
+        "onnxruntime": onnx_loop(run_dir, shape, steps, args.threads, tmp / name),
+    }
+    candidates = {k: f for k, f in candidates.items() if f is not None}
+    ms = {k: 1e3 * v for k, v in interleaved(candidates, args.repeats, steps).items()}
+    return {"net": name, "label": NETS[name][0], "batch": batch, "ms_per_step": ms}
+
+
+def training_row(name: str, args, tmp: Path) -> dict:
+    label, flags, _, batch = NETS[name]
+    settings = {"eager (until now)": dict(fast=False), "fast (default)": {}, "fast + bf16": dict(precision="bf16")}
+    base = dict(net="fc") if name == "toy" else dict(
+        data="mnist", data_dir=str(MNIST_DIR), net=name, grid_samples=0,
+        **(dict(channels=[32, 64, 64], num_res_blocks=1) if name == "unet-ddpm" else {}))
+    trainers = {}
+    for key, extra in settings.items():
+        cfg = TrainConfig(**{**base, "batch_size": batch, **extra})
+        trainers[key] = Trainer(cfg, tmp / f"train-{name}-{len(trainers)}", torch.device("cpu"), resume=False)
+    steps = max(1, args.train_steps)
+    counter = {k: 0 for k in trainers}
+
+    def stepper(key):
+        def run():
+            for _ in range(steps):
+                trainers[key].train_step(counter[key])
+                counter[key] += 1
+        return run
+    seconds = interleaved({k: stepper(k) for k in trainers}, args.repeats, steps, grad=True)
+    return {"net": name, "label": label, "batch": batch,
+            "examples_per_second": {k: batch / s for k, s in seconds.items()}}
+
+
+def print_tables(sampling: list[dict], training: list[dict], args) -> None:
+    print(f"\nCPU: {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads, "
+          f"{args.steps}-step loops, medians of {args.repeats} interleaved repeats\n")
+    if sampling:
+        keys = list(dict.fromkeys(k for row in sampling for k in row["ms_per_step"]))
+        print("| ms per sampling step | " + " | ".join(f"{r['label']}, batch {r['batch']}" for r in sampling) + " |")
+        print("|---|" + "---:|" * len(sampling))
+        for k in keys:
+            print(f"| {k} | " + " | ".join(f"{r['ms_per_step'][k]:.2f}" if k in r["ms_per_step"] else "n/a"
+                                          for r in sampling) + " |")
+        print("\n| ratio (higher is faster) | " + " | ".join(r["net"] for r in sampling) + " |")
+        print("|---|" + "---:|" * len(sampling))
+        ratios = [("pyddpm fp32 / pyddpm --eager", "pyddpm --eager", "pyddpm fp32"),
+                  ("pyddpm fp32 / onnxruntime", "onnxruntime", "pyddpm fp32"),
+                  ("pyddpm bf16 / onnxruntime", "onnxruntime", "pyddpm bf16"),
+                  ("pyddpm fp32 / course loop", "course loop", "pyddpm fp32"),
+                  ("pyddpm fp32 / diffusers", "diffusers", "pyddpm fp32"),
+                  ("pyddpm bf16 / course loop", "course loop", "pyddpm bf16")]
+        for label, slow, fast in ratios:
+            print(f"| {label} | " + " | ".join(f"{r['ms_per_step'][slow] / r['ms_per_step'][fast]:.2f}x"
+                                               if slow in r["ms_per_step"] else "n/a" for r in sampling) + " |")
+        print("| loop overhead over the fast network's forward | " + " | ".join(
+            f"{100 * (r['ms_per_step']['pyddpm fp32'] / r['ms_per_step']['fast network alone'] - 1):+.1f}%"
+            for r in sampling) + " |")
+    if training:
+        keys = list(training[0]["examples_per_second"])
+        print("\n| training examples / s | " + " | ".join(f"{r['label']}, batch {r['batch']}" for r in training)
+              + " |")
+        print("|---|" + "---:|" * len(training))
+        for k in keys:
+            base = keys[0]
+            print(f"| {k} | " + " | ".join(
+                f"{r['examples_per_second'][k]:.0f} ({r['examples_per_second'][k] / r['examples_per_second'][base]:.2f}x)"
+                for r in training) + " |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads (default 2)")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved repeats; medians are shown (default 5)")
+    p.add_argument("--steps", type=int, default=10, help="reverse steps per timed sampling loop (default 10)")
+    p.add_argument("--train-steps", type=int, default=3, help="optimizer steps per timed training run (default 3)")
+    p.add_argument("--nets", default="toy,unet,unet-ddpm", help="comma-separated of toy, unet, unet-ddpm")
+    p.add_argument("--no-training", action="store_true", help="sampling only")
+    p.add_argument("--toy-run", default=None)
+    p.add_argument("--unet-run", default=None)
+    p.add_argument("--ddpm-unet-run", default=None)
+    p.add_argument("--json", default=None, help="also write the measurements to this JSON file")
+    args = p.parse_args()
+    nets = [n.strip() for n in args.nets.split(",") if n.strip()]
+    unknown = [n for n in nets if n not in NETS]
+    if unknown or not nets:
+        p.error(f"--nets: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(NETS)}")
+    if args.threads < 1 or args.repeats < 1 or args.steps < 1:
+        p.error("--threads, --repeats and --steps must be positive")
+    torch.set_num_threads(args.threads)
+    os.environ["TQDM_DISABLE"] = "1"  # the short runs' progress bars
+    given = {"toy": args.toy_run, "unet": args.unet_run, "unet-ddpm": args.ddpm_unet_run}
+    runs = {n: trained_run(n, given[n]) for n in nets}
+    sampling, training = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in nets:
+            sampling.append(sampling_row(n, runs[n], args, Path(tmp)))
+            print(json.dumps(sampling[-1]), flush=True)
+        if not args.no_training:
+            for n in nets:
+                training.append(training_row(n, args, Path(tmp)))
+                print(json.dumps(training[-1]), flush=True)
+    print_tables(sampling, training, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"threads": args.threads, "repeats": args.repeats, "steps": args.steps,
+                                               "sampling": sampling, "training": training}, indent=2) + "\n")
+    if any(math.isnan(v) for r in sampling for v in r["ms_per_step"].values()):
+        raise SystemExit("a measurement is NaN")
+
+
+if __name__ == "__main__":
+    main()
