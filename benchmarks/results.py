@@ -646,7 +646,10 @@ def _chequerboard_answer(page: Page) -> str:
         parts.append(f"at data scale {scale} {best.change.split(' (')[0]} puts {top:.1%} of the samples inside the "
                      f"squares against the exercise network's {base:.1%} ({z:.0f} standard errors apart)")
     head = "Yes" if all(improved) else ("Only in part" if any(improved) else "No")
-    return f"{head}: with the same optimizer steps, " + "; ".join(parts) + "."
+    combined = "; ".join(f"{next(v for v in toy if v.name == 'all').eval['samples']['support_fraction']:.1%} at "
+                         f"scale {scale}" for scale, toy in page.chequerboard.items())
+    return (f"{head}: with the same optimizer steps, " + "; ".join(parts) + ". The default network (all four "
+            f"changes) gives {combined}: which change helps depends on the data scale.")
 
 
 def render_chequerboard(page: Page) -> list[str]:

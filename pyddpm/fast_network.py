@@ -1,9 +1,11 @@
-"""A trained network made fast for sampling on the CPU: the same function in fewer cycles.
+"""A network's fast copies on the CPU, for sampling (``fast_network``) and for training (``training_network``):
+the same function in fewer cycles.
 
 Each lever was chosen by measurement on a 2-core AMD EPYC (``benchmarks/bench_cpu.py`` prints them side by side):
 
-- ``nn.Linear`` (and the activation after it) through oneDNN (``torch.ops.mkldnn._linear_pointwise``): torch's
-  float32 ``addmm`` goes to MKL, whose sgemm is about half as fast on AMD CPUs; oneDNN also fuses the activation;
+- ``nn.Linear`` (and, for sampling, the activation after it) through oneDNN (``torch.ops.mkldnn._linear_pointwise``;
+  for training with its own backward): torch's float32 ``addmm`` goes to MKL, whose sgemm is about half as fast
+  on AMD CPUs;
 - ``nn.LogSigmoid`` as log(sigmoid(x)), exact below -20 as x: ATen's ``log_sigmoid`` kernel is ~10x slower;
 - convolutional networks without GroupNorm in channels-last memory format, oneDNN's own layout (max-pooling ~6x
   faster; GroupNorm is slower in it);
@@ -92,28 +94,66 @@ class OneDNNLinear(nn.Module):
                                                   self.algorithm)
 
 
+class _OneDNNLinearFunction(torch.autograd.Function):
+    """x W^T + b and its gradients, each product one oneDNN call: dx = g W, dW = g^T x, db = sum g."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        linear = torch.ops.mkldnn._linear_pointwise
+        grad_x = linear(grad, weight.t().contiguous(), None, "none", [], "") if ctx.needs_input_grad[0] else None
+        grad_w = linear(grad.t().contiguous(), x.t().contiguous(), None, "none", [], "") \
+            if ctx.needs_input_grad[1] else None
+        grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
+class TrainableOneDNNLinear(nn.Module):
+    """An ``nn.Linear`` (its own weight and bias Parameters, so the same state_dict) on oneDNN, with gradients."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 2:
+            return nn.functional.linear(x, self.weight, self.bias)
+        return _OneDNNLinearFunction.apply(x.contiguous(), self.weight, self.bias)
+
+
 def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return type(module) in (nn.Linear, TrainableOneDNNLinear)
 
 
 def _fuse_linears(network: nn.Module) -> nn.Module:
     """``network`` with each float32 Linear (and a fusable activation right after it in a Sequential) on oneDNN."""
 
     def fused(module: nn.Module) -> nn.Module | None:
-        if isinstance(module, nn.Sequential) and any(type(m) is nn.Linear for m in module):
+        if isinstance(module, nn.Sequential) and any(_is_linear(m) for m in module):
             layers, children = [], list(module)
             i = 0
             while i < len(children):
                 child = children[i]
                 after = children[i + 1] if i + 1 < len(children) else None
-                if type(child) is nn.Linear and after is not None and _onednn_activation(after) is not None:
+                if _is_linear(child) and after is not None and _onednn_activation(after) is not None:
                     layers.append(OneDNNLinear(child, after))
                     i += 2
                     continue
-                layers.append(OneDNNLinear(child) if type(child) is nn.Linear else child)
+                layers.append(OneDNNLinear(child) if _is_linear(child) else child)
                 i += 1
             return nn.Sequential(*layers)
-        return OneDNNLinear(module) if type(module) is nn.Linear else None
+        return OneDNNLinear(module) if _is_linear(module) else None
 
     return replace_modules(network, fused)
 
@@ -152,16 +192,35 @@ def _with_fast_log_sigmoid(network: nn.Module) -> nn.Module:
     return replace_modules(network, lambda m: FastLogSigmoid() if type(m) is nn.LogSigmoid else None)
 
 
-def training_network(network: nn.Module, device: torch.device | str) -> nn.Module:
-    """A copy of ``network`` to train on ``device``, with the levers that keep autograd: on the CPU, FastLogSigmoid
-    and channels-last where ``prefers_channels_last`` (the exercise U-Net trains 1.7x faster); else ``network``.
-    The weights (and the state_dict's names) are the network's."""
-    if torch.device(device).type != "cpu":
-        return network
+def _layout_levers(network: nn.Module) -> nn.Module:
+    """FastLogSigmoid, and channels-last where ``prefers_channels_last``: a copy, or ``network`` when neither applies."""
     fast = _with_fast_log_sigmoid(network)
     if prefers_channels_last(fast):
         fast = (copy.deepcopy(fast) if fast is network else fast).to(memory_format=torch.channels_last)
     return fast
+
+
+def training_network(network: nn.Module, device: torch.device | str, precision: str = "fp32") -> nn.Module:
+    """A copy of ``network`` to train on ``device``, with the levers that keep autograd: on the CPU, FastLogSigmoid,
+    channels-last where ``prefers_channels_last`` (the exercise U-Net trains 1.7x faster) and, in float32, Linear
+    layers on oneDNN (the toy FcNetwork 1.4x; under bf16 autocast torch's own Linear is the bf16 one); else
+    ``network``. The weights (and the state_dict's names) are the network's."""
+    if torch.device(device).type != "cpu":
+        return network
+    fast = _layout_levers(network)
+    if check_precision(precision) == "fp32" and onednn_available():
+        fast = replace_modules(fast, lambda m: TrainableOneDNNLinear(m) if type(m) is nn.Linear else None)
+    return fast
+
+
+def _as_torch_linear(module: nn.Module) -> nn.Linear | None:
+    """A TrainableOneDNNLinear as the nn.Linear it stands for (autocast converts only torch's own ops)."""
+    if type(module) is not TrainableOneDNNLinear:
+        return None
+    out_features, in_features = module.weight.shape
+    linear = nn.Linear(in_features, out_features, bias=module.bias is not None)
+    linear.load_state_dict(module.state_dict())
+    return linear
 
 
 def fast_network(network: nn.Module, device: torch.device | str, precision: str = "fp32") -> nn.Module:
@@ -172,12 +231,13 @@ def fast_network(network: nn.Module, device: torch.device | str, precision: str 
     device = torch.device(device)
     fast = network
     if device.type == "cpu":
-        fast = training_network(network, device)
-        if precision == "fp32" and any(type(m) is nn.Linear for m in fast.modules()):
+        fast = _layout_levers(network)
+        if precision == "fp32" and any(_is_linear(m) for m in fast.modules()):
             if onednn_available():
                 fast = _fuse_linears(fast)
             else:
                 _warn_once("pyddpm: oneDNN is not available in this torch build; the network's Linear layers "
                            "run as they are (slower on the CPU)")
+        if precision != "fp32":
+            fast = replace_modules(fast, _as_torch_linear)
     return FastNetwork(fast, precision).eval()
-

@@ -118,8 +118,9 @@ class Trainer:
         self._order_epoch, self._order = -1, None
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = build_model(self.config).to(device)
+        self.amp = cfg.amp if cfg.amp is not None else (device.type == "cuda" or cfg.precision == "bf16")
         if cfg.fast and isinstance(self.model, DDPM):
-            self.model.network = training_network(self.model.network, device)
+            self.model.network = training_network(self.model.network, device, "bf16" if self.amp else "fp32")
         if not resume:
             self._initialise_from_data()
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
@@ -144,7 +145,6 @@ class Trainer:
             if self.master:
                 self._truncate_log()
 
-        self.amp = cfg.amp if cfg.amp is not None else (device.type == "cuda" or cfg.precision == "bf16")
         wrapped = Objective(self.model)
         if self.world > 1:
             wrapped = torch.nn.parallel.DistributedDataParallel(

@@ -220,3 +220,18 @@ def test_bf16_training_tracks_fp32(tmp_path):
     assert a.mean() < 0.8 * first  # it trained
     se = math.sqrt(a.var() / len(a) + b.var() / len(b))
     assert abs(float(a.mean() - b.mean())) <= 3 * se, (float(a.mean()), float(b.mean()), se)
+
+
+def test_a_network_in_training_samples_through_the_same_fast_copies():
+    """The Trainer's copy (trainable oneDNN Linears) gives the same fast sampling networks as the network itself;
+    under bf16 its Linears are torch's again, so autocast runs them in bf16."""
+    from pyddpm.fast_network import training_network
+
+    network, x, t = pushed("fc-silu")
+    training = training_network(network, "cpu")
+    assert fast_module.TrainableOneDNNLinear in {type(m) for m in training.modules()}
+    with torch.no_grad():
+        for precision in ("fp32", "bf16"):
+            a, b = fast_network(network, "cpu", precision)(x, t), fast_network(training, "cpu", precision)(x, t)
+            assert torch.equal(a, b), precision
+    assert fast_module.TrainableOneDNNLinear not in {type(m) for m in fast_network(training, "cpu", "bf16").modules()}
