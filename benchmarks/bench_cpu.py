@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import statistics
 import tempfile
@@ -247,7 +246,6 @@ def main() -> None:
     if args.threads < 1 or args.repeats < 1 or args.steps < 1:
         p.error("--threads, --repeats and --steps must be positive")
     torch.set_num_threads(args.threads)
-    os.environ["TQDM_DISABLE"] = "1"  # the short runs' progress bars
     given = {"toy": args.toy_run, "unet": args.unet_run, "unet-ddpm": args.ddpm_unet_run}
     runs = {n: trained_run(n, given[n]) for n in nets}
     sampling, training = [], []

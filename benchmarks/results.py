@@ -69,7 +69,7 @@ class Budget:
     compare_test_points: int = 2000  # fresh true points for the toy test NLL
     compare_calibration_steps: int = 100  # steps of the runs that time each model
     compare_iwae_k: int = 1000  # the VAE's larger IWAE K (toy); MNIST uses compare_mnist_iwae_k
-    compare_mnist_seconds: float | None = None  # (5): None = the exercise U-Net's training time in (2)
+    compare_mnist_seconds: float | None = None  # (5): None = the exercise U-Nets' training times in (2)
     compare_mnist_iwae_k: int = 100
 
 
@@ -331,7 +331,7 @@ class Page:
     mnist: list[MnistNet] | None = None
     samplers: list[SamplerStudy] | None = None
     toy_compare: dict[str, list[CompareRun]] | None = None  # per toy set
-    mnist_compare: list[CompareRun] | None = None
+    mnist_compare: dict[str, list[CompareRun]] | None = None  # per DDPM run of (2)
     compare_seconds: dict[str, float] = field(default_factory=dict)  # the budget per data set
     flags: list[str] = field(default_factory=list)  # the script's own flags beyond --sections, for "Reproduce"
 
@@ -485,29 +485,37 @@ def without_ddpm_flags(flags: list[str]) -> list[str]:
     return out
 
 
-def collect_mnist_compare(budget: Budget, runs: Path, pictures: Path, seconds: float) -> list[CompareRun]:
-    """The exercise U-Net of (2) beside a flow and a VAE trained for its wall-clock (``seconds``)."""
-    unet = runs / "mnist-unet"
+MNIST_COMPARE_DDPM = ("unet", "unet-long")  # (5): the DDPM runs of (2) the baselines are trained beside
+
+
+def collect_mnist_compare(budget: Budget, runs: Path, pictures: Path, ddpm: str, seconds: float) -> list[CompareRun]:
+    """The exercise U-Net run ``mnist-DDPM`` of (2) beside a flow and a VAE trained for its CPU time (``seconds``)."""
+    unet = runs / f"mnist-{ddpm}"
+    if not (unet / "metrics.json").exists():
+        raise SystemExit(f"section mnist-compare needs the run mnist-{ddpm} of section mnist: run --sections mnist "
+                         "first")
+    tag = "" if ddpm == "unet" else f"-{ddpm.split('-', 1)[1]}"  # compare-mnist-flow, compare-mnist-long-flow
     rows = []
     for model, label, flags in compare_models("mnist"):
         if model == "ddpm":
-            metrics = train(unet, [*mnist_flags(), *budget.mnist_train, *flags])
+            metrics = train(unet, [])  # finished: its metrics and command
             bound = evaluate(unet, "bound", ["--no-samples", "--test-images", str(budget.bound_images),
                                              "--t-samples", str(budget.t_samples)])
             quality = evaluate(unet, f"ddim{budget.quality_steps}", [
                 "--no-bound", "--num", str(budget.quality_samples), "--steps", str(budget.quality_steps)])
-            grid = copy_picture(unet / f"eval-ddim{budget.quality_steps}.png", pictures / "compare-mnist-ddpm.png")
+            grid = copy_picture(unet / f"eval-ddim{budget.quality_steps}.png",
+                                pictures / f"compare-mnist{tag}-ddpm.png")
             rows.append(CompareRun(model, label, metrics["command"], metrics,
                                    read_checkpoint(unet).state["train_seconds"], bound["bound"], quality["samples"],
                                    bound["eval_seconds"] + quality["eval_seconds"], grid))
             continue
-        run_dir = runs / f"compare-mnist-{model}"
+        run_dir = runs / f"compare-mnist{tag}-{model}"
         batch = int(budget.mnist_train[budget.mnist_train.index("--batch-size") + 1])
         common = [*mnist_flags(), *without_ddpm_flags(budget.mnist_train), *flags]
         metrics, took = budget_run(run_dir, common, seconds, budget.compare_calibration_steps, batch, mnist_images())
         record = evaluate(run_dir, "compare", ["--num", str(budget.quality_samples), "--test-images",
                                                str(budget.bound_images), "--iwae-k", str(budget.compare_mnist_iwae_k)])
-        grid = copy_picture(run_dir / "eval-compare.png", pictures / f"compare-mnist-{model}.png")
+        grid = copy_picture(run_dir / "eval-compare.png", pictures / f"compare-mnist{tag}-{model}.png")
         rows.append(CompareRun(model, label, metrics["command"], metrics, took, record["likelihood"],
                                record["samples"], record["eval_seconds"], grid))
     return rows
@@ -553,12 +561,12 @@ def main() -> None:
         page.toy_compare = collect_toy_compare(budget, runs, pictures)
         page.compare_seconds["toy"] = budget.compare_toy_seconds
     if "mnist-compare" in sections:
-        seconds = budget.compare_mnist_seconds
-        if seconds is None:
-            unet = train(runs / "mnist-unet", [*mnist_flags(), *budget.mnist_train, *MNIST_NETS[1][2]])
-            seconds = read_checkpoint(runs / "mnist-unet").state["train_seconds"] if unet else seconds
-        page.mnist_compare = collect_mnist_compare(budget, runs, pictures, seconds)
-        page.compare_seconds["mnist"] = seconds
+        page.mnist_compare = {}
+        for ddpm in MNIST_COMPARE_DDPM:
+            seconds = (budget.compare_mnist_seconds if ddpm == "unet" and budget.compare_mnist_seconds is not None
+                       else read_checkpoint(runs / f"mnist-{ddpm}").state["train_seconds"])
+            page.mnist_compare[ddpm] = collect_mnist_compare(budget, runs, pictures, ddpm, seconds)
+            page.compare_seconds[f"mnist-{ddpm}"] = seconds
 
     name = "RESULTS.md" if sections == list(SECTIONS) else f"RESULTS-{'-'.join(sections)}.md"
     (docs / name).write_text(render(page))
@@ -582,6 +590,18 @@ def _flags(f: list[str]) -> str:
     return "`" + " ".join(f) + "`"
 
 
+def _threads_phrase(page: Page) -> str:
+    """How many threads the page's training runs had (recorded with each run)."""
+    records = [v.train for toy in (page.chequerboard or {}).values() for v in toy]
+    records += [n.train for n in page.mnist or []]
+    records += [r.train for rows in [*(page.toy_compare or {}).values(), *(page.mnist_compare or {}).values()]
+                for r in rows]
+    threads = sorted({r["cpu_threads"] for r in records if "cpu_threads" in r})
+    if not threads:
+        return "threads not recorded"
+    return " or ".join(map(str, threads)) + f" thread{'s' if threads != [1] else ''} per training process"
+
+
 def render_header(page: Page) -> list[str]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -594,11 +614,11 @@ def render_header(page: Page) -> list[str]:
          "*This page is generated by `python benchmarks/results.py`; do not edit it by hand. Every number comes "
          "from a `pyddpm-train` run measured by `pyddpm-eval`; the flags are listed beside each table, and the run "
          "directories are cached, so rerunning the script resumes or re-renders.*\n",
-         f"**Machine.** Everything below ran on the **CPU** ({model_name}, {os.cpu_count()} cores shared with other "
-         f"work, torch {torch.__version__}); {'no GPU was used' if gpu is None else 'a GPU was present but unused'}. "
+         f"**Machine.** Everything below ran on the **CPU** ({model_name}, {os.cpu_count()} cores, torch "
+         f"{torch.__version__}, {_threads_phrase(page)}); "
+         f"{'no GPU was used' if gpu is None else 'a GPU was present but unused'}. "
          "Training budgets are therefore small and are stated with every table: the numbers compare settings at "
-         "equal budget, they are not converged results. Times are wall-clock on a shared machine and carry its "
-         "load.\n"]
+         "equal budget, they are not converged results. Times are wall-clock and carry the machine's load.\n"]
     if page.classifier is None:
         return L
     beta_1 = page.mnist[0].bound_eval["diffusion"]["beta_1"] if page.mnist else TrainConfig().beta_1
@@ -730,7 +750,8 @@ def render_mnist(page: Page) -> list[str]:
                  f"{bb['bits_per_dim']:.3f} +- {bb['standard_error']:.3f} | {s['frechet_distance']:.2f} "
                  f"({fl['frechet_distance']:.2f}) | {s['label_tv_from_uniform']:.3f} "
                  f"({fl['label_tv_from_uniform']:.3f}) | "
-                 f"{s['mean_confidence']:.3f} ({fl['mean_confidence']:.3f}) | {s['seconds_per_sample']:.2f} s |")
+                 f"{s['mean_confidence']:.3f} ({fl['mean_confidence']:.3f}) | "
+                 f"{1000 * s['seconds_per_sample']:.1f} ms |")
     L.append("\nSamples (the first 100 of each set):\n")
     L.append("| " + " | ".join(n.what for n in nets) + " |")
     L.append("|" + "---|" * len(nets))
@@ -932,49 +953,63 @@ def render_toy_compare(page: Page) -> list[str]:
     return L
 
 
-def render_mnist_compare(page: Page) -> list[str]:
-    rows, budget = page.mnist_compare, page.budget
+def _mnist_compare_sentence(rows: list[CompareRun], seconds: float) -> tuple[bool, str]:
+    """Whether the DDPM's samples are the closest to real images (Frechet distance), and the figures saying so."""
     by = {r.model: r for r in rows}
     fd = {m: r.samples["frechet_distance"] for m, r in by.items()}
-    floor = by["ddpm"].samples["floor"]["frechet_distance"]
-    seconds = page.compare_seconds["mnist"]
-    better = fd["ddpm"] < min(fd["flow"], fd["vae"])
-    answer = (("Yes: " if better else "No: ")
-              + f"with {seconds:.0f} s of CPU training each, the DDPM's samples have a Frechet distance of "
-                f"{fd['ddpm']:.0f} against the flow's {fd['flow']:.0f} and the VAE's {fd['vae']:.0f} "
-                f"(real images: {floor:.0f}), and their labels are {by['ddpm'].samples['label_tv_from_uniform']:.2f} "
-                f"in total variation from uniform (flow {by['flow'].samples['label_tv_from_uniform']:.2f}, VAE "
-                f"{by['vae'].samples['label_tv_from_uniform']:.2f}).")
+    tv = {m: r.samples["label_tv_from_uniform"] for m, r in by.items()}
+    floor = by["ddpm"].samples["floor"]
+    return fd["ddpm"] < min(fd["flow"], fd["vae"]), (
+        f"with {seconds / 60:.1f} min of CPU training each, the DDPM's samples have a Frechet distance of "
+        f"{fd['ddpm']:.0f} against the flow's {fd['flow']:.0f} and the VAE's {fd['vae']:.0f} (real images: "
+        f"{floor['frechet_distance']:.0f}), their labels {tv['ddpm']:.2f} in total variation from uniform (flow "
+        f"{tv['flow']:.2f}, VAE {tv['vae']:.2f}; real images {floor['label_tv_from_uniform']:.2f})")
+
+
+def render_mnist_compare(page: Page) -> list[str]:
+    budget = page.budget
+    sentences = [_mnist_compare_sentence(rows, page.compare_seconds[f"mnist-{ddpm}"])
+                 for ddpm, rows in page.mnist_compare.items()]
+    longest_better = sentences[-1][0]
+    answer = (("Yes: " if longest_better else "No: ") + sentences[-1][1]
+              + "".join(f"; {text}" for _, text in sentences[:-1]) + ".")
     hist = lambda h: " ".join(f"{100 * v:.0f}" for v in h)  # noqa: E731
     L = ["## 5. Are the DDPM's MNIST samples better than the Flow's and the VAE's at equal CPU time?\n",
          answer + "\n",
-         f"The exercise's U-Net DDPM of section 2 beside a flow and a VAE each trained for the same CPU optimizer "
-         f"time ({seconds:.0f} s; steps from a {budget.compare_calibration_steps}-step calibration run) with the "
-         f"same flags {_flags(budget.mnist_train)} otherwise. Bits/dim on the first {budget.bound_images} test "
-         "images: the DDPM's bound as in section 2; the flow's exact log-density of the images dequantised once "
+         "Each exercise-U-Net DDPM of section 2 beside a flow and a VAE trained for the same CPU optimizer time "
+         f"(steps from a {budget.compare_calibration_steps}-step calibration run) with the same flags "
+         f"{_flags(without_ddpm_flags(budget.mnist_train))} otherwise. Bits/dim on the first {budget.bound_images} "
+         "test images: the DDPM's bound as in section 2; the flow's exact log-density of the images dequantised once "
          "(x = 2(k + u)/255 - 1), an upper bound on -log2 P(pixels)/784 by the dequantisation gap; the VAE's "
          "discretised decoder gives P(pixels | z) on the DDPM's own bins of width 2/255, so its IWAE bound "
          f"(K = 1 and K = {budget.compare_mnist_iwae_k}) bounds -log2 P(pixels)/784 directly: all three are upper "
          "bounds on the same quantity, in the same units. Sample quality on "
          f"{budget.quality_samples} samples (DDPM: DDIM {budget.quality_steps} steps; the baselines in one pass; "
-         "VAE samples are the decoder means), seed 0 for all.\n",
-         "| metric | " + " | ".join(MODEL_NAMES[r.model] for r in rows) + " | real data |",
-         "|---|" + "---:|" * (len(rows) + 1),
-         "| training steps (CPU seconds) | " + " | ".join(_steps_cell(r) for r in rows) + " | |",
-         "| bits/dim (+- s.e.) | " + " | ".join(_nll_cell(r, "bits_per_dim") for r in rows) + " | |",
-         "| Frechet distance | " + " | ".join(f"{fd[r.model]:.1f}" for r in rows) + f" | {floor:.1f} (floor) |",
-         "| label histogram 0-9 (%) | " + " | ".join(hist(r.samples["label_histogram"]) for r in rows)
-         + f" | {hist(by['ddpm'].samples['floor']['label_histogram'])} |",
-         "| label TV from uniform | " + " | ".join(f"{r.samples['label_tv_from_uniform']:.3f}" for r in rows)
-         + f" | {by['ddpm'].samples['floor']['label_tv_from_uniform']:.3f} |",
-         "| mean classifier confidence | " + " | ".join(f"{r.samples['mean_confidence']:.3f}" for r in rows)
-         + f" | {by['ddpm'].samples['floor']['mean_confidence']:.3f} |",
-         "| samples per second | " + " | ".join(f"{1 / r.samples['seconds_per_sample']:.1f}" for r in rows) + " | |",
-         "\nModels: " + "; ".join(f"**{MODEL_NAMES[r.model]}**: {r.label}" for r in rows) + ". Samples (the first "
-         "100 of each set, the same seed):\n",
-         "| " + " | ".join(MODEL_NAMES[r.model] for r in rows) + " |",
-         "|" + "---|" * len(rows),
-         "| " + " | ".join(f"![{r.model}]({r.grid})" for r in rows) + " |\n"]
+         "VAE samples are the decoder means), seed 0 for all.\n"]
+    first = next(iter(page.mnist_compare.values()))
+    L.append("Models: " + "; ".join(f"**{MODEL_NAMES[r.model]}**: {r.label}" for r in first) + ".\n")
+    for ddpm, rows in page.mnist_compare.items():
+        by = {r.model: r for r in rows}
+        floor = by["ddpm"].samples["floor"]
+        L += [f"### {page.compare_seconds[f'mnist-{ddpm}'] / 60:.1f} min of CPU training each (DDPM: mnist-{ddpm})\n",
+              "| metric | " + " | ".join(MODEL_NAMES[r.model] for r in rows) + " | real data |",
+              "|---|" + "---:|" * (len(rows) + 1),
+              "| training steps (CPU seconds) | " + " | ".join(_steps_cell(r) for r in rows) + " | |",
+              "| bits/dim (+- s.e.) | " + " | ".join(_nll_cell(r, "bits_per_dim") for r in rows) + " | |",
+              "| Frechet distance | " + " | ".join(f"{r.samples['frechet_distance']:.1f}" for r in rows)
+              + f" | {floor['frechet_distance']:.1f} (floor) |",
+              "| label histogram 0-9 (%) | " + " | ".join(hist(r.samples["label_histogram"]) for r in rows)
+              + f" | {hist(floor['label_histogram'])} |",
+              "| label TV from uniform | " + " | ".join(f"{r.samples['label_tv_from_uniform']:.3f}" for r in rows)
+              + f" | {floor['label_tv_from_uniform']:.3f} |",
+              "| mean classifier confidence | " + " | ".join(f"{r.samples['mean_confidence']:.3f}" for r in rows)
+              + f" | {floor['mean_confidence']:.3f} |",
+              "| samples per second | " + " | ".join(f"{1 / r.samples['seconds_per_sample']:.1f}" for r in rows)
+              + " | |",
+              "\nSamples (the first 100 of each set, the same seed):\n",
+              "| " + " | ".join(MODEL_NAMES[r.model] for r in rows) + " |",
+              "|" + "---|" * len(rows),
+              "| " + " | ".join(f"![{r.model}]({r.grid})" for r in rows) + " |\n"]
     return L
 
 
@@ -989,9 +1024,10 @@ def _section_seconds(page: Page) -> float:
                      for n in page.mnist)
     if page.samplers:
         total += sum(row.eval["eval_seconds"] for st in page.samplers for row in st.rows)
-    for rows in list((page.toy_compare or {}).values()) + [page.mnist_compare or []]:
-        total += sum(r.train["wall_seconds"] + r.eval_seconds for r in rows
-                     if not (page.mnist and rows is page.mnist_compare and r.model == "ddpm"))
+    for rows in (page.toy_compare or {}).values():
+        total += sum(r.train["wall_seconds"] + r.eval_seconds for r in rows)
+    for rows in (page.mnist_compare or {}).values():  # the DDPM rows are section 2's runs
+        total += sum(r.train["wall_seconds"] + r.eval_seconds for r in rows if not (page.mnist and r.model == "ddpm"))
     return total
 
 

@@ -44,7 +44,7 @@ class TrainConfig:
     variance: str = "beta"
     data_scale: float | None = None
     num_train: int = 1_000_000
-    epochs: int = 8
+    epochs: int = 16
     batch_size: int = 1000
     lr: float = 1e-3
     weight_decay: float = 0.0

@@ -102,9 +102,9 @@ def step_runner(model, x: torch.Tensor, timesteps, coefs, seed: int, sample_offs
 
     Everything it does is device work that waits for nothing on the host (the step's row is read from a
     schedule on the device), so one CUDA-graph capture of it replays every step. Run under torch.no_grad().
-    ``network`` is what evaluates eps_theta (default: ``model.network``).
+    ``network`` is what evaluates eps_theta (default: the loops' ``sampling_network(model)``).
     """
-    network = model.network if network is None else network
+    network = sampling_network(model) if network is None else network
     device, batch = x.device, x.shape[0]
     schedule = ops.step_schedule(coefs, timesteps, device=device)
     t_inputs = model.time_input(torch.tensor(list(timesteps), device=device))  # (K, 1): row s for step s
