@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench_export import onnx_sampler_module
+from gpu_check_parts import course_loop, ddpm_scheduler, diffusers_loop
 from pyddpm import DDPM
 from pyddpm.cli.train import main as train_main
 from pyddpm.config import TrainConfig
@@ -73,43 +75,11 @@ def with_steps(model: DDPM, steps: int) -> DDPM:
     return DDPM(model.network, beta_1=float(model.beta[0]), beta_T=float(model.beta[-1]), T=steps).eval()
 
 
-def course_loop(model: DDPM, shape, steps: int) -> torch.Tensor:
-    """The exercise's Algorithm 2, float32, eager network."""
-    x = torch.randn(shape)
-    alpha, abar, beta = model.alpha.float(), model.alpha_cumprod.float(), model.beta.float()
-    for t in range(steps, 0, -1):
-        eps = model.network(x, torch.full((shape[0], 1), (t - 1) / steps))
-        z = torch.randn_like(x) if t > 1 else torch.zeros_like(x)
-        x = (x - (1 - alpha[t - 1]) / (1 - abar[t - 1]).sqrt() * eps) / alpha[t - 1].sqrt() + beta[t - 1].sqrt() * z
-    return x
-
-
-def diffusers_loop(model: DDPM, shape, steps: int):
-    try:
-        from diffusers import DDPMScheduler
-    except ImportError:
-        return None
-    scheduler = DDPMScheduler(num_train_timesteps=steps, beta_start=float(model.beta[0]),
-                              beta_end=float(model.beta[-1]), variance_type="fixed_large")
-    scheduler.set_timesteps(steps)
-
-    def run():
-        x = torch.randn(shape)
-        for t in scheduler.timesteps:
-            eps = model.network(x, torch.full((shape[0], 1), float(t) / steps))
-            x = scheduler.step(eps, t, x).prev_sample
-        return x
-    return run
-
-
 def onnx_loop(run_dir: Path, shape, steps: int, threads: int, tmp: Path):
-    import sys
-    sys.path.insert(0, str(ROOT / "export"))
-    from onnx_sampler import ExportedModel
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         export_run(run_dir, tmp, formats=("onnx",))
-    exported = ExportedModel(tmp / "step.onnx", threads=threads)
+    exported = onnx_sampler_module().ExportedModel(tmp / "step.onnx", threads=threads)
     rng = np.random.default_rng(0)
 
     def run():
@@ -140,7 +110,7 @@ def sampling_row(name: str, run_dir: Path, args, tmp: Path) -> dict:
     model.eval()
     batch, steps = NETS[name][2], args.steps
     shape = (batch, *config["data"]["shape"])
-    short = with_steps(model, steps)
+    short, scheduler = with_steps(model, steps), ddpm_scheduler(steps)
     x, t_in = torch.randn(shape), torch.full((batch, 1), 0.5)
     fast32 = fast_network(model.network, "cpu")
 
@@ -153,8 +123,8 @@ def sampling_row(name: str, run_dir: Path, args, tmp: Path) -> dict:
             fast32(x, t_in)
     candidates = {
         "network alone": network_alone,
-        "course loop": lambda: course_loop(short, shape, steps),
-        "diffusers": diffusers_loop(short, shape, steps),
+        "course loop": lambda: course_loop(short, shape),
+        "diffusers": None if scheduler is None else lambda: diffusers_loop(short, shape, scheduler),
         "pyddpm --eager": lambda: ddpm_sample(short, shape, seed=0, fast=False),
         "pyddpm fp32": lambda: ddpm_sample(short, shape, seed=0),
         "pyddpm bf16": lambda: ddpm_sample(short, shape, seed=0, precision="bf16"),

@@ -295,7 +295,7 @@ def diffusers_loop(model: DDPM, shape, scheduler) -> torch.Tensor:
     return x
 
 
-def _ddpm_scheduler(T: int):
+def ddpm_scheduler(T: int):
     """diffusers' DDPMScheduler with pyddpm's linear schedule and sigma_t^2 = beta_t, or None if not installed."""
     if importlib.util.find_spec("diffusers") is None:
         return None
@@ -359,7 +359,7 @@ def _sample_network(rec: Recorder, net: str, sizes: Sizes, device: torch.device)
     network = build_network(net, **sizes.nets[net]).to(device).eval()
     model = DDPM(network, T=sizes.sample_steps).to(device)
     warm = DDPM(network, T=3).to(device)  # warm-ups and the agreement checks run 3 steps
-    scheduler, warm_scheduler = _ddpm_scheduler(sizes.sample_steps), _ddpm_scheduler(3)
+    scheduler, warm_scheduler = ddpm_scheduler(sizes.sample_steps), ddpm_scheduler(3)
 
     def timed(loop, warm_up) -> dict:
         with torch.no_grad():

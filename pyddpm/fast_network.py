@@ -35,6 +35,13 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def check_network_options(precision: str, fast: bool) -> None:
+    """ValueError unless the samplers can evaluate a network in ``precision`` with ``fast`` (only the fast copy
+    runs in bf16)."""
+    if check_precision(precision) != "fp32" and not fast:
+        raise ValueError(f"--precision {precision} runs on the fast network; leave out --eager (fast=False)")
+
+
 class _LogSigmoid(torch.autograd.Function):
     """log sigmoid(x) = log(sigmoid(c)) + (x - c) with c = max(x, -20); d/dx = 1 - sigmoid(c) (= sigmoid(-x) to
     float32 rounding: below -20 both are 1 - 2e-9)."""

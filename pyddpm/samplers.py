@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from . import ops
 from .data import DataTransform, is_toy
 from .diffusion import DDPM
-from .fast_network import check_precision, fast_network
+from .fast_network import check_network_options, fast_network
 
 BACKENDS = ("fused", "torch")
 
@@ -83,10 +83,8 @@ def sampling_network(model, precision: str = "fp32", fast: bool = True):
     """The network the samplers evaluate: ``fast_network`` of ``model.network`` on its device, or the network as
     it is (``fast=False``, float32 only). The fast copy is kept on the model until its weights change (an optimizer
     step or a load bumps their version counters), so repeated sampling does not copy it again."""
-    precision = check_precision(precision)
+    check_network_options(precision, fast)
     if not fast:
-        if precision != "fp32":
-            raise ValueError(f"precision {precision!r} runs on the fast network; leave out fast=False (--eager)")
         return model.network
     tensors = [*model.network.parameters(), *model.network.buffers()]
     key = (precision, str(model.beta.device), tuple((id(t), t._version) for t in tensors))
@@ -210,8 +208,8 @@ def generate_samples(model, data_config: dict, num: int, *, seed: int, batch_siz
         raise ValueError(f"--num and --batch-size must be positive, got {num} and {batch_size}")
     if not isinstance(model, DDPM):
         given = [flag for flag, value in (("--steps", steps), ("--eta", eta), ("--variance", variance),
-                                          ("--clip", clip), ("--graph", graph), ("--eager", not fast))
-                 if value not in (None, 0.0, False)] + (["--precision"] if precision != "fp32" else [])
+                                          ("--clip", clip), ("--graph", graph), ("--eager", not fast),
+                                          ("--precision", precision != "fp32")) if value not in (None, 0.0, False)]
         if given:
             raise ValueError(f"{', '.join(given)} set the DDPM's sampler; this run's {type(model).__name__} samples "
                              "in one pass: leave them out")

@@ -157,6 +157,7 @@ NONSENSE = {
     "--steps 11": ("sample", ["--steps", "11"], "at most 10"),  # T of the run
     "--seed -3": ("sample", ["--seed", "-3"], ">= 0"),
     "--batch-size 0": ("sample", ["--batch-size", "0"], "positive"),
+    "--precision bf16 --eager": ("sample", ["--precision", "bf16", "--eager"], "--eager"),
 }
 
 
@@ -165,6 +166,20 @@ def test_nonsense_values_name_the_flag_and_its_range(ws, capsys, case):
     script, argv, range_text = NONSENSE[case]
     full = TINY + argv + ["--out", "new"] if script == "train" else ["R", *argv, "--out", "s.npy"]
     refused_with_nothing_written(ws, capsys, script, full, case.split()[0], range_text)
+
+
+@pytest.mark.parametrize("script", ["train", "sample", "eval"])
+def test_an_unknown_precision_is_refused_by_argparse_before_any_work(ws, capsys, script):
+    before = tree(ws)
+    argv = TINY + ["--out", "new"] if script == "train" else ["R", "--out", "s.npy" if script == "sample" else "e.json"]
+    with pytest.raises(SystemExit) as exit_info:
+        MAINS[script]([*argv, "--precision", "fp16"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if "error:" in line] == [
+        f"pyddpm-{script}: error: argument --precision: invalid choice: 'fp16' (choose from 'fp32', 'bf16')"]
+    assert tree(ws) == before
 
 
 def poison_weights(run: Path, value: float, names=("model.",)) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..fast_network import PRECISIONS
+from ..fast_network import PRECISIONS, check_network_options
 
 DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
 
@@ -118,6 +118,6 @@ def add_sampling_network_flags(p) -> None:
 
 def sampling_network_options(args) -> dict:
     """The samplers' keyword arguments for the flags of ``add_sampling_network_flags``."""
-    if args.eager and args.precision != "fp32":
-        raise ValueError(f"--precision {args.precision} runs on the fast network; leave out --eager")
-    return {"precision": args.precision, "fast": not args.eager}
+    options = {"precision": args.precision, "fast": not args.eager}
+    check_network_options(**options)
+    return options
