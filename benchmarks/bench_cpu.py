@@ -9,7 +9,8 @@ Sampling, per network and batch, each a loop of --steps reverse steps, medians o
     pyddpm --eager     pyddpm's samplers with the network as trained (the default until this benchmark)
     pyddpm fp32        pyddpm's default: pyddpm.fast_network (oneDNN, channels-last) and the fused update
     pyddpm bf16        the same with --precision bf16
-    fast network alone pyddpm.fast_network's forward (the loop's overhead is measured against it)
+    fast network alone pyddpm.fast_network's forward; the loop's overhead over it is the median ratio of
+                       --overhead-pairs adjacent pairs of runs (A B, B A, ...), with a ~95% interval
     onnxruntime        pyddpm's own step.onnx (network and update) in onnxruntime, numpy noise
 
 Training, per network: optimizer steps of pyddpm's Trainer (data path, loss, backward, AdamW, EMA) with
@@ -90,19 +91,51 @@ def onnx_loop(run_dir: Path, shape, steps: int, threads: int, tmp: Path):
     return run
 
 
-def interleaved(candidates: dict, repeats: int, per: int, grad: bool = False) -> dict[str, float]:
-    """Median seconds / ``per`` of each candidate, the candidates run in turn ``repeats`` times after a warm-up
-    (under torch.no_grad() unless ``grad``)."""
+def timed_rounds(candidates: dict, repeats: int, grad: bool = False) -> dict[str, list[float]]:
+    """Seconds of each of ``repeats`` runs of each candidate after a warm-up (under torch.no_grad() unless
+    ``grad``): the candidates run in turn, each round starting one candidate later, so that each is first in a
+    round (where the threads wake up) equally often."""
+    names = list(candidates)
     with torch.set_grad_enabled(grad):
         for f in candidates.values():
             f()
-        times = {k: [] for k in candidates}
-        for _ in range(repeats):
-            for k, f in candidates.items():
+        times = {k: [] for k in names}
+        for r in range(repeats):
+            for k in names[r % len(names):] + names[:r % len(names)]:
+                start = time.perf_counter()
+                candidates[k]()
+                times[k].append(time.perf_counter() - start)
+    return times
+
+
+def interleaved(candidates: dict, repeats: int, per: int, grad: bool = False) -> dict[str, float]:
+    """Median seconds / ``per`` of each candidate over ``timed_rounds``."""
+    return {k: statistics.median(v) / per for k, v in timed_rounds(candidates, repeats, grad).items()}
+
+
+def median_interval(values: list[float]) -> tuple[float, float, float]:
+    """The median of ``values`` and a distribution-free ~95% interval for it (the order statistics k and n + 1 - k
+    with k = floor(n / 2 - 0.98 sqrt(n)), at least the smallest and the largest value)."""
+    v, n = sorted(values), len(values)
+    k = max(0, math.floor(n / 2 - 0.98 * math.sqrt(n)))
+    return statistics.median(v), v[k], v[n - 1 - k]
+
+
+def loop_overhead(fast_alone, loop, repeats: int) -> dict:
+    """The sampling loop's time over its network's forward alone, as the median and ~95% interval of the ratios
+    of ``repeats`` adjacent pairs of runs (A B, then B A, ...: drift and round order cancel in each pair)."""
+    ratios = []
+    with torch.no_grad():
+        fast_alone(), loop()
+        for r in range(repeats):
+            pair = {}
+            for k, f in (("alone", fast_alone), ("loop", loop))[::1 if r % 2 == 0 else -1]:
                 start = time.perf_counter()
                 f()
-                times[k].append(time.perf_counter() - start)
-    return {k: statistics.median(v) / per for k, v in times.items()}
+                pair[k] = time.perf_counter() - start
+            ratios.append(pair["loop"] / pair["alone"] - 1)
+    median, low, high = median_interval(ratios)
+    return {"pairs": repeats, "median": median, "low": low, "high": high}
 
 
 def sampling_row(name: str, run_dir: Path, args, tmp: Path) -> dict:
@@ -133,7 +166,8 @@ def sampling_row(name: str, run_dir: Path, args, tmp: Path) -> dict:
     }
     candidates = {k: f for k, f in candidates.items() if f is not None}
     ms = {k: 1e3 * v for k, v in interleaved(candidates, args.repeats, steps).items()}
-    return {"net": name, "label": NETS[name][0], "batch": batch, "ms_per_step": ms}
+    overhead = loop_overhead(fast_alone, candidates["pyddpm fp32"], args.overhead_pairs)
+    return {"net": name, "label": NETS[name][0], "batch": batch, "ms_per_step": ms, "loop_overhead": overhead}
 
 
 def training_row(name: str, args, tmp: Path) -> dict:
@@ -181,9 +215,9 @@ def print_tables(sampling: list[dict], training: list[dict], args) -> None:
         for label, slow, fast in ratios:
             print(f"| {label} | " + " | ".join(f"{r['ms_per_step'][slow] / r['ms_per_step'][fast]:.2f}x"
                                                if slow in r["ms_per_step"] else "n/a" for r in sampling) + " |")
-        print("| loop overhead over the fast network's forward | " + " | ".join(
-            f"{100 * (r['ms_per_step']['pyddpm fp32'] / r['ms_per_step']['fast network alone'] - 1):+.1f}%"
-            for r in sampling) + " |")
+        print(f"| loop overhead over the fast network's forward: median of {args.overhead_pairs} paired runs "
+              "(~95% interval) | " + " | ".join(
+                  "{median:+.1%} ({low:+.1%} to {high:+.1%})".format(**r["loop_overhead"]) for r in sampling) + " |")
     if training:
         keys = list(training[0]["examples_per_second"])
         print("\n| training examples / s | " + " | ".join(f"{r['label']}, batch {r['batch']}" for r in training)
@@ -201,6 +235,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads (default 2)")
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats; medians are shown (default 5)")
     p.add_argument("--steps", type=int, default=10, help="reverse steps per timed sampling loop (default 10)")
+    p.add_argument("--overhead-pairs", type=int, default=20,
+                   help="adjacent pairs of runs (fast network alone, pyddpm fp32) for the loop's overhead (default 20)")
     p.add_argument("--train-steps", type=int, default=3, help="optimizer steps per timed training run (default 3)")
     p.add_argument("--nets", default="toy,unet,unet-ddpm", help="comma-separated of toy, unet, unet-ddpm")
     p.add_argument("--no-training", action="store_true", help="sampling only")
@@ -213,8 +249,8 @@ def main() -> None:
     unknown = [n for n in nets if n not in NETS]
     if unknown or not nets:
         p.error(f"--nets: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(NETS)}")
-    if args.threads < 1 or args.repeats < 1 or args.steps < 1:
-        p.error("--threads, --repeats and --steps must be positive")
+    if min(args.threads, args.repeats, args.steps, args.overhead_pairs) < 1:
+        p.error("--threads, --repeats, --steps and --overhead-pairs must be positive")
     torch.set_num_threads(args.threads)
     given = {"toy": args.toy_run, "unet": args.unet_run, "unet-ddpm": args.ddpm_unet_run}
     runs = {n: trained_run(n, given[n]) for n in nets}

@@ -9,8 +9,9 @@ Each lever was chosen by measurement on a 2-core AMD EPYC (``benchmarks/bench_cp
 - ``nn.LogSigmoid`` as log(sigmoid(x)), exact below -20 as x: ATen's ``log_sigmoid`` kernel is ~10x slower;
 - convolutional networks without GroupNorm in channels-last memory format, oneDNN's own layout (max-pooling ~6x
   faster; GroupNorm is slower in it);
-- ``precision="bf16"``: the network under CPU bf16 autocast (float32 weights, float32 output), for CPUs with
-  AVX512-BF16 or AMX; the reverse-step update stays float32.
+- ``precision="bf16"``: Linear layers on oneDNN with bfloat16 copies of their weights (made once; autocast would
+  round the float32 weights on every call, 1.5x slower for the toy network) and the rest of the network under CPU
+  bf16 autocast, for CPUs with AVX512-BF16 or AMX; the output and the reverse-step update stay float32.
 
 In float32 the result equals the network's own within float rounding (a different summation order); the samplers
 use it by default on the CPU, and ``fast=False`` (``--eager``) gives the network unchanged, bit for bit.
@@ -87,18 +88,21 @@ def _onednn_activation(module: nn.Module) -> tuple[str, list, str] | None:
 
 
 class OneDNNLinear(nn.Module):
-    """``activation(linear(x))`` in one oneDNN call, for inference (no autograd)."""
+    """``activation(linear(x))`` in one oneDNN call, for inference (no autograd), in float32 or with bfloat16
+    weights (``dtype``): then x is rounded to bfloat16 as autocast would, the product accumulates in float32 and
+    the activation is applied before the result is rounded to bfloat16."""
 
-    def __init__(self, linear: nn.Linear, activation: nn.Module | None = None):
+    def __init__(self, linear: nn.Linear, activation: nn.Module | None = None, dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.weight = nn.Parameter(linear.weight.detach().clone(), requires_grad=False)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.weight = nn.Parameter(linear.weight.detach().to(dtype, copy=True), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(dtype, copy=True),
+                                                                  requires_grad=False)
         self.attr, self.scalars, self.algorithm = (("none", [], "") if activation is None
                                                    else _onednn_activation(activation))
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.attr, self.scalars,
-                                                  self.algorithm)
+        return torch.ops.mkldnn._linear_pointwise(x.to(self.weight.dtype), self.weight, self.bias, self.attr,
+                                                  self.scalars, self.algorithm)
 
 
 class _OneDNNLinearFunction(torch.autograd.Function):
@@ -135,16 +139,19 @@ class TrainableOneDNNLinear(nn.Module):
         return _OneDNNLinearFunction.apply(x.contiguous(), self.weight, self.bias)
 
 
-def onednn_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+def onednn_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this torch build and CPU run oneDNN's Linear in ``dtype`` (bfloat16 needs AVX512 or newer)."""
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and (dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported()))
 
 
 def _is_linear(module: nn.Module) -> bool:
     return type(module) in (nn.Linear, TrainableOneDNNLinear)
 
 
-def _fuse_linears(network: nn.Module) -> nn.Module:
-    """``network`` with each float32 Linear (and a fusable activation right after it in a Sequential) on oneDNN."""
+def _fuse_linears(network: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """``network`` with each Linear (and a fusable activation right after it in a Sequential) on oneDNN, its
+    weights in ``dtype``."""
 
     def fused(module: nn.Module) -> nn.Module | None:
         if isinstance(module, nn.Sequential) and any(_is_linear(m) for m in module):
@@ -154,13 +161,13 @@ def _fuse_linears(network: nn.Module) -> nn.Module:
                 child = children[i]
                 after = children[i + 1] if i + 1 < len(children) else None
                 if _is_linear(child) and after is not None and _onednn_activation(after) is not None:
-                    layers.append(OneDNNLinear(child, after))
+                    layers.append(OneDNNLinear(child, after, dtype))
                     i += 2
                     continue
-                layers.append(OneDNNLinear(child) if _is_linear(child) else child)
+                layers.append(OneDNNLinear(child, dtype=dtype) if _is_linear(child) else child)
                 i += 1
             return nn.Sequential(*layers)
-        return OneDNNLinear(module) if _is_linear(module) else None
+        return OneDNNLinear(module, dtype=dtype) if _is_linear(module) else None
 
     return replace_modules(network, fused)
 
@@ -232,19 +239,19 @@ def _as_torch_linear(module: nn.Module) -> nn.Linear | None:
 
 def fast_network(network: nn.Module, device: torch.device | str, precision: str = "fp32") -> nn.Module:
     """A fast copy of ``network`` for sampling on ``device`` (no autograd); ``network`` is left as it is.
-    On CUDA only the precision applies (the samplers replay CUDA graphs there). Without oneDNN the Linear
-    layers stay as they are, with one warning."""
+    On CUDA only the precision applies (the samplers replay CUDA graphs there). Without oneDNN (or its bfloat16,
+    for ``precision="bf16"``) the Linear layers stay as they are, with one warning."""
     precision = check_precision(precision)
     device = torch.device(device)
     fast = network
     if device.type == "cpu":
         fast = _layout_levers(network)
-        if precision == "fp32" and any(_is_linear(m) for m in fast.modules()):
-            if onednn_available():
-                fast = _fuse_linears(fast)
+        dtype = _DTYPES[precision]
+        if any(_is_linear(m) for m in fast.modules()):
+            if onednn_available(dtype):
+                fast = _fuse_linears(fast, dtype)
             else:
-                _warn_once("pyddpm: oneDNN is not available in this torch build; the network's Linear layers "
-                           "run as they are (slower on the CPU)")
-        if precision != "fp32":
-            fast = replace_modules(fast, _as_torch_linear)
+                _warn_once(f"pyddpm: oneDNN's {precision} Linear is not available in this torch build or on this "
+                           "CPU; the network's Linear layers run as they are (slower on the CPU)")
+                fast = replace_modules(fast, _as_torch_linear)
     return FastNetwork(fast, precision).eval()
