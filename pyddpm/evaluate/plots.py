@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -103,14 +104,30 @@ def save_image_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | N
     if not title:
         plt.imsave(path, grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255)
         return
-    height, width = grid.shape[:2]
-    fig = plt.figure(figsize=(width / 100, height / 100 + 0.4), dpi=100)
-    ax = fig.add_axes([0, 0, 1, height / (height + 40)])
-    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
-    ax.axis("off")
-    fig.suptitle(title, fontsize=8, y=0.995, va="top")
+    fig = titled_grid_figure(grid, title)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def titled_grid_figure(grid: np.ndarray, title: str):
+    """The grid at one pixel per pixel under ``title``, wrapped (as measured by the renderer) to lines that fit
+    the grid's width: a narrow grid gets more lines, not a title cut off at its edges."""
+    height, width = grid.shape[:2]
+    fig = plt.figure(dpi=100)
+    text = fig.text(0.5, 1.0, title, fontsize=8, ha="center", va="top", linespacing=1.1)
+    renderer = fig.canvas.get_renderer()
+    for chars in range(max(len(title), 1), 0, -1):
+        text.set_text("\n".join(textwrap.wrap(title, width=chars, break_long_words=True)) or title)
+        extent = text.get_window_extent(renderer)
+        if extent.width <= width - 4:
+            break
+    header = math.ceil(extent.height) + 6
+    fig.set_size_inches(width / 100, (height + header) / 100)
+    text.set_y(1 - 3 / (height + header))
+    ax = fig.add_axes([0, 0, 1, height / (height + header)])
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+    ax.axis("off")
+    return fig
 
 
 # ----- the forward and the reverse process, frame by frame ----------------------------------------------------
