@@ -69,6 +69,29 @@ def test_the_fast_path_really_rewrites_the_network(name):
         assert conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_the_ddpm_unet_runs_channels_last_with_fused_group_norms():
+    """Every GroupNorm is pyddpm's kernel, fused with the SiLU after it, and every convolution sees channels-last
+    maps, the one-channel stem's output included (torch would return it in NCHW)."""
+    from pyddpm.fast_network import ChannelsLastConv2d, FastGroupNorm
+
+    network, x, t = pushed("unet-ddpm")
+    fast = fast_network(network, "cpu")
+    kinds = [type(m) for m in fast.modules()]
+    assert FastGroupNorm in kinds and nn.GroupNorm not in kinds and nn.SiLU not in kinds
+    norms = [m for m in fast.modules() if isinstance(m, FastGroupNorm)]
+    assert sum(m.silu for m in norms) == len(norms) - sum(1 for m in network.modules()
+                                                          if type(m).__name__ == "SelfAttention")
+    assert isinstance(fast.network.stem, ChannelsLastConv2d)
+    layouts = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: layouts.append(
+        args[0].is_contiguous(memory_format=torch.channels_last))) for m in fast.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        fast(x, t)
+    for h in hooks:
+        h.remove()
+    assert len(layouts) > 10 and all(layouts[1:])  # the first is the stem's one-channel input
+
+
 @pytest.mark.parametrize("name", NETWORKS)
 def test_bf16_fast_network_stays_finite_at_trained_activation_ranges(name):
     """bf16 has float32's exponent range: pre-activations of +-200 neither overflow nor give NaN (their values

@@ -1,0 +1,98 @@
+"""pyddpm._C's channels-last GroupNorm (+ SiLU), FastGroupNorm, against torch's F.group_norm and F.silu on fresh
+random maps, computed in float64: float32 within 2e-6 x max(1, |reference|) (statistics in float64, then one
+multiply-add and the SiLU's ~1-ulp exp: a few float32 roundings of values up to ~10; measured ~1e-6), bfloat16
+within one bfloat16 spacing of the output, 2^-8 x max|reference| (the reference starts from the same bfloat16
+inputs; the kernel rounds once, at the end)."""
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pyddpm import _C
+from pyddpm.fast_network import FastGroupNorm
+
+SHAPES = [(32, 32, 28, 28, 32), (4, 96, 14, 14, 32), (3, 6, 5, 7, 3), (1, 128, 7, 7, 32), (2, 8, 1, 1, 4)]
+
+
+def norm_and_input(n, c, h, w, groups, seed, mean=0.0):
+    generator = torch.Generator().manual_seed(seed)
+    norm = nn.GroupNorm(groups, c)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(c, generator=generator))
+        norm.bias.copy_(torch.randn(c, generator=generator))
+    x = torch.randn(n, c, h, w, generator=generator) * torch.rand(1, c, 1, 1, generator=generator).mul(4) + mean
+    return norm.eval(), x.contiguous(memory_format=torch.channels_last)
+
+
+def reference(norm, x, silu):
+    """F.group_norm (and F.silu) in float64 on the same inputs: the function itself, free of float32's
+    cancellation at large means (ATen's float32 GroupNorm is off by ~1e-4 at mean 300)."""
+    y = F.group_norm(x.double().contiguous(), norm.num_groups, norm.weight.double(), norm.bias.double(), norm.eps)
+    return (F.silu(y) if silu else y).float()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("mean", [0.0, 300.0])
+def test_float32_kernel_equals_group_norm(shape, silu, mean):
+    """Also with every channel's mean at 300 (100x its spread): the shifted sums lose nothing to cancellation."""
+    norm, x = norm_and_input(*shape, seed=hash((shape, silu)) % 1000, mean=mean)
+    fast = FastGroupNorm(norm, silu)
+    assert fast._kernel_takes(x)
+    with torch.no_grad():
+        out, ref = fast(x), reference(norm, x, silu)
+    assert out.is_contiguous(memory_format=torch.channels_last) and out.dtype == torch.float32
+    assert float((out - ref).abs().max()) <= 2e-6 * max(1.0, float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("silu", [False, True])
+def test_bfloat16_kernel_equals_group_norm_to_bfloat16_rounding(shape, silu):
+    norm, x = norm_and_input(*shape, seed=7)
+    x = x.bfloat16()
+    with torch.no_grad():
+        out, ref = FastGroupNorm(norm, silu)(x), reference(norm, x, silu)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    assert float((out.float() - ref).abs().max()) <= 2.0 ** -8 * float(ref.abs().max())
+
+
+def test_silu_is_exact_to_float_rounding_from_minus_300_to_300():
+    z = torch.linspace(-300, 300, 600_001)
+    x = torch.cat([z, -z]).reshape(1, 2, -1, 1).contiguous(memory_format=torch.channels_last)
+    # with a per-channel (mean, std) of (0, 173.2) both channels are normalized to z / 173.2; undo it with gamma
+    norm = nn.GroupNorm(2, 2, affine=True, eps=0.0)
+    with torch.no_grad():
+        std = x.float().reshape(2, -1).std(dim=1, correction=0)
+        norm.weight.copy_(std)
+        norm.bias.zero_()
+        out, ref = FastGroupNorm(norm, silu=True)(x), reference(norm, x, silu=True)
+    assert torch.isfinite(out).all()
+    assert float((out - ref).abs().max()) <= 2e-6 * 300
+
+
+def test_other_inputs_go_to_torch():
+    """NCHW maps, float64, and inputs that need gradients take F.group_norm (and F.silu) themselves."""
+    norm, x = norm_and_input(2, 8, 5, 5, 4, seed=3)
+    fast = FastGroupNorm(norm, silu=True)
+    nchw = x.contiguous()
+    grad = x.clone().requires_grad_(True)
+    for given in (nchw, x.double()):
+        assert not fast._kernel_takes(given)
+        with torch.no_grad():
+            assert torch.equal(fast(given), F.silu(F.group_norm(given, 4, fast.weight.to(given.dtype),
+                                                                fast.bias.to(given.dtype), norm.eps)))
+    assert not fast._kernel_takes(grad)
+    fast(grad).sum().backward()
+    assert grad.grad is not None and torch.isfinite(grad.grad).all()
+
+
+def test_the_binding_refuses_what_the_integers_show():
+    x = torch.zeros(1, 6, 2, 2).contiguous(memory_format=torch.channels_last)
+    common = dict(x=x.data_ptr(), y=x.data_ptr(), gamma=0, beta=0, batch=1, hw=4, eps=1e-5, silu=False,
+                  num_threads=1)
+    with pytest.raises(ValueError, match="dtype"):
+        _C.group_norm_nhwc(dtype=1, channels=6, groups=3, **common)
+    with pytest.raises(ValueError, match="multiple of groups"):
+        _C.group_norm_nhwc(dtype=0, channels=6, groups=4, **common)
+    with pytest.raises(ValueError, match="null"):
+        _C.group_norm_nhwc(**{**common, "x": 0}, dtype=0, channels=6, groups=3)
