@@ -157,8 +157,9 @@ void normal(int device, int dtype, uintptr_t out, int64_t batch, int64_t numel_p
 #endif
 }
 
-void group_norm_nhwc(int dtype, uintptr_t x, uintptr_t y, uintptr_t gamma, uintptr_t beta, int64_t batch,
-                     int64_t hw, int64_t channels, int64_t groups, double eps, bool silu, int num_threads) {
+void group_norm_nhwc(int dtype, uintptr_t x, uintptr_t add, uintptr_t y, uintptr_t gamma, uintptr_t beta,
+                     int64_t batch, int64_t hw, int64_t channels, int64_t groups, double eps, bool silu,
+                     int num_threads) {
   if (dtype != 0 && dtype != 2)
     throw std::invalid_argument("group_norm_nhwc takes dtype 0 (float32) or 2 (bfloat16)");
   if (batch < 0 || hw < 0 || channels < 1 || groups < 1 || channels % groups != 0)
@@ -169,7 +170,8 @@ void group_norm_nhwc(int dtype, uintptr_t x, uintptr_t y, uintptr_t gamma, uintp
   if (!(eps >= 0.0)) throw std::invalid_argument("eps must be >= 0");
   if (batch * hw > 0 && (x == 0 || y == 0)) throw std::invalid_argument("x and y must not be null pointers");
   py::gil_scoped_release release;
-  pyddpm::group_norm_nhwc_cpu(reinterpret_cast<const void*>(x), reinterpret_cast<void*>(y), dtype == 2,
+  pyddpm::group_norm_nhwc_cpu(reinterpret_cast<const void*>(x), reinterpret_cast<const float*>(add),
+                              reinterpret_cast<void*>(y), dtype == 2,
                               reinterpret_cast<const float*>(gamma), reinterpret_cast<const float*>(beta),
                               batch, hw, channels, groups, static_cast<float>(eps), silu, num_threads);
 }
@@ -220,9 +222,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("numel_per_sample"), py::arg("seed"), py::arg("step"), py::arg("sample_offset"),
         py::arg("stream"), py::arg("num_threads"));
   m.def("group_norm_nhwc", &group_norm_nhwc,
-        "y = GroupNorm(x) (then SiLU when silu) for channels-last (N, H, W, C) maps x, y on the CPU "
-        "(dtype 0/2 = float32/bfloat16; gamma, beta: float32 or 0), statistics in float64.",
-        py::arg("dtype"), py::arg("x"), py::arg("y"), py::arg("gamma"), py::arg("beta"), py::arg("batch"),
+        "y = GroupNorm(x + add) (then SiLU when silu) for channels-last (N, H, W, C) maps x, y on the "
+        "CPU (dtype 0/2 = float32/bfloat16; add: float32 (N, C) or 0; gamma, beta: float32 or 0), "
+        "statistics in float64.",
+        py::arg("dtype"), py::arg("x"), py::arg("add"), py::arg("y"), py::arg("gamma"), py::arg("beta"),
+        py::arg("batch"),
         py::arg("hw"), py::arg("channels"), py::arg("groups"), py::arg("eps"), py::arg("silu"),
         py::arg("num_threads"));
   m.def(

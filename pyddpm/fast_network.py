@@ -93,15 +93,22 @@ class FastGroupNorm(nn.Module):
         self.bias = None if norm.bias is None else nn.Parameter(norm.bias.detach().float().clone(),
                                                                 requires_grad=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not self._kernel_takes(x):
+    def forward(self, x: Tensor, add: Tensor | None = None) -> Tensor:
+        """norm(x + add[:, :, None, None]) (then SiLU), ``add`` of shape (N, C) or None: folded into the kernel's
+        statistics, it costs no pass over the map."""
+        if add is not None:
+            add = add.float().contiguous()
+        if not self._kernel_takes(x) or (add is not None and add.shape != x.shape[:2]):
+            if add is not None:
+                x = x + add[:, :, None, None].to(x.dtype)
             weight, bias = ((p if p is None or x.dtype in _KERNEL_DTYPES else p.to(x.dtype))
                             for p in (self.weight, self.bias))
             y = nn.functional.group_norm(x, self.num_groups, weight, bias, self.eps)
             return nn.functional.silu(y) if self.silu else y
         y = torch.empty_like(x, memory_format=torch.channels_last)
         n, c, h, w = x.shape
-        _C.group_norm_nhwc(dtype=0 if x.dtype == torch.float32 else 2, x=x.data_ptr(), y=y.data_ptr(),
+        _C.group_norm_nhwc(dtype=0 if x.dtype == torch.float32 else 2, x=x.data_ptr(),
+                           add=0 if add is None else add.data_ptr(), y=y.data_ptr(),
                            gamma=0 if self.weight is None else self.weight.data_ptr(),
                            beta=0 if self.bias is None else self.bias.data_ptr(), batch=n, hw=h * w, channels=c,
                            groups=self.num_groups, eps=self.eps, silu=self.silu,
@@ -235,21 +242,41 @@ class ChannelsLastConv2d(nn.Module):
         return self.conv(x).contiguous(memory_format=torch.channels_last)
 
 
+class FastResidualBlock(nn.Module):
+    """A DDPM U-Net ResidualBlock (nets.unet_ddpm) for sampling: each GroupNorm -> SiLU one FastGroupNorm, the
+    time embedding's projection added inside the second one (no pass of its own), and in float32 the residual
+    sum inside conv2 (oneDNN's binary post-op): two passes over each map fewer, the same function."""
+
+    def __init__(self, block: ResidualBlock):
+        super().__init__()
+        self.norm1, self.norm2 = FastGroupNorm(block.norm1, silu=True), FastGroupNorm(block.norm2, silu=True)
+        self.conv1, self.time, self.conv2, self.dropout, self.skip = (block.conv1, block.time, block.conv2,
+                                                                      block.dropout, block.skip)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.norm2(self.conv1(self.norm1(x)), add=self.time(emb))
+        skip = self.skip(x)
+        conv = self.conv2
+        if (h.dtype == torch.float32 and conv.weight.dtype == torch.float32 and skip.dtype == torch.float32
+                and not torch.is_autocast_enabled("cpu") and h.device.type == "cpu" and not torch.is_grad_enabled()
+                and not self.training):
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                h, skip, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
+                conv.groups, "add", None, None, [], None)
+        return skip + conv(self.dropout(h))
+
+
 def group_norm_kernel_available() -> bool:
     return _C is not None and hasattr(_C, "group_norm_nhwc")
 
 
 def _with_fast_group_norm(network: nn.Module) -> nn.Module:
-    """``network`` with each GroupNorm a FastGroupNorm, fused with the SiLU that follows it (in a Sequential, or
-    a DDPM U-Net ResidualBlock's norm1/act1 and norm2/act2)."""
+    """``network`` with each GroupNorm a FastGroupNorm, fused with the SiLU that follows it in a Sequential, and
+    each DDPM U-Net ResidualBlock a FastResidualBlock."""
 
     def fused(module: nn.Module) -> nn.Module | None:
         if type(module) is ResidualBlock:
-            block = copy.copy(module)
-            block._modules = dict(module._modules)
-            block.norm1, block.act1 = FastGroupNorm(module.norm1, silu=type(module.act1) is nn.SiLU), nn.Identity()
-            block.norm2, block.act2 = FastGroupNorm(module.norm2, silu=type(module.act2) is nn.SiLU), nn.Identity()
-            return block
+            return FastResidualBlock(module)
         if isinstance(module, nn.Sequential) and any(type(m) is nn.GroupNorm for m in module):
             layers, children, i = [], list(module), 0
             while i < len(children):

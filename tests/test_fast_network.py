@@ -72,15 +72,17 @@ def test_the_fast_path_really_rewrites_the_network(name):
 def test_the_ddpm_unet_runs_channels_last_with_fused_group_norms():
     """Every GroupNorm is pyddpm's kernel, fused with the SiLU after it, and every convolution sees channels-last
     maps, the one-channel stem's output included (torch would return it in NCHW)."""
-    from pyddpm.fast_network import ChannelsLastConv2d, FastGroupNorm
+    from pyddpm.fast_network import ChannelsLastConv2d, FastGroupNorm, FastResidualBlock
+    from pyddpm.nets.unet_ddpm import ResidualBlock, SelfAttention
 
     network, x, t = pushed("unet-ddpm")
     fast = fast_network(network, "cpu")
     kinds = [type(m) for m in fast.modules()]
     assert FastGroupNorm in kinds and nn.GroupNorm not in kinds and nn.SiLU not in kinds
+    assert kinds.count(FastResidualBlock) == [type(m) for m in network.modules()].count(ResidualBlock)
     norms = [m for m in fast.modules() if isinstance(m, FastGroupNorm)]
-    assert sum(m.silu for m in norms) == len(norms) - sum(1 for m in network.modules()
-                                                          if type(m).__name__ == "SelfAttention")
+    attention = sum(1 for m in network.modules() if isinstance(m, SelfAttention))
+    assert sum(m.silu for m in norms) == len(norms) - attention  # all but the attention's norms
     assert isinstance(fast.network.stem, ChannelsLastConv2d)
     layouts = []
     hooks = [m.register_forward_pre_hook(lambda m, args: layouts.append(

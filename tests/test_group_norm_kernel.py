@@ -56,6 +56,22 @@ def test_bfloat16_kernel_equals_group_norm_to_bfloat16_rounding(shape, silu):
     assert float((out.float() - ref).abs().max()) <= 2.0 ** -8 * float(ref.abs().max())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_addend_per_sample_and_channel_is_norm_of_the_sum(dtype):
+    """norm(x, add) = norm(x + add[:, :, None, None]): the time embedding's projection of a DDPM U-Net block,
+    folded into the statistics (tolerances as above; bf16: the sum rounded to bfloat16 in the reference)."""
+    norm, x = norm_and_input(4, 64, 14, 14, 32, seed=11)
+    add = torch.randn(4, 64, generator=torch.Generator().manual_seed(12)) * 5
+    x = x.to(dtype)
+    with torch.no_grad():
+        out = FastGroupNorm(norm, silu=True)(x, add)
+        summed = (x.double() + add.double()[:, :, None, None]).to(dtype)
+        ref = reference(norm, summed, silu=True)
+    tolerance = 2e-6 * max(1.0, float(ref.abs().max())) if dtype == torch.float32 else 2.0 ** -7 * float(
+        ref.abs().max())
+    assert float((out.float() - ref).abs().max()) <= tolerance
+
+
 def test_silu_is_exact_to_float_rounding_from_minus_300_to_300():
     z = torch.linspace(-300, 300, 600_001)
     x = torch.cat([z, -z]).reshape(1, 2, -1, 1).contiguous(memory_format=torch.channels_last)
@@ -88,7 +104,7 @@ def test_other_inputs_go_to_torch():
 
 def test_the_binding_refuses_what_the_integers_show():
     x = torch.zeros(1, 6, 2, 2).contiguous(memory_format=torch.channels_last)
-    common = dict(x=x.data_ptr(), y=x.data_ptr(), gamma=0, beta=0, batch=1, hw=4, eps=1e-5, silu=False,
+    common = dict(x=x.data_ptr(), add=0, y=x.data_ptr(), gamma=0, beta=0, batch=1, hw=4, eps=1e-5, silu=False,
                   num_threads=1)
     with pytest.raises(ValueError, match="dtype"):
         _C.group_norm_nhwc(dtype=1, channels=6, groups=3, **common)

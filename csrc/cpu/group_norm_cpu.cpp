@@ -1,5 +1,6 @@
-// GroupNorm (optionally followed by SiLU) of channels-last (N, H, W, C) float32 or bfloat16 maps, for
-// inference: two passes over each sample's map, OpenMP over the samples.
+// GroupNorm (optionally followed by SiLU) of channels-last (N, H, W, C) float32 or bfloat16 maps x, or of
+// x + add[n, c] (a per-sample, per-channel float32 addend, folded into the statistics: no pass of its own),
+// for inference: two passes over each sample's map, OpenMP over the samples.
 //   1. per channel, the sum and the sum of squares of d = x - x[first pixel] (float within blocks of 32
 //      pixels, then float64; the shift keeps E[d^2] - E[d]^2 free of cancellation when a channel's mean is
 //      large against its spread), combined exactly into each group's mean and variance;
@@ -120,8 +121,8 @@ PYDDPM_GN_CLONES void normalize(const T* x, T* y, int64_t hw, int64_t c, const f
 }
 
 template <typename T>
-void group_norm_sample(const T* x, T* y, const float* gamma, const float* beta, int64_t hw, int64_t c,
-                       int64_t groups, float eps, bool with_silu, std::vector<double>& sums,
+void group_norm_sample(const T* x, const float* add, T* y, const float* gamma, const float* beta, int64_t hw,
+                       int64_t c, int64_t groups, float eps, bool with_silu, std::vector<double>& sums,
                        std::vector<float>& coefs) {
   double* sum = sums.data();
   double* sq = sum + c;
@@ -133,19 +134,21 @@ void group_norm_sample(const T* x, T* y, const float* gamma, const float* beta, 
   const double n = static_cast<double>(hw);
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t lo = g * per_group, hi = lo + per_group;
+    // x + add[k] moves channel k's values, and its mean, by add[k]; its spread stays
+    auto origin = [&](int64_t k) { return static_cast<double>(first[k]) + (add ? add[k] : 0.0); };
     double mean = 0.0;
-    for (int64_t k = lo; k < hi; ++k) mean += first[k] + sum[k] / n;
+    for (int64_t k = lo; k < hi; ++k) mean += origin(k) + sum[k] / n;
     mean /= static_cast<double>(per_group);
     double m2 = 0.0;  // the group's sum of squared deviations: each channel's own, plus its mean's offset
     for (int64_t k = lo; k < hi; ++k) {
-      const double channel_mean = first[k] + sum[k] / n;
+      const double channel_mean = origin(k) + sum[k] / n;
       m2 += std::max(sq[k] - sum[k] * sum[k] / n, 0.0) + n * (channel_mean - mean) * (channel_mean - mean);
     }
     const double rstd = 1.0 / std::sqrt(m2 / (n * static_cast<double>(per_group)) + eps);
     for (int64_t k = lo; k < hi; ++k) {
       const double s = (gamma ? gamma[k] : 1.0) * rstd;
       scale[k] = static_cast<float>(s);
-      shift[k] = static_cast<float>((beta ? beta[k] : 0.0) + (first[k] - mean) * s);
+      shift[k] = static_cast<float>((beta ? beta[k] : 0.0) + (origin(k) - mean) * s);
     }
   }
   if (with_silu)
@@ -155,8 +158,8 @@ void group_norm_sample(const T* x, T* y, const float* gamma, const float* beta, 
 }
 
 template <typename T>
-void group_norm_all(const T* x, T* y, const float* gamma, const float* beta, int64_t batch, int64_t hw,
-                    int64_t c, int64_t groups, float eps, bool with_silu, int num_threads) {
+void group_norm_all(const T* x, const float* add, T* y, const float* gamma, const float* beta, int64_t batch,
+                    int64_t hw, int64_t c, int64_t groups, float eps, bool with_silu, int num_threads) {
 #if defined(_OPENMP)
   const int threads = static_cast<int>(std::max<int64_t>(
       1, std::min<int64_t>(batch, num_threads > 0 ? num_threads : omp_get_max_threads())));
@@ -166,30 +169,30 @@ void group_norm_all(const T* x, T* y, const float* gamma, const float* beta, int
     std::vector<float> coefs(3 * c);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < batch; ++i)
-      group_norm_sample(x + i * hw * c, y + i * hw * c, gamma, beta, hw, c, groups, eps, with_silu, sums,
-                        coefs);
+      group_norm_sample(x + i * hw * c, add ? add + i * c : nullptr, y + i * hw * c, gamma, beta, hw, c, groups,
+                        eps, with_silu, sums, coefs);
   }
 #else
   (void)num_threads;
   std::vector<double> sums(2 * c);
   std::vector<float> coefs(3 * c);
   for (int64_t i = 0; i < batch; ++i)
-    group_norm_sample(x + i * hw * c, y + i * hw * c, gamma, beta, hw, c, groups, eps, with_silu, sums,
-                      coefs);
+    group_norm_sample(x + i * hw * c, add ? add + i * c : nullptr, y + i * hw * c, gamma, beta, hw, c, groups,
+                      eps, with_silu, sums, coefs);
 #endif
 }
 
 }  // namespace
 
-void group_norm_nhwc_cpu(const void* x, void* y, bool bfloat16, const float* gamma, const float* beta,
-                         int64_t batch, int64_t hw, int64_t channels, int64_t groups, float eps,
-                         bool with_silu, int num_threads) {
+void group_norm_nhwc_cpu(const void* x, const float* add, void* y, bool bfloat16, const float* gamma,
+                         const float* beta, int64_t batch, int64_t hw, int64_t channels, int64_t groups,
+                         float eps, bool with_silu, int num_threads) {
   if (bfloat16)
-    group_norm_all(static_cast<const uint16_t*>(x), static_cast<uint16_t*>(y), gamma, beta, batch, hw,
+    group_norm_all(static_cast<const uint16_t*>(x), add, static_cast<uint16_t*>(y), gamma, beta, batch, hw,
                    channels, groups, eps, with_silu, num_threads);
   else
-    group_norm_all(static_cast<const float*>(x), static_cast<float*>(y), gamma, beta, batch, hw, channels,
-                   groups, eps, with_silu, num_threads);
+    group_norm_all(static_cast<const float*>(x), add, static_cast<float*>(y), gamma, beta, batch, hw,
+                   channels, groups, eps, with_silu, num_threads);
 }
 
 }  // namespace pyddpm

@@ -19,22 +19,20 @@ def group_norm(channels: int) -> nn.GroupNorm:
 
 class ResidualBlock(nn.Module):
     """GroupNorm -> SiLU -> conv, plus a projection of the time embedding, GroupNorm -> SiLU -> dropout -> conv,
-    added to the (1x1-projected) input. (The SiLUs are modules, act1 and act2, so that a fast copy can fuse each
-    into its GroupNorm; they hold no weights.)"""
+    added to the (1x1-projected) input."""
 
     def __init__(self, c_in: int, c_out: int, time_dim: int, dropout: float):
         super().__init__()
-        self.norm1, self.act1, self.conv1 = group_norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm1, self.conv1 = group_norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
         self.time = nn.Linear(time_dim, c_out)
-        self.norm2, self.act2 = group_norm(c_out), nn.SiLU()
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.norm2, self.conv2 = group_norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
         self.dropout = nn.Dropout(dropout)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(self.act1(self.norm1(x)))
+        h = self.conv1(F.silu(self.norm1(x)))
         h = h + self.time(emb)[:, :, None, None]
-        h = self.conv2(self.dropout(self.act2(self.norm2(h))))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return self.skip(x) + h
 
 
