@@ -157,9 +157,7 @@ void normal(int device, int dtype, uintptr_t out, int64_t batch, int64_t numel_p
 #endif
 }
 
-void group_norm_nhwc(int dtype, uintptr_t x, uintptr_t add, uintptr_t y, uintptr_t gamma, uintptr_t beta,
-                     int64_t batch, int64_t hw, int64_t channels, int64_t groups, double eps, bool silu,
-                     int num_threads) {
+void check_group_norm(int dtype, int64_t batch, int64_t hw, int64_t channels, int64_t groups) {
   if (dtype != 0 && dtype != 2)
     throw std::invalid_argument("group_norm_nhwc takes dtype 0 (float32) or 2 (bfloat16)");
   if (batch < 0 || hw < 0 || channels < 1 || groups < 1 || channels % groups != 0)
@@ -167,13 +165,37 @@ void group_norm_nhwc(int dtype, uintptr_t x, uintptr_t add, uintptr_t y, uintptr
                                 "groups");
   if (hw > 0 && batch > INT64_MAX / hw / channels)
     throw std::invalid_argument("batch * hw * channels overflows");
+}
+
+void group_norm_nhwc(int dtype, uintptr_t x, uintptr_t add, uintptr_t y, uintptr_t gamma, uintptr_t beta,
+                     int64_t batch, int64_t hw, int64_t channels, int64_t groups, double eps, bool silu,
+                     uintptr_t mean, uintptr_t rstd, int num_threads) {
+  check_group_norm(dtype, batch, hw, channels, groups);
   if (!(eps >= 0.0)) throw std::invalid_argument("eps must be >= 0");
   if (batch * hw > 0 && (x == 0 || y == 0)) throw std::invalid_argument("x and y must not be null pointers");
+  if ((mean == 0) != (rstd == 0)) throw std::invalid_argument("give both mean and rstd, or neither");
   py::gil_scoped_release release;
   pyddpm::group_norm_nhwc_cpu(reinterpret_cast<const void*>(x), reinterpret_cast<const float*>(add),
                               reinterpret_cast<void*>(y), dtype == 2,
                               reinterpret_cast<const float*>(gamma), reinterpret_cast<const float*>(beta),
-                              batch, hw, channels, groups, static_cast<float>(eps), silu, num_threads);
+                              batch, hw, channels, groups, static_cast<float>(eps), silu,
+                              reinterpret_cast<float*>(mean), reinterpret_cast<float*>(rstd), num_threads);
+}
+
+void group_norm_backward_nhwc(int dtype, uintptr_t x, uintptr_t grad_y, uintptr_t grad_x, uintptr_t mean,
+                              uintptr_t rstd, uintptr_t gamma, uintptr_t beta, int64_t batch, int64_t hw,
+                              int64_t channels, int64_t groups, bool silu, uintptr_t grad_gamma,
+                              uintptr_t grad_beta, int num_threads) {
+  check_group_norm(dtype, batch, hw, channels, groups);
+  if (batch * hw > 0 && (x == 0 || grad_y == 0 || grad_x == 0 || mean == 0 || rstd == 0 || gamma == 0 ||
+                         beta == 0 || grad_gamma == 0 || grad_beta == 0))
+    throw std::invalid_argument("group_norm_backward_nhwc: null pointer");
+  py::gil_scoped_release release;
+  pyddpm::group_norm_backward_nhwc_cpu(
+      reinterpret_cast<const void*>(x), reinterpret_cast<const void*>(grad_y), reinterpret_cast<void*>(grad_x),
+      dtype == 2, reinterpret_cast<const float*>(mean), reinterpret_cast<const float*>(rstd),
+      reinterpret_cast<const float*>(gamma), reinterpret_cast<const float*>(beta), batch, hw, channels, groups,
+      silu, reinterpret_cast<float*>(grad_gamma), reinterpret_cast<float*>(grad_beta), num_threads);
 }
 
 }  // namespace
@@ -226,9 +248,14 @@ PYBIND11_MODULE(_C, m) {
         "CPU (dtype 0/2 = float32/bfloat16; add: float32 (N, C) or 0; gamma, beta: float32 or 0), "
         "statistics in float64.",
         py::arg("dtype"), py::arg("x"), py::arg("add"), py::arg("y"), py::arg("gamma"), py::arg("beta"),
-        py::arg("batch"),
-        py::arg("hw"), py::arg("channels"), py::arg("groups"), py::arg("eps"), py::arg("silu"),
-        py::arg("num_threads"));
+        py::arg("batch"), py::arg("hw"), py::arg("channels"), py::arg("groups"), py::arg("eps"), py::arg("silu"),
+        py::arg("mean"), py::arg("rstd"), py::arg("num_threads"));
+  m.def("group_norm_backward_nhwc", &group_norm_backward_nhwc,
+        "grad_x, and per-sample grad_gamma, grad_beta (float32, batch x channels) of group_norm_nhwc (then SiLU "
+        "when silu) from grad_y and the forward's mean and rstd (float32, batch x groups).",
+        py::arg("dtype"), py::arg("x"), py::arg("grad_y"), py::arg("grad_x"), py::arg("mean"), py::arg("rstd"),
+        py::arg("gamma"), py::arg("beta"), py::arg("batch"), py::arg("hw"), py::arg("channels"),
+        py::arg("groups"), py::arg("silu"), py::arg("grad_gamma"), py::arg("grad_beta"), py::arg("num_threads"));
   m.def(
       "philox4x32_10",
       [](uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {

@@ -32,6 +32,7 @@ try:
 except ImportError:  # not built: GroupNorm stays ATen's (pyddpm.ops says how to build it)
     _C = None
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)
+_KERNEL_CODES = {torch.float32: 0, torch.bfloat16: 2}
 
 PRECISIONS = ("fp32", "bf16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -111,7 +112,7 @@ class FastGroupNorm(nn.Module):
                            add=0 if add is None else add.data_ptr(), y=y.data_ptr(),
                            gamma=0 if self.weight is None else self.weight.data_ptr(),
                            beta=0 if self.bias is None else self.bias.data_ptr(), batch=n, hw=h * w, channels=c,
-                           groups=self.num_groups, eps=self.eps, silu=self.silu,
+                           groups=self.num_groups, eps=self.eps, silu=self.silu, mean=0, rstd=0,
                            num_threads=torch.get_num_threads())
         return y
 
@@ -121,6 +122,58 @@ class FastGroupNorm(nn.Module):
                 and not (torch.is_grad_enabled() and x.requires_grad)
                 and all(p is None or (p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous()
                                       and p.numel() == x.shape[1]) for p in (self.weight, self.bias)))
+
+
+class _GroupNormFunction(torch.autograd.Function):
+    """GroupNorm (then SiLU) of a channels-last map with pyddpm._C's kernels both ways: the forward saves each
+    group's mean and 1/std, the backward recomputes the normalized values from them (two passes over x and
+    dL/dy)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float, silu: bool) -> Tensor:
+        n, c, h, w = x.shape
+        y = torch.empty_like(x, memory_format=torch.channels_last)
+        mean, rstd = (torch.empty(n, groups) for _ in range(2))
+        _C.group_norm_nhwc(dtype=_KERNEL_CODES[x.dtype], x=x.data_ptr(), add=0, y=y.data_ptr(),
+                           gamma=weight.data_ptr(), beta=bias.data_ptr(), batch=n, hw=h * w, channels=c,
+                           groups=groups, eps=eps, silu=silu, mean=mean.data_ptr(), rstd=rstd.data_ptr(),
+                           num_threads=torch.get_num_threads())
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.groups, ctx.silu = groups, silu
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        n, c, h, w = x.shape
+        grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last)
+        grad_x = torch.empty_like(x, memory_format=torch.channels_last)
+        grad_weight, grad_bias = (torch.empty(n, c) for _ in range(2))
+        _C.group_norm_backward_nhwc(dtype=_KERNEL_CODES[x.dtype], x=x.data_ptr(), grad_y=grad.data_ptr(),
+                                    grad_x=grad_x.data_ptr(), mean=mean.data_ptr(), rstd=rstd.data_ptr(),
+                                    gamma=weight.data_ptr(), beta=bias.data_ptr(), batch=n, hw=h * w, channels=c,
+                                    groups=ctx.groups, silu=ctx.silu, grad_gamma=grad_weight.data_ptr(),
+                                    grad_beta=grad_bias.data_ptr(), num_threads=torch.get_num_threads())
+        return grad_x, grad_weight.sum(0), grad_bias.sum(0), None, None, None
+
+
+class TrainableGroupNorm(nn.Module):
+    """An nn.GroupNorm (its own weight and bias Parameters, so the same state_dict), then SiLU when ``silu``, with
+    gradients: channels-last float32 or bfloat16 maps on the CPU through pyddpm._C's kernels (ATen's channels-last
+    GroupNorm is 5-10x slower), anything else through F.group_norm (and F.silu)."""
+
+    def __init__(self, norm: nn.GroupNorm, silu: bool = False):
+        super().__init__()
+        self.num_groups, self.eps, self.silu = norm.num_groups, norm.eps, silu
+        self.weight, self.bias = norm.weight, norm.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (_C is not None and x.device.type == "cpu" and x.dim() == 4 and x.dtype in _KERNEL_DTYPES
+                and x.is_contiguous(memory_format=torch.channels_last) and self.weight is not None
+                and self.weight.dtype == torch.float32 and self.bias.dtype == torch.float32):
+            return _GroupNormFunction.apply(x, self.weight, self.bias, self.num_groups, self.eps, self.silu)
+        y = nn.functional.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return nn.functional.silu(y) if self.silu else y
 
 
 def _onednn_activation(module: nn.Module) -> tuple[str, list, str] | None:
@@ -230,30 +283,31 @@ def prefers_channels_last(network: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in modules) and not any(isinstance(m, nn.GroupNorm) for m in modules)
 
 
-class ChannelsLastConv2d(nn.Module):
-    """A Conv2d whose output is channels-last also when its input has one channel (its NCHW and channels-last
-    layouts are the same memory, and torch then returns NCHW, which every later layer would keep)."""
-
-    def __init__(self, conv: nn.Conv2d):
-        super().__init__()
-        self.conv = conv
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x).contiguous(memory_format=torch.channels_last)
+def channels_last_output(module: nn.Module, args, output: Tensor) -> Tensor:
+    """A forward hook for a one-channel-input Conv2d of a channels-last copy: its output channels-last (with one
+    input channel the NCHW and channels-last layouts are the same memory, and torch then returns NCHW, which
+    every later layer would keep). A hook, so the state_dict's names stay the network's."""
+    return output.contiguous(memory_format=torch.channels_last)
 
 
 class FastResidualBlock(nn.Module):
-    """A DDPM U-Net ResidualBlock (nets.unet_ddpm) for sampling: each GroupNorm -> SiLU one FastGroupNorm, the
-    time embedding's projection added inside the second one (no pass of its own), and in float32 the residual
-    sum inside conv2 (oneDNN's binary post-op): two passes over each map fewer, the same function."""
+    """A DDPM U-Net ResidualBlock (nets.unet_ddpm) with each GroupNorm -> SiLU one kernel: for sampling
+    FastGroupNorms, the time embedding's projection added inside the second one (no pass of its own) and, in
+    float32, the residual sum inside conv2 (oneDNN's binary post-op); for training (``trainable``)
+    TrainableGroupNorms, the block's own Parameters and state_dict names. The same function."""
 
-    def __init__(self, block: ResidualBlock):
+    def __init__(self, block: ResidualBlock, trainable: bool = False):
         super().__init__()
-        self.norm1, self.norm2 = FastGroupNorm(block.norm1, silu=True), FastGroupNorm(block.norm2, silu=True)
-        self.conv1, self.time, self.conv2, self.dropout, self.skip = (block.conv1, block.time, block.conv2,
-                                                                      block.dropout, block.skip)
+        norm = TrainableGroupNorm if trainable else FastGroupNorm
+        self.trainable = trainable
+        self.norm1, self.conv1, self.time = norm(block.norm1, silu=True), block.conv1, block.time  # the block's
+        self.norm2, self.conv2, self.dropout, self.skip = (norm(block.norm2, silu=True), block.conv2,  # order
+                                                           block.dropout, block.skip)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        if self.trainable:
+            h = self.conv1(self.norm1(x)) + self.time(emb)[:, :, None, None]
+            return self.skip(x) + self.conv2(self.dropout(self.norm2(h)))
         h = self.norm2(self.conv1(self.norm1(x)), add=self.time(emb))
         skip = self.skip(x)
         conv = self.conv2
@@ -267,29 +321,35 @@ class FastResidualBlock(nn.Module):
 
 
 def group_norm_kernel_available() -> bool:
-    return _C is not None and hasattr(_C, "group_norm_nhwc")
+    return _C is not None and hasattr(_C, "group_norm_backward_nhwc")
 
 
-def _with_fast_group_norm(network: nn.Module) -> nn.Module:
-    """``network`` with each GroupNorm a FastGroupNorm, fused with the SiLU that follows it in a Sequential, and
-    each DDPM U-Net ResidualBlock a FastResidualBlock."""
+def _with_fast_group_norm(network: nn.Module, trainable: bool = False) -> nn.Module:
+    """``network`` with each GroupNorm pyddpm._C's (FastGroupNorm, or with ``trainable`` TrainableGroupNorm),
+    fused with the SiLU after it in a Sequential (which becomes an Identity, so later layers keep their names),
+    and each DDPM U-Net ResidualBlock a FastResidualBlock (a training copy's trainable ones become the sampling
+    ones)."""
+    norm = TrainableGroupNorm if trainable else FastGroupNorm
 
     def fused(module: nn.Module) -> nn.Module | None:
-        if type(module) is ResidualBlock:
-            return FastResidualBlock(module)
+        if type(module) is ResidualBlock or (type(module) is FastResidualBlock and module.trainable > trainable):
+            return FastResidualBlock(module, trainable)
+        if type(module) is TrainableGroupNorm and not trainable:  # a training copy's, for sampling
+            return FastGroupNorm(module, module.silu)
         if isinstance(module, nn.Sequential) and any(type(m) is nn.GroupNorm for m in module):
-            layers, children, i = [], list(module), 0
-            while i < len(children):
-                child = children[i]
+            children = list(module)
+            layers = []
+            for i, child in enumerate(children):
+                after_norm = i > 0 and type(children[i - 1]) is nn.GroupNorm
                 if type(child) is nn.GroupNorm:
                     silu = i + 1 < len(children) and type(children[i + 1]) is nn.SiLU
-                    layers.append(FastGroupNorm(child, silu))
-                    i += 2 if silu else 1
-                    continue
-                layers.append(child)
-                i += 1
+                    layers.append(norm(child, silu))
+                elif after_norm and type(child) is nn.SiLU:
+                    layers.append(nn.Identity())
+                else:
+                    layers.append(child)
             return nn.Sequential(*layers)
-        return FastGroupNorm(module) if type(module) is nn.GroupNorm else None
+        return norm(module) if type(module) is nn.GroupNorm else None
 
     return replace_modules(network, fused)
 
@@ -321,27 +381,55 @@ def _with_fast_log_sigmoid(network: nn.Module) -> nn.Module:
     return replace_modules(network, lambda m: FastLogSigmoid() if type(m) is nn.LogSigmoid else None)
 
 
-def _layout_levers(network: nn.Module, sampling: bool = False) -> nn.Module:
-    """FastLogSigmoid, for ``sampling`` FastGroupNorm (when pyddpm._C has it), and channels-last where
-    ``prefers_channels_last``: a copy, or ``network`` when nothing applies."""
+def _layout_levers(network: nn.Module, trainable: bool = False) -> nn.Module:
+    """FastLogSigmoid, pyddpm._C's GroupNorm (when built; ``trainable``: with gradients) and channels-last where
+    ``prefers_channels_last`` then holds: a copy, or ``network`` when nothing applies."""
     fast = _with_fast_log_sigmoid(network)
-    if sampling and group_norm_kernel_available():
-        fast = _with_fast_group_norm(fast)
+    if group_norm_kernel_available():
+        fast = _with_fast_group_norm(fast, trainable)
     if prefers_channels_last(fast):
-        fast = replace_modules(fast, lambda m: ChannelsLastConv2d(m) if type(m) is nn.Conv2d and m.in_channels == 1
-                               else None)
-        fast = (copy.deepcopy(fast) if fast is network else fast).to(memory_format=torch.channels_last)
+        fast = copy.deepcopy(fast) if fast is network else fast
+        for m in fast.modules():
+            if type(m) is nn.Conv2d and m.in_channels == 1:
+                m.register_forward_hook(channels_last_output)
+        fast = fast.to(memory_format=torch.channels_last)
     return fast
+
+
+class FastDropout(nn.Module):
+    """nn.Dropout(p) with its mask drawn from torch's generator 31 bits per two elements, not one bernoulli float
+    per element (ATen's CPU dropout, 3x slower; the DDPM U-Net's dropouts took 9% of its training step): each
+    int32 of ``random_()`` (uniform on [0, 2^31)) is two int16s, the low one uniform on [-2^15, 2^15), the high
+    one on [0, 2^15); an element is dropped when its int16 falls in the lowest share q = round(p 2^15) / 2^15 of
+    its range (|q - p| <= 2^-16), and the kept ones are scaled by 1 / (1 - q). The identity in eval mode, as
+    nn.Dropout."""
+
+    def __init__(self, dropout: nn.Dropout):
+        super().__init__()
+        self.p = dropout.p
+        dropped = round(self.p * 32768)
+        self.thresholds = torch.tensor([2 * dropped - 32768, dropped], dtype=torch.int16)  # (low, high) halves
+        self.scale = 1.0 / (1.0 - dropped / 32768)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu" or self.p >= 1.0:
+            return nn.functional.dropout(x, self.p, True)
+        halves = torch.empty((x.numel() + 1) // 2, dtype=torch.int32).random_().view(torch.int16).view(-1, 2)
+        keep = (halves >= self.thresholds).view(-1)[:x.numel()].view(x.shape)
+        return x * keep.to(x.dtype).mul_(self.scale)
 
 
 def training_network(network: nn.Module, device: torch.device | str, precision: str = "fp32") -> nn.Module:
     """A copy of ``network`` to train on ``device``, with the levers that keep autograd: on the CPU, FastLogSigmoid,
-    channels-last where ``prefers_channels_last`` (the exercise U-Net trains 1.7x faster) and, in float32, Linear
+    FastDropout, channels-last where ``prefers_channels_last`` (the exercise U-Net trains 1.7x faster) and, in float32, Linear
     layers on oneDNN (the toy FcNetwork 1.4x; under bf16 autocast torch's own Linear is the bf16 one); else
     ``network``. The weights (and the state_dict's names) are the network's."""
     if torch.device(device).type != "cpu":
         return network
-    fast = _layout_levers(network)
+    fast = _layout_levers(network, trainable=True)
+    fast = replace_modules(fast, lambda m: FastDropout(m) if type(m) is nn.Dropout and m.p > 0 else None)
     if check_precision(precision) == "fp32" and onednn_available():
         fast = replace_modules(fast, lambda m: TrainableOneDNNLinear(m) if type(m) is nn.Linear else None)
     return fast
@@ -365,7 +453,7 @@ def fast_network(network: nn.Module, device: torch.device | str, precision: str 
     device = torch.device(device)
     fast = network
     if device.type == "cpu":
-        fast = _layout_levers(network, sampling=True)
+        fast = _layout_levers(network)
         dtype = _DTYPES[precision]
         if any(_is_linear(m) for m in fast.modules()):
             if onednn_available(dtype):

@@ -72,7 +72,7 @@ def test_the_fast_path_really_rewrites_the_network(name):
 def test_the_ddpm_unet_runs_channels_last_with_fused_group_norms():
     """Every GroupNorm is pyddpm's kernel, fused with the SiLU after it, and every convolution sees channels-last
     maps, the one-channel stem's output included (torch would return it in NCHW)."""
-    from pyddpm.fast_network import ChannelsLastConv2d, FastGroupNorm, FastResidualBlock
+    from pyddpm.fast_network import FastGroupNorm, FastResidualBlock, channels_last_output
     from pyddpm.nets.unet_ddpm import ResidualBlock, SelfAttention
 
     network, x, t = pushed("unet-ddpm")
@@ -83,7 +83,7 @@ def test_the_ddpm_unet_runs_channels_last_with_fused_group_norms():
     norms = [m for m in fast.modules() if isinstance(m, FastGroupNorm)]
     attention = sum(1 for m in network.modules() if isinstance(m, SelfAttention))
     assert sum(m.silu for m in norms) == len(norms) - attention  # all but the attention's norms
-    assert isinstance(fast.network.stem, ChannelsLastConv2d)
+    assert channels_last_output in fast.network.stem._forward_hooks.values()
     layouts = []
     hooks = [m.register_forward_pre_hook(lambda m, args: layouts.append(
         args[0].is_contiguous(memory_format=torch.channels_last))) for m in fast.modules() if isinstance(m, nn.Conv2d)]
@@ -267,6 +267,42 @@ def test_training_network_has_the_eager_gradients_at_trained_activation_ranges(n
         assert float((grads[1][k] - g).abs().max()) <= 1e-4 * max(1.0, float(g.abs().max())), k
 
 
+@pytest.mark.parametrize("name", ["unet", "unet-ddpm", "fc-silu"])
+def test_a_training_copy_has_the_networks_state_dict(name):
+    """Checkpoints of a run trained on the fast copy load into the network as built, and back: the same names,
+    shapes and values (the copy's modules keep their Parameters' names; the channels-last stem is a hook)."""
+    from pyddpm.fast_network import training_network
+
+    network, _, _ = pushed(name)
+    for precision in ("fp32", "bf16"):
+        copy_state = training_network(network, "cpu", precision).state_dict()
+        assert list(copy_state) == list(network.state_dict())
+        assert all(torch.equal(copy_state[k], v) for k, v in network.state_dict().items())
+
+
+def test_fast_dropout_drops_p_and_scales_the_rest():
+    """FastDropout keeps each element with probability 1 - p (binomial: within 5 standard errors over 10^6
+    elements), scales the kept ones by 1 / (1 - p) so the mean is kept, passes gradients through the same mask,
+    and is the identity in eval mode."""
+    from pyddpm.fast_network import FastDropout
+
+    torch.manual_seed(0)
+    drop = FastDropout(nn.Dropout(0.1))
+    x = torch.rand(1000, 1000) + 1.0
+    x.requires_grad_(True)
+    y = drop(x)
+    kept = y != 0
+    n, share = kept.numel(), float(kept.float().mean())
+    assert abs(share - 0.9) <= 5 * math.sqrt(0.9 * 0.1 / n)
+    assert torch.allclose(y[kept], x[kept] / 0.9, rtol=1e-4)
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept) and torch.allclose(x.grad[kept], torch.full_like(x.grad[kept], 1 / 0.9),
+                                                             rtol=1e-4)
+    drop.eval()
+    assert drop(x) is x
+    assert torch.equal(drop.train()(x.detach()[:0]), x.detach()[:0])  # empty input
+
+
 def test_bf16_training_tracks_fp32(tmp_path):
     """pyddpm's Trainer with --precision bf16 against float32, the same seed: the mean loss of the last 150 of 400
     steps agrees within 3 standard errors of the per-step losses (Welch's t at 3 sigma; the per-step loss is a
@@ -277,7 +313,7 @@ def test_bf16_training_tracks_fp32(tmp_path):
     curves = {}
     for precision in ("fp32", "bf16"):
         cfg = TrainConfig(data="cb", hidden=128, depth=3, batch_size=256, num_train=102400, epochs=1, ema=0.0,
-                          precision=precision)
+                          precision=precision, low_t_share=0.0)  # uniform t: the loss falls by > 20%
         trainer = Trainer(cfg, tmp_path / precision, torch.device("cpu"), resume=False)
         assert trainer.amp == (precision == "bf16")
         curves[precision] = torch.stack([trainer.train_step(step) for step in range(400)]).double()
