@@ -13,11 +13,17 @@ from .data import IMAGE_DATASETS, canonical_name, data_config_entries, is_toy
 from .nets import DEFAULT_CHANNELS, NETWORKS
 
 TOY_DATA_SCALE = 64.0
+# toy-data defaults of settings whose TrainConfig default is None (resolved per data set; images: the exercise's)
+TOY_DEFAULTS = {"input_embedding": "fourier", "low_t_share": 0.5}
 IMAGE_DEFAULTS = {"batch_size": 128, "epochs": 20}  # toy defaults are TrainConfig's
 NET_DEFAULT_LR = {"unet-ddpm": 2e-4}  # Ho et al.'s rate for their U-Net; 1e-3 (TrainConfig's) otherwise
 LR_SCHEDULES = ("cosine", "constant")
+# settings added after runs were first written, with the value a run stored without them was trained with (their
+# TrainConfig default may differ): resuming such a run rebuilds the network it has
+LEGACY_SETTINGS = {"input_embedding": "none", "low_t_share": 0.0}
 # settings of the DDPM and its networks, left out of a baseline run's config (``run_config(..., model=...)``)
-DDPM_SETTINGS = ("net", "hidden", "depth", "activation", "time_embedding", "channels", "num_res_blocks", "dropout",
+DDPM_SETTINGS = ("net", "hidden", "depth", "activation", "time_embedding", "input_embedding", "input_frequencies",
+                 "input_max_period", "low_t_share", "low_t_range", "channels", "num_res_blocks", "dropout",
                  "attention", "T", "schedule", "beta_1", "beta_T", "variance", "grid_steps")
 
 
@@ -33,6 +39,9 @@ class TrainConfig:
     depth: int = 4
     activation: str = "silu"
     time_embedding: str = "sinusoidal"
+    input_embedding: str | None = None  # fc: "fourier" adds sin/cos features of x; None: fourier for toy data
+    input_frequencies: int = 8  # fc, fourier: octaves of the features
+    input_max_period: float = 64.0  # fc, fourier: their longest period, in model-space units
     channels: list[int] | None = None
     num_res_blocks: int = 2
     dropout: float = 0.1
@@ -47,6 +56,8 @@ class TrainConfig:
     epochs: int = 16
     batch_size: int = 1000
     lr: float = 1e-3
+    low_t_share: float | None = None  # share of t drawn from 1..low_t_range*T instead of 1..T; None: 0.5 toy, 0 images
+    low_t_range: float = 0.2
     weight_decay: float = 0.0
     warmup: int = 100
     lr_schedule: str = "cosine"
@@ -69,12 +80,35 @@ class TrainConfig:
             return self.data_scale
         return TOY_DATA_SCALE if is_toy(self.data) else 2.0
 
+    def resolved_input_embedding(self) -> str:
+        """FcNetwork's input embedding: as given, else fourier for the toy data (measured on the
+        chequerboard's sharp edges) and none for images (the exercise's network)."""
+        if self.input_embedding is not None:
+            return self.input_embedding
+        return TOY_DEFAULTS["input_embedding"] if is_toy(self.data) and self.net == "fc" else "none"
+
+    def resolved_low_t_share(self) -> float:
+        """The share of each batch trained at t <= low_t_range T: as given, else 0.5 for the toy data (measured
+        on the chequerboard with the Fourier input embedding) and 0 for images (Algorithm 1's uniform t)."""
+        if self.low_t_share is not None:
+            return self.low_t_share
+        return TOY_DEFAULTS["low_t_share"] if is_toy(self.data) else 0.0
+
+    def resolve_defaults(self) -> "TrainConfig":
+        """This config with the data-dependent defaults above written in (so a run's stored config states them)."""
+        self.input_embedding = self.resolved_input_embedding()
+        self.low_t_share = self.resolved_low_t_share()
+        return self
+
 
 def network_settings(cfg: TrainConfig, data: dict) -> dict:
     """The ``{"name", "kwargs"}`` entry of the run config that rebuilds the network for the ``data`` config."""
     if cfg.net == "fc":
         kwargs = dict(input_dim=math.prod(data["shape"]), num_hidden=cfg.hidden, num_layers=cfg.depth,
                       activation=cfg.activation, time_embedding=cfg.time_embedding)
+        if cfg.resolved_input_embedding() != "none":  # left out otherwise: as configs written before the option
+            kwargs.update(input_embedding=cfg.resolved_input_embedding(), input_frequencies=cfg.input_frequencies,
+                          input_max_period=cfg.input_max_period)
     elif cfg.net in DEFAULT_CHANNELS:
         if "image_shape" not in data:
             raise ValueError(f"--net {cfg.net} needs image data (--data {' or '.join(IMAGE_DATASETS)}), "

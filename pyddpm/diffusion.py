@@ -5,18 +5,33 @@ by T, shape (batch, 1), as the exercise feeds it.
 """
 from __future__ import annotations
 
+import math
 
 import torch
 from torch import nn
 
 from .schedules import VARIANCES, NoiseSchedule, StepCoefficients, check_variance
 
-__all__ = ["DDPM", "VARIANCES", "network_time", "normal_kl"]
+__all__ = ["DDPM", "VARIANCES", "low_t_timesteps", "network_time", "normal_kl"]
 
 
 def network_time(t: torch.Tensor, T: int) -> torch.Tensor:
     """What the network sees for 1-based steps t of shape (batch,): (t - 1) / T as float32 of shape (batch, 1)."""
     return ((t - 1).to(torch.float32) / T).reshape(-1, 1)
+
+
+def low_t_timesteps(n: int, T: int, share: float, low_range: float, device=None) -> torch.Tensor:
+    """1-based steps t, shape (n,), from the mixture (1 - share) U{1..T} + share U{1..ceil(low_range T)}: a
+    training option that spends more of the batch on the last steps of the reverse process, where a sharp-edged
+    data set is resolved. ``share`` 0 gives Algorithm 1's uniform t (the same draws as ``DDPM.negative_elbo``); this
+    is not L_simple, but a reweighting of its terms over t."""
+    if not 0.0 <= share <= 1.0 or not 0.0 < low_range <= 1.0:
+        raise ValueError(f"low_t_timesteps: need share in [0, 1] and low_range in (0, 1], got {share}, {low_range}")
+    t = torch.randint(1, T + 1, (n,), device=device)
+    if share == 0.0:
+        return t
+    low = torch.randint(1, max(1, math.ceil(low_range * T - 1e-9)) + 1, (n,), device=device)
+    return torch.where(torch.rand(n, device=device) < 1.0 - share, t, low)
 
 
 def normal_kl(mean1: torch.Tensor, var1: torch.Tensor, mean2: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
@@ -114,11 +129,15 @@ class DDPM(nn.Module):
         return network_time(t, self.T)
 
     # ----- Algorithm 1 --------------------------------------------------------------------------
-    def negative_elbo(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-example L_simple = ||eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)||^2 (Alg. 1)."""
+    def negative_elbo(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-example L_simple = ||eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)||^2 (Alg. 1);
+        ``t`` (1-based, shape (batch,)) given: at those steps instead of t ~ U{1..T}."""
         if x.dim() < 2:
             raise ValueError(f"DDPM expects a batch of shape (batch, *sample_shape), got {tuple(x.shape)}")
-        t = torch.randint(1, self.T + 1, (x.shape[0],), device=x.device)  # Alg. 1 line 3
+        if t is None:
+            t = torch.randint(1, self.T + 1, (x.shape[0],), device=x.device)  # Alg. 1 line 3
+        elif t.shape != (x.shape[0],):
+            raise ValueError(f"DDPM: t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
         eps = torch.randn_like(x)  # line 4
         eps_hat = self.network(self.q_sample(x, t, eps), self.time_input(t))  # line 5
         return (eps - eps_hat).float().pow(2).flatten(1).sum(1)

@@ -15,6 +15,7 @@ import torch
 from .config import TrainConfig
 from .families import model_family
 from .nets import NETWORKS, build_network
+from .nets.fc import MAX_INPUT_FREQUENCIES
 from .schedules import SCHEDULES, VARIANCES
 
 MAX_T = 100_000  # diffusion steps
@@ -112,7 +113,7 @@ def _check_data(data) -> int:
 
 # bounds of the networks' numeric settings (the constructors check the rest)
 _KWARG_BOUNDS = {"input_dim": MAX_SAMPLE_NUMEL, "num_hidden": MAX_WIDTH, "num_layers": MAX_DEPTH,
-                 "time_dim": MAX_WIDTH, "num_res_blocks": MAX_RES_BLOCKS}
+                 "time_dim": MAX_WIDTH, "num_res_blocks": MAX_RES_BLOCKS, "input_frequencies": MAX_INPUT_FREQUENCIES}
 
 
 def _check_network(network, data: dict, numel: int) -> None:
@@ -140,7 +141,9 @@ def _check_network(network, data: dict, numel: int) -> None:
                           f"{numel} values per sample")
     if "dropout" in kwargs:
         _float("network.kwargs.dropout", kwargs["dropout"], 0.0, 0.999)
-    for key in ("activation", "time_embedding"):
+    if "input_max_period" in kwargs:
+        _float("network.kwargs.input_max_period", kwargs["input_max_period"], 1e-6)
+    for key in ("activation", "time_embedding", "input_embedding"):
         if key in kwargs and not isinstance(kwargs[key], str):
             raise SchemaError(f"network.kwargs.{key}: must be a string, got {kwargs[key]!r}")
     if "attention" in kwargs and not isinstance(kwargs["attention"], bool):

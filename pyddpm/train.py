@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig, run_config
 from .data import DataTransform, describe_training_data, load_training_data, to_data_space
-from .diffusion import DDPM
+from .diffusion import DDPM, low_t_timesteps
 from .ema import EMA
 from .fast_network import training_network
 from .store import (CHECKPOINT_FILE, CONFIG_FILE, CheckpointError, architecture, build_model, load_weights,
@@ -75,13 +75,17 @@ class StopRequest:
 
 class Objective(torch.nn.Module):
     """``model.loss(x)`` as a module's forward, so DDP and torch.compile wrap the training objective of any model
-    with a ``loss`` (the DDPM's L_simple, a flow's negative log-likelihood, a VAE's negative ELBO)."""
+    with a ``loss`` (the DDPM's L_simple, a flow's negative log-likelihood, a VAE's negative ELBO). A DDPM with
+    ``low_t_share`` > 0 trains on L_simple's terms with t drawn from ``diffusion.low_t_timesteps`` instead."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, low_t_share: float = 0.0, low_t_range: float = 0.2):
         super().__init__()
-        self.model = model
+        self.model, self.low_t_share, self.low_t_range = model, low_t_share, low_t_range
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.low_t_share > 0 and isinstance(self.model, DDPM):
+            t = low_t_timesteps(x.shape[0], self.model.T, self.low_t_share, self.low_t_range, x.device)
+            return self.model.negative_elbo(x, t).mean()
         return self.model.loss(x)
 
 
@@ -145,7 +149,7 @@ class Trainer:
             if self.master:
                 self._truncate_log()
 
-        wrapped = Objective(self.model)
+        wrapped = Objective(self.model, cfg.resolved_low_t_share(), cfg.low_t_range)
         if self.world > 1:
             wrapped = torch.nn.parallel.DistributedDataParallel(
                 wrapped, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)

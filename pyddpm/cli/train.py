@@ -16,13 +16,14 @@ import torch
 import torch.distributed as dist
 
 from ..baselines import BASELINES, DATA_SCALE, build_baseline, default_kwargs
-from ..config import IMAGE_DEFAULTS, LR_SCHEDULES, NET_DEFAULT_LR, TrainConfig, network_settings
+from ..config import (IMAGE_DEFAULTS, LEGACY_SETTINGS, LR_SCHEDULES, NET_DEFAULT_LR, TOY_DEFAULTS, TrainConfig,
+                      network_settings)
 from ..data import canonical_name, data_config_entries, is_toy
 from ..diffusion import DDPM
 from ..evaluate.report import metrics_table, write_run_report, write_sample_grid
 from ..fast_network import PRECISIONS
 from ..nets import NETWORKS
-from ..nets.fc import ACTIVATIONS, TIME_EMBEDDINGS
+from ..nets.fc import ACTIVATIONS, INPUT_EMBEDDINGS, MAX_INPUT_FREQUENCIES, TIME_EMBEDDINGS
 from ..schedules import SCHEDULES, VARIANCES
 from ..schema import (MAX_DEPTH, MAX_LEVELS, MAX_NUM_TRAIN, MAX_PARAMETERS, MAX_RES_BLOCKS, MAX_SAMPLES, MAX_T,
                       MAX_WIDTH, count_parameters)
@@ -79,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="toy data: training set size; images: use at most the first N training images")
     g = p.add_argument_group("network")
     g.add_argument("--net", "--network", dest="net", default=d.net, choices=list(NETWORKS),
-                   help="fc: FcNetwork, by default 4 x 256 SiLU with a sinusoidal t (the exercise's MLP is --hidden 64 "
-                        "--depth 2 --activation relu --time-embedding linear; pyddpm-exercise runs the exercise as "
+                   help="fc: FcNetwork, by default 4 x 256 SiLU with a sinusoidal t and, on toy data, Fourier features "
+                        "of x (the exercise's MLP is --hidden 64 --depth 2 --activation relu --time-embedding linear "
+                        "--input-embedding none; pyddpm-exercise runs the exercise as "
                         "the course sets it up); unet: the exercise's MNIST U-Net; unet-ddpm: Ho et al.'s U-Net "
                         "(residual blocks, GroupNorm, attention at 7x7)")
     g.add_argument("--hidden", "--num-hidden", dest="hidden", type=int, default=d.hidden,
@@ -91,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="activation (fc; the exercise uses relu)")
     g.add_argument("--time-embedding", choices=list(TIME_EMBEDDINGS), default=d.time_embedding,
                    help="how the network sees t (fc; the exercise uses linear)")
+    g.add_argument("--input-embedding", choices=list(INPUT_EMBEDDINGS), default=None,
+                   help="how the network sees x (fc): none feeds x as it is (the exercise); fourier adds sin/cos of "
+                        "each coordinate at --input-frequencies octaves (Tancik et al. 2020), which resolve sharp "
+                        f"edges better (default {TOY_DEFAULTS['input_embedding']} for toy data, none for images)")
+    g.add_argument("--input-frequencies", type=int, default=d.input_frequencies,
+                   help="fc, --input-embedding fourier: number of octaves of the Fourier features")
+    g.add_argument("--input-max-period", type=float, default=d.input_max_period,
+                   help="fc, --input-embedding fourier: the features' longest period in model-space units (data "
+                        "times --data-scale; the toy data span 64)")
     g.add_argument("--channels", type=_channel_list, default=None,
                    help="feature channels per resolution level, comma-separated (unet: 5 levels, default "
                         "32,64,128,256,256 as the exercise; unet-ddpm: default 64,128,128 for 28, 14, 7)")
@@ -116,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{IMAGE_DEFAULTS['batch_size']} for images)")
     g.add_argument("--lr", type=float, default=None,
                    help=f"AdamW learning rate (default {d.lr}; {NET_DEFAULT_LR['unet-ddpm']} for unet-ddpm)")
+    g.add_argument("--low-t-share", type=float, default=None,
+                   help="share of each batch whose t is drawn from 1..--low-t-range x T instead of 1..T: more "
+                        "training on the last reverse steps, which place sharp edges (L_simple's terms reweighted "
+                        f"over t; default {TOY_DEFAULTS['low_t_share']} for toy data, 0 for images: Algorithm 1's "
+                        "uniform t)")
+    g.add_argument("--low-t-range", type=float, default=d.low_t_range,
+                   help="with --low-t-share: the low steps' upper end as a fraction of T")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     g.add_argument("--warmup", type=int, default=d.warmup, help="linear learning-rate warm-up steps")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
@@ -173,7 +191,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # the settings of the DDPM's network and diffusion, which a baseline run (--model flow|vae) has no use for
-DDPM_SETTINGS = ("net", "hidden", "depth", "activation", "time_embedding", "channels", "num_res_blocks", "dropout",
+DDPM_SETTINGS = ("net", "hidden", "depth", "activation", "time_embedding", "input_embedding", "input_frequencies",
+                 "input_max_period", "low_t_share", "low_t_range", "channels", "num_res_blocks", "dropout",
                  "attention", "T", "schedule", "beta_1", "beta_T", "variance")
 
 
@@ -232,7 +251,8 @@ def config_from_args(args: argparse.Namespace, given: dict[str, str] | None = No
         if stored is None:
             raise ValueError(f"cannot resume {args.resume}: its config has no train entry (it was not written by "
                              "pyddpm-train, e.g. imported); sample or export it, or train a new run")
-        cfg = TrainConfig(**{k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__})
+        cfg = TrainConfig(**{**LEGACY_SETTINGS,
+                             **{k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__}})
         cfg.max_steps = None  # a resumed run goes on to the end of its schedule unless --max-steps says otherwise
         _refuse_resume_changes(args, cfg, given)
         for name in ("lr", "grad_clip", "data_dir"):
@@ -247,6 +267,7 @@ def config_from_args(args: argparse.Namespace, given: dict[str, str] | None = No
                     setattr(cfg, name, value)
         if args.lr is None:
             cfg.lr = NET_DEFAULT_LR.get(cfg.net, cfg.lr)
+        cfg.resolve_defaults()
     if args.epochs is not None:
         cfg.epochs = args.epochs
     if args.max_steps is not None:
@@ -265,6 +286,15 @@ def check_settings(cfg: TrainConfig) -> None:
     for name, hi in bounds.items():
         check_int(f"--{name.replace('_', '-')}", getattr(cfg, name), 1, hi)
     check_int("--grid-samples", cfg.grid_samples, 0, MAX_SAMPLES)
+    check_int("--input-frequencies", cfg.input_frequencies, 1, MAX_INPUT_FREQUENCIES)
+    check_float("--input-max-period", cfg.input_max_period, 0.0, math.inf, lo_open=True, hi_open=True)
+    embedding = cfg.resolved_input_embedding()
+    if embedding not in INPUT_EMBEDDINGS:
+        raise ValueError(f"--input-embedding must be one of {', '.join(INPUT_EMBEDDINGS)}, got {embedding!r}")
+    if embedding != "none" and cfg.net != "fc":
+        raise ValueError(f"--input-embedding {embedding} applies to --net fc, not --net {cfg.net}")
+    check_float("--low-t-share", cfg.low_t_share, 0.0, 1.0)
+    check_float("--low-t-range", cfg.low_t_range, 0.0, 1.0, lo_open=True)
     check_int("--grid-steps", cfg.grid_steps, 0, MAX_T)
     check_int("--warmup", cfg.warmup, 0)
     check_int("--seed", cfg.seed, 0, MAX_SEED)

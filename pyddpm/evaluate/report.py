@@ -118,6 +118,10 @@ def write_run_report(run_dir: Path, model, config: dict, timing: dict, metrics_c
     with open(metrics_csv) as f:
         rows = list(csv.DictReader(f))
     objective = BASELINE_OBJECTIVES[config["model"]["name"]] if "model" in config else None  # None: L_simple
+    low_t = config.get("train", {}).get("low_t_share") or 0.0
+    if objective is None and low_t > 0:  # L_simple's terms, a share of them at small t (TrainConfig.low_t_share)
+        low_range = config["train"].get("low_t_range", 0.2)
+        objective = f"||eps - eps_theta||^2 ({low_t:g} of the batch at t <= {low_range:g} T)"
     plot_loss([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], run_dir / "loss.png",
               title=f"training loss — {describe_run(config)}", dims=math.prod(config["data"]["shape"]),
               ylabel=objective and f"{objective} per example")
