@@ -91,10 +91,16 @@ def onnx_loop(run_dir: Path, shape, steps: int, threads: int, tmp: Path):
     return run
 
 
+SPINNERS = ("onnxruntime",)  # candidates whose thread pool spins on after a run
+SETTLE_SECONDS = 0.02  # the pause after a spinner's run (untimed), so the next candidate has the cores to itself
+
+
 def timed_rounds(candidates: dict, repeats: int, grad: bool = False) -> dict[str, list[float]]:
     """Seconds of each of ``repeats`` runs of each candidate after a warm-up (under torch.no_grad() unless
     ``grad``): the candidates run in turn, each round starting one candidate later, so that each is first in a
-    round (where the threads wake up) equally often."""
+    round (where the threads wake up) equally often. After a run of one of SPINNERS the next waits SETTLE_SECONDS:
+    onnxruntime's threads spin on after a run and slowed whichever candidate came next (here, on 2 cores, the
+    first of the list, "network alone", by ~1.4x)."""
     names = list(candidates)
     with torch.set_grad_enabled(grad):
         for f in candidates.values():
@@ -105,6 +111,8 @@ def timed_rounds(candidates: dict, repeats: int, grad: bool = False) -> dict[str
                 start = time.perf_counter()
                 candidates[k]()
                 times[k].append(time.perf_counter() - start)
+                if k in SPINNERS:
+                    time.sleep(SETTLE_SECONDS)
     return times
 
 
