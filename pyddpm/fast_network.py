@@ -30,12 +30,9 @@ from torch import Tensor, nn
 from .nets.rewrite import replace_modules
 from .nets.unet_ddpm import ResidualBlock
 
-try:
-    from . import _C
-except ImportError:  # not built: GroupNorm stays ATen's (pyddpm.ops says how to build it)
-    _C = None
-_KERNEL_DTYPES = (torch.float32, torch.bfloat16)
-_KERNEL_CODES = {torch.float32: 0, torch.bfloat16: 2}
+from .ops import _C, _DTYPE_CODES  # pyddpm._C (None when not built: GroupNorm stays ATen's) and its dtype codes
+
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # the GroupNorm kernels' dtypes
 
 PRECISIONS = ("fp32", "bf16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -107,11 +104,10 @@ class FastGroupNorm(nn.Module):
                 x = x + add[:, :, None, None].to(x.dtype)
             weight, bias = ((p if p is None or x.dtype in _KERNEL_DTYPES else p.to(x.dtype))
                             for p in (self.weight, self.bias))
-            y = nn.functional.group_norm(x, self.num_groups, weight, bias, self.eps)
-            return nn.functional.silu(y) if self.silu else y
+            return _torch_group_norm(x, self.num_groups, weight, bias, self.eps, self.silu)
         y = torch.empty_like(x, memory_format=torch.channels_last)
         n, c, h, w = x.shape
-        _C.group_norm_nhwc(dtype=0 if x.dtype == torch.float32 else 2, x=x.data_ptr(),
+        _C.group_norm_nhwc(dtype=_DTYPE_CODES[x.dtype], x=x.data_ptr(),
                            add=0 if add is None else add.data_ptr(), y=y.data_ptr(),
                            gamma=0 if self.weight is None else self.weight.data_ptr(),
                            beta=0 if self.bias is None else self.bias.data_ptr(), batch=n, hw=h * w, channels=c,
@@ -120,11 +116,21 @@ class FastGroupNorm(nn.Module):
         return y
 
     def _kernel_takes(self, x: Tensor) -> bool:
-        return (_C is not None and x.device.type == "cpu" and x.dim() == 4 and x.dtype in _KERNEL_DTYPES
-                and x.is_contiguous(memory_format=torch.channels_last)
-                and not (torch.is_grad_enabled() and x.requires_grad)
+        return (_kernel_takes_map(x) and not (torch.is_grad_enabled() and x.requires_grad)
                 and all(p is None or (p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous()
                                       and p.numel() == x.shape[1]) for p in (self.weight, self.bias)))
+
+
+def _kernel_takes_map(x: Tensor) -> bool:
+    """Whether pyddpm._C's GroupNorm kernels take ``x``: a channels-last float32 or bfloat16 map on the CPU."""
+    return (group_norm_kernel_available() and x.device.type == "cpu" and x.dim() == 4 and x.dtype in _KERNEL_DTYPES
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def _torch_group_norm(x: Tensor, groups: int, weight, bias, eps: float, silu: bool) -> Tensor:
+    """F.group_norm, then F.silu when ``silu``: what the kernels compute, for the inputs they do not take."""
+    y = nn.functional.group_norm(x, groups, weight, bias, eps)
+    return nn.functional.silu(y) if silu else y
 
 
 class _GroupNormFunction(torch.autograd.Function):
@@ -137,7 +143,7 @@ class _GroupNormFunction(torch.autograd.Function):
         n, c, h, w = x.shape
         y = torch.empty_like(x, memory_format=torch.channels_last)
         mean, rstd = (torch.empty(n, groups) for _ in range(2))
-        _C.group_norm_nhwc(dtype=_KERNEL_CODES[x.dtype], x=x.data_ptr(), add=0, y=y.data_ptr(),
+        _C.group_norm_nhwc(dtype=_DTYPE_CODES[x.dtype], x=x.data_ptr(), add=0, y=y.data_ptr(),
                            gamma=weight.data_ptr(), beta=bias.data_ptr(), batch=n, hw=h * w, channels=c,
                            groups=groups, eps=eps, silu=silu, mean=mean.data_ptr(), rstd=rstd.data_ptr(),
                            num_threads=torch.get_num_threads())
@@ -152,7 +158,7 @@ class _GroupNormFunction(torch.autograd.Function):
         grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last)
         grad_x = torch.empty_like(x, memory_format=torch.channels_last)
         grad_weight, grad_bias = (torch.empty(n, c) for _ in range(2))
-        _C.group_norm_backward_nhwc(dtype=_KERNEL_CODES[x.dtype], x=x.data_ptr(), grad_y=grad.data_ptr(),
+        _C.group_norm_backward_nhwc(dtype=_DTYPE_CODES[x.dtype], x=x.data_ptr(), grad_y=grad.data_ptr(),
                                     grad_x=grad_x.data_ptr(), mean=mean.data_ptr(), rstd=rstd.data_ptr(),
                                     gamma=weight.data_ptr(), beta=bias.data_ptr(), batch=n, hw=h * w, channels=c,
                                     groups=ctx.groups, silu=ctx.silu, grad_gamma=grad_weight.data_ptr(),
@@ -171,12 +177,10 @@ class TrainableGroupNorm(nn.Module):
         self.weight, self.bias = norm.weight, norm.bias
 
     def forward(self, x: Tensor) -> Tensor:
-        if (_C is not None and x.device.type == "cpu" and x.dim() == 4 and x.dtype in _KERNEL_DTYPES
-                and x.is_contiguous(memory_format=torch.channels_last) and self.weight is not None
-                and self.weight.dtype == torch.float32 and self.bias.dtype == torch.float32):
+        if (_kernel_takes_map(x) and self.weight is not None and self.weight.dtype == torch.float32
+                and self.bias.dtype == torch.float32):
             return _GroupNormFunction.apply(x, self.weight, self.bias, self.num_groups, self.eps, self.silu)
-        y = nn.functional.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-        return nn.functional.silu(y) if self.silu else y
+        return _torch_group_norm(x, self.num_groups, self.weight, self.bias, self.eps, self.silu)
 
 
 def _onednn_activation(module: nn.Module) -> tuple[str, list, str] | None:

@@ -164,32 +164,38 @@ void group_norm_sample(const T* x, const float* add, T* y, const float* gamma, c
     normalize<T, false>(x, y, hw, c, first, scale, shift);
 }
 
-template <typename T>
-void group_norm_all(const T* x, const float* add, T* y, const float* gamma, const float* beta, int64_t batch,
-                    int64_t hw, int64_t c, int64_t groups, float eps, bool with_silu, float* mean, float* rstd,
-                    int num_threads) {
+// body(i, sums, work) for each sample i, OpenMP over the samples when built with it: sums (2 * c doubles) and
+// work (work_floats floats) are each thread's scratch.
+template <typename Body>
+void for_each_sample(int64_t batch, int64_t c, int64_t work_floats, int num_threads, Body body) {
 #if defined(_OPENMP)
   const int threads = static_cast<int>(std::max<int64_t>(
       1, std::min<int64_t>(batch, num_threads > 0 ? num_threads : omp_get_max_threads())));
 #pragma omp parallel num_threads(threads)
   {
     std::vector<double> sums(2 * c);
-    std::vector<float> coefs(3 * c);
+    std::vector<float> work(work_floats);
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < batch; ++i)
-      group_norm_sample(x + i * hw * c, add ? add + i * c : nullptr, y + i * hw * c, gamma, beta, hw, c, groups,
-                        eps, with_silu, mean ? mean + i * groups : nullptr, rstd ? rstd + i * groups : nullptr,
-                        sums, coefs);
+    for (int64_t i = 0; i < batch; ++i) body(i, sums, work);
   }
 #else
   (void)num_threads;
   std::vector<double> sums(2 * c);
-  std::vector<float> coefs(3 * c);
-  for (int64_t i = 0; i < batch; ++i)
-    group_norm_sample(x + i * hw * c, add ? add + i * c : nullptr, y + i * hw * c, gamma, beta, hw, c, groups,
-                      eps, with_silu, mean ? mean + i * groups : nullptr, rstd ? rstd + i * groups : nullptr,
-                      sums, coefs);
+  std::vector<float> work(work_floats);
+  for (int64_t i = 0; i < batch; ++i) body(i, sums, work);
 #endif
+}
+
+template <typename T>
+void group_norm_all(const T* x, const float* add, T* y, const float* gamma, const float* beta, int64_t batch,
+                    int64_t hw, int64_t c, int64_t groups, float eps, bool with_silu, float* mean, float* rstd,
+                    int num_threads) {
+  for_each_sample(batch, c, 3 * c, num_threads, [&](int64_t i, std::vector<double>& sums,
+                                                    std::vector<float>& coefs) {
+    group_norm_sample(x + i * hw * c, add ? add + i * c : nullptr, y + i * hw * c, gamma, beta, hw, c, groups, eps,
+                      with_silu, mean ? mean + i * groups : nullptr, rstd ? rstd + i * groups : nullptr, sums,
+                      coefs);
+  });
 }
 
 }  // namespace
@@ -308,26 +314,11 @@ template <typename T>
 void backward_all(const T* x, const T* dy, T* dx, const float* mean, const float* rstd, const float* gamma,
                   const float* beta, int64_t batch, int64_t hw, int64_t c, int64_t groups, bool with_silu,
                   float* grad_gamma, float* grad_beta, int num_threads) {
-#if defined(_OPENMP)
-  const int threads = static_cast<int>(std::max<int64_t>(
-      1, std::min<int64_t>(batch, num_threads > 0 ? num_threads : omp_get_max_threads())));
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<double> sums(2 * c);
-    std::vector<float> work(4 * c);
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < batch; ++i)
-      backward_sample(x + i * hw * c, dy + i * hw * c, dx + i * hw * c, mean + i * groups, rstd + i * groups,
-                      gamma, beta, hw, c, groups, with_silu, grad_gamma + i * c, grad_beta + i * c, sums, work);
-  }
-#else
-  (void)num_threads;
-  std::vector<double> sums(2 * c);
-  std::vector<float> work(4 * c);
-  for (int64_t i = 0; i < batch; ++i)
-    backward_sample(x + i * hw * c, dy + i * hw * c, dx + i * hw * c, mean + i * groups, rstd + i * groups,
-                    gamma, beta, hw, c, groups, with_silu, grad_gamma + i * c, grad_beta + i * c, sums, work);
-#endif
+  for_each_sample(batch, c, 4 * c, num_threads, [&](int64_t i, std::vector<double>& sums,
+                                                    std::vector<float>& work) {
+    backward_sample(x + i * hw * c, dy + i * hw * c, dx + i * hw * c, mean + i * groups, rstd + i * groups, gamma,
+                    beta, hw, c, groups, with_silu, grad_gamma + i * c, grad_beta + i * c, sums, work);
+  });
 }
 
 }  // namespace
