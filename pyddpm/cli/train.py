@@ -371,20 +371,23 @@ class OtherWork:
 
 
 def forward_seconds(model: DDPM, batch: int, shape) -> float:
-    """Seconds of one eps_theta evaluation on ``batch`` samples (after a warm-up), as sampling runs it. Its input
-    comes from a private generator: the training's random stream (restored exactly on --resume) is not touched."""
+    """Seconds of one eps_theta evaluation on ``batch`` samples, as sampling runs it: the median of three timed
+    passes after a warm-up (one pass alone was seen 20x off on a busy CPU). Its input comes from a private
+    generator: the training's random stream (restored exactly on --resume) is not touched."""
     generator = torch.Generator(model.beta.device).manual_seed(0)
     x = torch.randn(batch, *shape, device=model.beta.device, generator=generator)
     t = model.time_input(model.T, batch)
     was_training = model.training
     model.eval()
+    seconds = []
     with torch.no_grad():
         model.network(x, t)
-        start = time.perf_counter()
-        model.network(x, t)
-        seconds = time.perf_counter() - start
+        for _ in range(3):
+            start = time.perf_counter()
+            model.network(x, t)
+            seconds.append(time.perf_counter() - start)
     model.train(was_training)
-    return seconds
+    return sorted(seconds)[1]
 
 
 def main(argv=None) -> int:
