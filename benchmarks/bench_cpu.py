@@ -7,9 +7,11 @@ Sampling, per network and batch, each a loop of --steps reverse steps, medians o
     course loop        the exercise's Algorithm 2: eager network, torch.randn and the update formula
     diffusers          the eager network and diffusers' DDPMScheduler.step (when diffusers is installed)
     pyddpm --eager     pyddpm's samplers with the network as trained (the default until this benchmark)
-    pyddpm fp32        pyddpm's default: pyddpm.fast_network (oneDNN, channels-last) and the fused update
-    pyddpm bf16        the same with --precision bf16
-    fast network alone pyddpm.fast_network's forward; the loop's overhead over it is the median ratio of
+    pyddpm fp32        pyddpm's default: the fused update around the network on the runtime that measures faster
+                       (runtime="auto": pyddpm.fast_network's copy in torch, or the network in onnxruntime)
+    pyddpm fp32 --runtime torch   the same with pyddpm.fast_network in torch (oneDNN, channels-last) always
+    pyddpm bf16        pyddpm.fast_network with --precision bf16
+    pyddpm's network alone   the chosen network's forward; the loop's overhead over it is the median ratio of
                        --overhead-pairs adjacent pairs of runs (A B, B A, ...), with a ~95% interval
     onnxruntime        pyddpm's own step.onnx (network and update) in onnxruntime, numpy noise
 
@@ -42,8 +44,9 @@ from pyddpm import DDPM
 from pyddpm.cli.train import main as train_main
 from pyddpm.config import TrainConfig
 from pyddpm.export import export_run
-from pyddpm.fast_network import fast_network
-from pyddpm.samplers import ddpm_sample
+from pyddpm import samplers
+from pyddpm.onnx_network import OnnxRuntimeNetwork
+from pyddpm.samplers import ddpm_sample, loop_network
 from pyddpm.store import load_model
 from pyddpm.train import Trainer
 
@@ -91,16 +94,15 @@ def onnx_loop(run_dir: Path, shape, steps: int, threads: int, tmp: Path):
     return run
 
 
-SPINNERS = ("onnxruntime",)  # candidates whose thread pool spins on after a run
-SETTLE_SECONDS = 0.02  # the pause after a spinner's run (untimed), so the next candidate has the cores to itself
+SETTLE_SECONDS = 0.02  # the pause after each run (untimed), so the next candidate has the cores to itself
 
 
 def timed_rounds(candidates: dict, repeats: int, grad: bool = False) -> dict[str, list[float]]:
     """Seconds of each of ``repeats`` runs of each candidate after a warm-up (under torch.no_grad() unless
     ``grad``): the candidates run in turn, each round starting one candidate later, so that each is first in a
-    round (where the threads wake up) equally often. After a run of one of SPINNERS the next waits SETTLE_SECONDS:
-    onnxruntime's threads spin on after a run and slowed whichever candidate came next (here, on 2 cores, the
-    first of the list, "network alone", by ~1.4x)."""
+    round (where the threads wake up) equally often. After each run the next waits SETTLE_SECONDS: onnxruntime's
+    threads spin on after a run and slowed whichever candidate came next (here, on 2 cores, the first of the
+    list, "network alone", by ~1.4x)."""
     names = list(candidates)
     with torch.set_grad_enabled(grad):
         for f in candidates.values():
@@ -111,8 +113,7 @@ def timed_rounds(candidates: dict, repeats: int, grad: bool = False) -> dict[str
                 start = time.perf_counter()
                 candidates[k]()
                 times[k].append(time.perf_counter() - start)
-                if k in SPINNERS:
-                    time.sleep(SETTLE_SECONDS)
+                time.sleep(SETTLE_SECONDS)
     return times
 
 
@@ -141,6 +142,7 @@ def loop_overhead(fast_alone, loop, repeats: int) -> dict:
                 start = time.perf_counter()
                 f()
                 pair[k] = time.perf_counter() - start
+                time.sleep(SETTLE_SECONDS)
             ratios.append(pair["loop"] / pair["alone"] - 1)
     median, low, high = median_interval(ratios)
     return {"pairs": repeats, "median": median, "low": low, "high": high}
@@ -153,7 +155,14 @@ def sampling_row(name: str, run_dir: Path, args, tmp: Path) -> dict:
     shape = (batch, *config["data"]["shape"])
     short, scheduler = with_steps(model, steps), ddpm_scheduler(steps)
     x, t_in = torch.randn(shape), torch.full((batch, 1), 0.5)
-    fast32 = fast_network(model.network, "cpu")
+    # The timed loops are --steps long; a full T-step loop passes the threshold of runtime="auto", so the benchmark
+    # lets it choose here as it would for the whole loop.
+    samplers.AUTO_FROM_SECONDS = 0.0
+    start = time.perf_counter()
+    with torch.no_grad():
+        chosen = loop_network(short, x, t_in, steps)
+    choice_seconds = time.perf_counter() - start
+    runtime = "onnxruntime" if isinstance(chosen, OnnxRuntimeNetwork) else "torch"
 
     def network_alone():
         for _ in range(steps):
@@ -161,21 +170,23 @@ def sampling_row(name: str, run_dir: Path, args, tmp: Path) -> dict:
 
     def fast_alone():
         for _ in range(steps):
-            fast32(x, t_in)
+            chosen(x, t_in)
     candidates = {
         "network alone": network_alone,
         "course loop": lambda: course_loop(short, shape),
         "diffusers": None if scheduler is None else lambda: diffusers_loop(short, shape, scheduler),
         "pyddpm --eager": lambda: ddpm_sample(short, shape, seed=0, fast=False),
         "pyddpm fp32": lambda: ddpm_sample(short, shape, seed=0),
+        "pyddpm fp32 --runtime torch": lambda: ddpm_sample(short, shape, seed=0, runtime="torch"),
         "pyddpm bf16": lambda: ddpm_sample(short, shape, seed=0, precision="bf16"),
-        "fast network alone": fast_alone,
+        "pyddpm's network alone": fast_alone,
         "onnxruntime": onnx_loop(run_dir, shape, steps, args.threads, tmp / name),
     }
     candidates = {k: f for k, f in candidates.items() if f is not None}
     ms = {k: 1e3 * v for k, v in interleaved(candidates, args.repeats, steps).items()}
     overhead = loop_overhead(fast_alone, candidates["pyddpm fp32"], args.overhead_pairs)
-    return {"net": name, "label": NETS[name][0], "batch": batch, "ms_per_step": ms, "loop_overhead": overhead}
+    return {"net": name, "label": NETS[name][0], "batch": batch, "ms_per_step": ms, "loop_overhead": overhead,
+            "runtime": runtime, "choice_seconds": choice_seconds}
 
 
 def training_row(name: str, args, tmp: Path) -> dict:
@@ -223,7 +234,9 @@ def print_tables(sampling: list[dict], training: list[dict], args) -> None:
         for label, slow, fast in ratios:
             print(f"| {label} | " + " | ".join(f"{r['ms_per_step'][slow] / r['ms_per_step'][fast]:.2f}x"
                                                if slow in r["ms_per_step"] else "n/a" for r in sampling) + " |")
-        print(f"| loop overhead over the fast network's forward: median of {args.overhead_pairs} paired runs "
+        print("| runtime chosen by pyddpm fp32 (auto), its one-time cost | " + " | ".join(
+            f"{r['runtime']}, {r['choice_seconds']:.2f} s" for r in sampling) + " |")
+        print(f"| loop overhead over the chosen network's forward: median of {args.overhead_pairs} paired runs "
               "(~95% interval) | " + " | ".join(
                   "{median:+.1%} ({low:+.1%} to {high:+.1%})".format(**r["loop_overhead"]) for r in sampling) + " |")
     if training:

@@ -378,7 +378,8 @@ class FastNetwork(nn.Module):
 _warned: set[str] = set()
 
 
-def _warn_once(message: str) -> None:
+def warn_once(message: str) -> None:
+    """``warnings.warn(message, RuntimeWarning)`` the first time this process sees ``message``."""
     if message not in _warned:
         _warned.add(message)
         warnings.warn(message, RuntimeWarning, stacklevel=3)
@@ -467,7 +468,7 @@ def fast_network(network: nn.Module, device: torch.device | str, precision: str 
             if onednn_available(dtype):
                 fast = _fuse_linears(fast, dtype)
             else:
-                _warn_once(f"pyddpm: oneDNN's {precision} Linear is not available in this torch build or on this "
+                warn_once(f"pyddpm: oneDNN's {precision} Linear is not available in this torch build or on this "
                            "CPU; the network's Linear layers run as they are (slower on the CPU)")
                 fast = replace_modules(fast, _as_torch_linear)
     return FastNetwork(fast, precision).eval()

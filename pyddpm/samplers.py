@@ -20,9 +20,13 @@ from tqdm.auto import tqdm
 from . import ops
 from .data import DataTransform, is_toy
 from .diffusion import DDPM
-from .fast_network import check_network_options, fast_network
+from .export.onnx_export import ExportError
+from .fast_network import check_network_options, fast_network, warn_once
+from .onnx_network import median_seconds, onnxruntime_network
 
 BACKENDS = ("fused", "torch")
+RUNTIMES = ("auto", "torch", "onnxruntime")
+AUTO_FROM_SECONDS = 2.0  # runtime="auto" tries onnxruntime for loops the torch network takes this long over
 
 
 class NonFiniteSamples(ValueError):
@@ -43,6 +47,7 @@ def ddpm_sample(
     callback: Callable[[int, torch.Tensor], None] | None = None,
     precision: str = "fp32",
     fast: bool = True,
+    runtime: str = "auto",
 ) -> torch.Tensor:
     """x_0 ~ p_theta(x_0) by Algorithm 2 with sigma_t^2 = beta_t (or beta_tilde_t), z = 0 at t = 1.
 
@@ -63,18 +68,20 @@ def ddpm_sample(
         precision: ``"fp32"`` or ``"bf16"`` (the network under bf16 autocast; the update stays float32).
         fast: evaluate the network through ``pyddpm.fast_network`` (on the CPU: oneDNN, channels-last; equal to
             the network's own output within float32 rounding); False runs ``model.network`` as it is.
+        runtime: what runs the network: ``"torch"``, ``"onnxruntime"`` (CPU, float32) or ``"auto"``, the faster of
+            the two by measurement on this batch (``loop_network``); the same samples within float32 rounding.
     """
     coefs = model.step_coefficients(variance, clip)
     timesteps = list(range(model.T, 0, -1))
     return _reverse_loop(model, shape, timesteps, [coefs[t - 1] for t in timesteps], seed=seed, backend=backend,
                          sample_offset=sample_offset, progress=progress, graph=graph, callback=callback,
-                         precision=precision, fast=fast)
+                         precision=precision, fast=fast, runtime=runtime)
 
 
 def ddim_sample(model, shape, steps: int, *, eta: float = 0.0, clip: bool = False, **options) -> torch.Tensor:
     """x_0 by the DDIM sampler of Song et al. (2021) in ``steps`` steps; eta = 0 is deterministic after x_T.
     ``options`` are those of ``ddpm_sample`` but ``variance`` (seed, backend, sample_offset, progress, graph,
-    callback, precision, fast); ``callback`` sees the DDIM time steps only (then 0)."""
+    callback, precision, fast, runtime); ``callback`` sees the DDIM time steps only (then 0)."""
     timesteps = model.ddim_timesteps(steps)
     return _reverse_loop(model, shape, timesteps, model.ddim_coefficients(timesteps, eta, clip), **options)
 
@@ -86,13 +93,77 @@ def sampling_network(model, precision: str = "fp32", fast: bool = True):
     check_network_options(precision, fast)
     if not fast:
         return model.network
+    return _fast_network_entry(model, precision)[1]
+
+
+def _fast_network_entry(model, precision: str) -> tuple:
+    """(key, fast copy, {runtime choices}) in ``precision`` for the model's current weights, made again when they
+    change (one entry per precision, so that sampling in turns in fp32 and bf16 does not remake both)."""
     tensors = [*model.network.parameters(), *model.network.buffers()]
-    key = (precision, str(model.beta.device), tuple((id(t), t._version) for t in tensors))
-    cached = model.__dict__.get("_fast_network_cache")
-    if cached is None or cached[0] != key:
-        cached = (key, fast_network(model.network, model.beta.device, precision))
-        model.__dict__["_fast_network_cache"] = cached
-    return cached[1]
+    key = (str(model.beta.device), tuple((id(t), t._version) for t in tensors))
+    cache = model.__dict__.setdefault("_fast_network_cache", {})
+    if precision not in cache or cache[precision][0] != key:
+        cache[precision] = (key, fast_network(model.network, model.beta.device, precision), {})
+    return cache[precision]
+
+
+def check_runtime_options(precision: str, fast: bool, runtime: str) -> None:
+    """ValueError unless the samplers can run a network in ``precision`` with ``fast`` on ``runtime``."""
+    check_network_options(precision, fast)
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if runtime == "onnxruntime" and (precision != "fp32" or not fast):
+        raise ValueError("--runtime onnxruntime runs the network in float32 from its fast copy; leave out "
+                         "--precision bf16 and --eager (or sample with --runtime torch)")
+
+
+def loop_network(model, x: torch.Tensor, t_in: torch.Tensor, steps: int, precision: str = "fp32",
+                 fast: bool = True, runtime: str = "auto"):
+    """What evaluates eps_theta in a loop of ``steps`` steps on batches shaped like ``x`` (with time input
+    ``t_in``): ``sampling_network``'s torch network, or the network under onnxruntime (``pyddpm.onnx_network``;
+    CPU, float32, fast copy only) for ``runtime="onnxruntime"``, and for ``"auto"`` where it measures faster.
+
+    "auto" times the torch network on (x, t_in) and, when the loop would take it ``AUTO_FROM_SECONDS`` or more,
+    exports the network (0.1-0.5 s, once per weights) and times it under onnxruntime; the faster one is kept with
+    the fast copy, per batch shape. It stays with torch on CUDA, in bf16, with ``fast=False``, and (one warning)
+    when the export fails or disagrees. Run under torch.no_grad().
+    """
+    check_runtime_options(precision, fast, runtime)
+    network = sampling_network(model, precision, fast)
+    onnx_possible = x.device.type == "cpu" and precision == "fp32" and fast
+    if runtime == "torch" or (runtime == "auto" and not onnx_possible):
+        return network
+    if not onnx_possible:
+        raise ValueError(f"--runtime onnxruntime runs on the CPU; the model is on {x.device}: sample with "
+                         "--runtime torch (or auto)")
+    choices = _fast_network_entry(model, precision)[2]
+    if runtime == "onnxruntime":
+        return _onnxruntime_choice(model, choices, x, t_in)
+    shape = tuple(x.shape)
+    if shape not in choices:
+        choice = network
+        torch_seconds = median_seconds(lambda: network(x, t_in))
+        if torch_seconds * steps >= AUTO_FROM_SECONDS:
+            try:
+                ort_network = _onnxruntime_choice(model, choices, x, t_in)
+                if median_seconds(lambda: ort_network(x, t_in)) < torch_seconds:
+                    choice = ort_network
+            except ExportError as err:
+                warn_once(f"pyddpm: sampling with torch's network, not onnxruntime's: {err}")
+        choices[shape] = choice
+    return choices[shape]
+
+
+def _onnxruntime_choice(model, choices: dict, x: torch.Tensor, t_in: torch.Tensor):
+    """The model's network under onnxruntime, made once per weights (an ExportError is kept and raised again)."""
+    if "onnxruntime" not in choices:
+        try:
+            choices["onnxruntime"] = onnxruntime_network(model.network, x, t_in)
+        except ExportError as err:
+            choices["onnxruntime"] = err
+    if isinstance(choices["onnxruntime"], ExportError):
+        raise choices["onnxruntime"]
+    return choices["onnxruntime"]
 
 
 def step_runner(model, x: torch.Tensor, timesteps, coefs, seed: int, sample_offset: int = 0, network=None):
@@ -148,7 +219,7 @@ def _use_graph(graph: bool | None, backend: str, device: torch.device) -> bool:
 def _reverse_loop(model, shape, timesteps, coefs, *, seed: int | None = None, backend: str = "fused",
                   sample_offset: int = 0, progress: bool = False, graph: bool | None = None,
                   callback: Callable[[int, torch.Tensor], None] | None = None, precision: str = "fp32",
-                  fast: bool = True) -> torch.Tensor:
+                  fast: bool = True, runtime: str = "auto") -> torch.Tensor:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     shape = tuple(int(s) for s in shape)
@@ -158,7 +229,7 @@ def _reverse_loop(model, shape, timesteps, coefs, *, seed: int | None = None, ba
         raise ValueError(f"seed must be an integer in [0, 2**63), got {seed}")
     device = model.beta.device
     use_graph = _use_graph(graph, backend, device)
-    network = sampling_network(model, precision, fast)
+    check_runtime_options(precision, fast, runtime)
     if seed is None and backend == "fused":
         seed = int(torch.randint(0, 2**62, (1,)).item())
     if seed is None:
@@ -168,6 +239,8 @@ def _reverse_loop(model, shape, timesteps, coefs, *, seed: int | None = None, ba
     steps = tqdm(list(zip(timesteps, coefs)), desc="sampling", unit="step", disable=not progress, leave=False)
     reached = list(timesteps[1:]) + [0]  # the step each update arrives at
     with torch.no_grad():
+        network = loop_network(model, x, model.time_input(timesteps[0], shape[0]), len(timesteps), precision, fast,
+                               runtime)
         if callback is not None:
             callback(timesteps[0], x)
         if use_graph:
@@ -195,11 +268,13 @@ def _reverse_loop(model, shape, timesteps, coefs, *, seed: int | None = None, ba
 def generate_samples(model, data_config: dict, num: int, *, seed: int, batch_size: int = 10000,
                      backend: str = "fused", steps: int | None = None, eta: float = 0.0,
                      variance: str | None = None, clip: bool = False, progress: bool = False,
-                     graph: bool | None = None, precision: str = "fp32", fast: bool = True) -> torch.Tensor:
+                     graph: bool | None = None, precision: str = "fp32", fast: bool = True,
+                     runtime: str = "auto") -> torch.Tensor:
     """``num`` samples mapped back to data space (images clamped to their value range), on the CPU.
 
     Samples are drawn in batches with the counter-based noise, so sample i is the same whatever the batch size.
-    ``steps`` switches to DDIM with that many steps; ``graph`` is the samplers' CUDA-graph option. A model that is
+    ``steps`` switches to DDIM with that many steps; ``graph``, ``precision``, ``fast`` and ``runtime`` are the
+    samplers' options. A model that is
     not a DDPM (``pyddpm.baselines``) draws by its own ``sample(shape, seed=, sample_offset=)``, which takes none of
     the DDPM's sampler options (``backend`` is ignored). A batch with a NaN or infinite sample raises
     NonFiniteSamples (before the next batch is drawn).
@@ -209,7 +284,8 @@ def generate_samples(model, data_config: dict, num: int, *, seed: int, batch_siz
     if not isinstance(model, DDPM):
         given = [flag for flag, value in (("--steps", steps), ("--eta", eta), ("--variance", variance),
                                           ("--clip", clip), ("--graph", graph), ("--eager", not fast),
-                                          ("--precision", precision != "fp32")) if value not in (None, 0.0, False)]
+                                          ("--precision", precision != "fp32"), ("--runtime", runtime != "auto"))
+                 if value not in (None, 0.0, False)]
         if given:
             raise ValueError(f"{', '.join(given)} set the DDPM's sampler; this run's {type(model).__name__} samples "
                              "in one pass: leave them out")
@@ -221,10 +297,12 @@ def generate_samples(model, data_config: dict, num: int, *, seed: int, batch_siz
             x = model.sample((b, *shape), seed=seed, sample_offset=start)
         elif steps is None:
             x = ddpm_sample(model, (b, *shape), seed=seed, backend=backend, variance=variance, clip=clip,
-                            sample_offset=start, progress=progress, graph=graph, precision=precision, fast=fast)
+                            sample_offset=start, progress=progress, graph=graph, precision=precision, fast=fast,
+                            runtime=runtime)
         else:
             x = ddim_sample(model, (b, *shape), steps, eta=eta, seed=seed, backend=backend, clip=clip,
-                            sample_offset=start, progress=progress, graph=graph, precision=precision, fast=fast)
+                            sample_offset=start, progress=progress, graph=graph, precision=precision, fast=fast,
+                            runtime=runtime)
         x = x.float().cpu()
         finite = torch.isfinite(x.reshape(b, -1)).all(dim=1)
         if not finite.all():

@@ -1,7 +1,12 @@
-"""Fixtures shared by the test files: the MNIST directory and the tiny trained and exported runs of
-``export_runs`` (trained once per session)."""
+"""Fixtures shared by the test files: the MNIST directory, the tiny trained and exported runs of ``export_runs``
+and a trained Chequerboard DDPM (each made once per session)."""
 import pytest
+import torch
 from export_runs import MNIST_DIR, exported, trained_run
+
+from pyddpm import DDPM
+from pyddpm.data import toy_distribution
+from pyddpm.nets import FcNetwork
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +27,18 @@ def tiny_run(tmp_path_factory):
 def tiny_export(tmp_path_factory):
     """``tiny_export(name, variance=None)``: the ONNX and TorchScript export of the tiny run ``name``."""
     return lambda name, variance=None: exported(tmp_path_factory, name, variance)
+
+
+@pytest.fixture(scope="session")
+def chequerboard_model():
+    """A DDPM trained for 1500 steps on the Chequerboard (data scale 8): realistic weights, ~15 s."""
+    torch.manual_seed(0)
+    model = DDPM(FcNetwork(2, 128, num_layers=3, activation="silu", time_embedding="sinusoidal"), T=200)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    data = toy_distribution("chequerboard").sample(200_000, generator=torch.Generator().manual_seed(0)) * 8
+    for step in range(1500):
+        batch = data[torch.randint(0, len(data), (512,))]
+        optimizer.zero_grad()
+        model.loss(batch).backward()
+        optimizer.step()
+    return model.eval()

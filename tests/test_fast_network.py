@@ -18,11 +18,9 @@ import torch
 from torch import nn
 
 from activation_range import NETWORKS, TARGET, push_preactivations
-from pyddpm import DDPM
 from pyddpm import fast_network as fast_module
 from pyddpm.data import toy_distribution
 from pyddpm.fast_network import FastLogSigmoid, fast_network
-from pyddpm.nets import FcNetwork
 from pyddpm.samplers import ddim_sample, ddpm_sample
 
 
@@ -168,21 +166,6 @@ def test_bf16_linears_are_onednn_with_bf16_weights_and_match_autocast(name):
     scale = float(reference.abs().max())
     tolerance = 0.05 if name == "unet-ddpm" else 0.01
     assert out.dtype == torch.float32 and float((out - reference).abs().max()) <= tolerance * scale
-
-
-@pytest.fixture(scope="module")
-def chequerboard_model():
-    """A DDPM trained for 1500 steps on the Chequerboard (data scale 8): realistic weights, ~15 s."""
-    torch.manual_seed(0)
-    model = DDPM(FcNetwork(2, 128, num_layers=3, activation="silu", time_embedding="sinusoidal"), T=200)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    data = toy_distribution("chequerboard").sample(200_000, generator=torch.Generator().manual_seed(0)) * 8
-    for step in range(1500):
-        batch = data[torch.randint(0, len(data), (512,))]
-        optimizer.zero_grad()
-        model.loss(batch).backward()
-        optimizer.step()
-    return model.eval()
 
 
 def test_samples_of_the_fast_path_equal_the_eager_networks(chequerboard_model):

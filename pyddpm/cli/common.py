@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ..fast_network import PRECISIONS, check_network_options
+from ..fast_network import PRECISIONS
+from ..samplers import RUNTIMES, check_runtime_options
 
 DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
 
@@ -107,17 +108,21 @@ def check_float(flag: str, value: float | None, lo: float, hi: float, *, hi_open
 
 
 def add_sampling_network_flags(p) -> None:
-    """--precision and --eager: how the samplers evaluate a DDPM's network (``pyddpm.fast_network``)."""
+    """--precision, --eager and --runtime: how the samplers evaluate a DDPM's network (``pyddpm.fast_network``)."""
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="the network's precision while sampling: fp32, or bf16 (CPU bf16 autocast, float32 weights "
                         "and update; faster on CPUs with AVX512-BF16/AMX, samples not identical) (default fp32)")
     p.add_argument("--eager", action="store_true",
                    help="sample with the network exactly as trained, bit for bit, instead of its fast copy (oneDNN, "
                         "channels-last; equal within float32 rounding)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                   help="what runs the network on the CPU: torch, onnxruntime (the network exported in memory; "
+                        "float32) or auto, the faster of the two as measured on the first batch (default auto; "
+                        "the same samples within float32 rounding)")
 
 
 def sampling_network_options(args) -> dict:
     """The samplers' keyword arguments for the flags of ``add_sampling_network_flags``."""
-    options = {"precision": args.precision, "fast": not args.eager}
-    check_network_options(**options)
+    options = {"precision": args.precision, "fast": not args.eager, "runtime": args.runtime}
+    check_runtime_options(**options)
     return options

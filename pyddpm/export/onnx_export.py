@@ -21,7 +21,8 @@ class ExportError(RuntimeError):
     """An export that failed, or whose result does not reproduce PyTorch."""
 
 
-def _require_onnx():
+def require_onnx():
+    """The onnx and onnxruntime modules; ExportError with the install hint when either is missing."""
     try:
         import onnx
         import onnxruntime
@@ -31,11 +32,11 @@ def _require_onnx():
     return onnx, onnxruntime
 
 
-def _to_proto(module: nn.Module, args: tuple, input_names: list[str], output_name: str, dynamo: bool):
+def onnx_proto(module: nn.Module, args: tuple, input_names: list[str], output_name: str, dynamo: bool):
     """The ONNX model of ``module`` with dim 0 of every input dynamic ("batch"), and the exporter that made it:
     torch.export-based (``dynamo=True``) where it works, else (or with ``dynamo=False``) the deprecated
     TorchScript-based one, with a warning naming why."""
-    onnx, _ = _require_onnx()
+    onnx, _ = require_onnx()
     if dynamo:
         batch = torch.export.Dim("batch")
         try:
@@ -70,8 +71,8 @@ def export_onnx(module: nn.Module, args: tuple, path: str | Path, input_names: l
     batch of another size; ExportError if it differs from PyTorch by more than ``atol`` (relative to 1 or the
     output's magnitude, whichever is larger).
     """
-    onnx, _ = _require_onnx()
-    proto, exporter = _to_proto(module, args, input_names, output_name, dynamo)
+    onnx, _ = require_onnx()
+    proto, exporter = onnx_proto(module, args, input_names, output_name, dynamo)
     metadata = {**metadata, "exporter": exporter}
     del proto.metadata_props[:]
     for key, value in metadata.items():
@@ -95,7 +96,7 @@ def run_onnx(session, names: list[str], args: tuple) -> np.ndarray:
 
 def validate_onnx(path: Path, module: nn.Module, args: tuple, atol: float) -> None:
     """Run the ONNX file under onnxruntime on ``args`` and on them cut to a smaller batch; compare with PyTorch."""
-    _, ort = _require_onnx()
+    _, ort = require_onnx()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     batch = args[0].shape[0]

@@ -1,0 +1,143 @@
+"""The samplers' onnxruntime runtime (``pyddpm.onnx_network``, ``samplers.loop_network``) against torch: the network
+at trained activation ranges, seeded samples of a trained model, and the choice ``runtime="auto"`` makes.
+
+Tolerances are those of the fast torch copy (tests/test_fast_network.py), for the same reason: onnxruntime
+evaluates the same float32 function in another summation order, so eps_hat agrees within 1e-5 x max(1, |eager|),
+and 200 steps of those differences, each contracted by the reverse process, stay within 1e-4 in model space.
+"""
+import copy
+import warnings
+
+import pytest
+import torch
+
+from activation_range import NETWORKS, TARGET, push_preactivations
+from pyddpm import DDPM, samplers
+from pyddpm import fast_network as fast_module
+from pyddpm import onnx_network as onnx_module
+from pyddpm.export.onnx_export import ExportError
+from pyddpm.nets import DDPMUNet
+from pyddpm.onnx_network import OnnxRuntimeNetwork, onnxruntime_network
+from pyddpm.samplers import ddim_sample, ddpm_sample, loop_network, sampling_network
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_onnxruntime_network_equals_eager_at_trained_activation_ranges(name):
+    factory, shape, layers = NETWORKS[name]
+    torch.manual_seed(0)
+    network = factory().eval().requires_grad_(False)
+    generator = torch.Generator().manual_seed(1)
+    x, t = torch.randn(16, *shape, generator=generator), torch.rand(16, 1, generator=generator)
+    assert push_preactivations(network, layers(network), x, t) >= 0.99 * TARGET
+    ort_network = onnxruntime_network(network, x, t)
+    x2, t2 = torch.randn(5, *shape, generator=generator) * 3, torch.rand(5, 1, generator=generator)  # another batch
+    for xs, ts in ((x, t), (x2, t2)):
+        with torch.no_grad():
+            eager = network(xs, ts)
+        out = ort_network(xs, ts)
+        assert out.dtype == torch.float32 and out.shape == eager.shape and torch.isfinite(out).all()
+        assert float((out - eager).abs().max()) <= 1e-5 * max(1.0, float(eager.abs().max()))
+
+
+def test_seeded_samples_on_onnxruntime_equal_torchs(chequerboard_model):
+    model = copy.deepcopy(chequerboard_model)
+    for sampler in (lambda **o: ddpm_sample(model, (2000, 2), seed=5, **o),
+                    lambda **o: ddim_sample(model, (2000, 2), 20, seed=5, **o)):
+        ort, eager = sampler(runtime="onnxruntime"), sampler(fast=False)
+        assert float((ort - eager).abs().max()) <= 1e-4
+    whole = ddpm_sample(model, (300, 2), seed=9, runtime="onnxruntime")
+    part = ddpm_sample(model, (100, 2), seed=9, sample_offset=100, runtime="onnxruntime")
+    assert float((whole[100:200] - part).abs().max()) <= 1e-4
+
+
+def test_a_ddpm_unets_samples_on_onnxruntime_equal_torchs():
+    torch.manual_seed(0)
+    model = DDPM(DDPMUNet(channels=(16, 32), num_res_blocks=1, dropout=0.0), T=20).eval()
+    ort = ddpm_sample(model, (6, 784), seed=3, runtime="onnxruntime")
+    eager = ddpm_sample(model, (6, 784), seed=3, fast=False)
+    assert float((ort - eager).abs().max()) <= 1e-4 * max(1.0, float(eager.abs().max()))
+
+
+def timed_as(monkeypatch, torch_seconds: float, ort_seconds: float) -> list[str]:
+    """Make ``samplers.median_seconds`` report these times for the torch and the onnxruntime network; the calls."""
+    calls = []
+
+    def fake(function, repeats=3):
+        function()
+        is_ort = "ort_network" in function.__code__.co_freevars
+        calls.append("onnxruntime" if is_ort else "torch")
+        return ort_seconds if is_ort else torch_seconds
+    monkeypatch.setattr(samplers, "median_seconds", fake)
+    return calls
+
+
+@pytest.mark.parametrize("torch_seconds, ort_seconds, chosen", [(0.01, 0.005, OnnxRuntimeNetwork),
+                                                                 (0.005, 0.01, None)])
+def test_auto_takes_the_runtime_that_measures_faster(chequerboard_model, monkeypatch, torch_seconds, ort_seconds,
+                                                     chosen):
+    model = copy.deepcopy(chequerboard_model)
+    calls = timed_as(monkeypatch, torch_seconds, ort_seconds)
+    x, t_in = torch.randn(64, 2), model.time_input(model.T, 64)
+    with torch.no_grad():
+        network = loop_network(model, x, t_in, steps=1000)
+        assert loop_network(model, x, t_in, steps=1000) is network  # kept, not timed again
+    assert calls == ["torch", "onnxruntime"]
+    assert isinstance(network, chosen) if chosen else network is sampling_network(model)
+    with torch.no_grad():
+        model.network.network[0].weight.mul_(1.5)  # new weights: a new choice
+        again = loop_network(model, x, t_in, steps=1000)
+    assert calls == ["torch", "onnxruntime"] * 2 and again is not network
+    # the default samplers use the choice: the same samples as the chosen runtime's
+    default = ddpm_sample(model, (64, 2), seed=2)
+    assert torch.equal(default, ddpm_sample(model, (64, 2), seed=2,
+                                            runtime="onnxruntime" if chosen else "torch"))
+
+
+def test_auto_does_not_export_for_a_short_loop(chequerboard_model, monkeypatch):
+    model = copy.deepcopy(chequerboard_model)
+    calls = timed_as(monkeypatch, 0.001, 0.0001)
+    monkeypatch.setattr(samplers, "onnxruntime_network", lambda *a: pytest.fail("exported for a short loop"))
+    with torch.no_grad():
+        network = loop_network(model, torch.randn(8, 2), model.time_input(10, 8), steps=10)
+    assert network is sampling_network(model) and calls == ["torch"]
+
+
+@pytest.mark.parametrize("failure", ["missing", "disagrees"])
+def test_auto_falls_back_to_torch_with_one_warning(chequerboard_model, monkeypatch, failure):
+    model = copy.deepcopy(chequerboard_model)
+    timed_as(monkeypatch, 1.0, 0.001)
+    if failure == "missing":
+        def missing():
+            raise ExportError("ONNX export needs onnx, onnxscript and onnxruntime (No module named 'onnxruntime')")
+        monkeypatch.setattr(onnx_module, "require_onnx", missing)
+    else:
+        real_call = OnnxRuntimeNetwork.__call__
+        monkeypatch.setattr(OnnxRuntimeNetwork, "__call__", lambda self, x, t: real_call(self, x, t) + 1e-2)
+    monkeypatch.setattr(fast_module, "_warned", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = ddpm_sample(model, (32, 2), seed=4)
+        ddpm_sample(model, (48, 2), seed=4)  # another shape: timed again, the same failure, no second warning
+    messages = [str(w.message) for w in caught if "onnxruntime" in str(w.message)]
+    assert len(messages) == 1
+    assert ("No module named 'onnxruntime'" if failure == "missing" else "differs") in messages[0]
+    assert torch.equal(first, ddpm_sample(model, (32, 2), seed=4, runtime="torch"))
+    if failure == "missing":
+        with pytest.raises(ExportError, match="onnxruntime"):
+            ddpm_sample(model, (32, 2), seed=4, runtime="onnxruntime")
+
+
+def test_runtime_options_are_checked(chequerboard_model):
+    with pytest.raises(ValueError, match="unknown runtime"):
+        ddpm_sample(chequerboard_model, (4, 2), seed=0, runtime="tensorrt")
+    for options in (dict(precision="bf16"), dict(fast=False)):
+        with pytest.raises(ValueError, match="--runtime onnxruntime"):
+            ddpm_sample(chequerboard_model, (4, 2), seed=0, runtime="onnxruntime", **options)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_onnxruntime_runtime_is_refused_on_cuda(chequerboard_model):
+    model = copy.deepcopy(chequerboard_model).cuda()
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        ddpm_sample(model, (4, 2), seed=0, runtime="onnxruntime")
+    assert ddpm_sample(model, (4, 2), seed=0).is_cuda  # auto stays with torch on CUDA
