@@ -20,8 +20,14 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Move the average one step towards ``model``'s current weights."""
+        """Move the average one step towards ``model``'s current weights, paired by name (``model`` may be a
+        rewritten copy of the shadow's architecture with the same parameter names, as ``training_network``'s)."""
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        shadow = [p for p in self.shadow.parameters()]
-        torch._foreach_lerp_(shadow, [p.detach() for p in model.parameters()], 1.0 - decay)
+        weights = dict(model.named_parameters())
+        names = [name for name, _ in self.shadow.named_parameters()]
+        missing = [name for name in names if name not in weights]
+        if missing:
+            raise KeyError(f"EMA: the model has no parameter {missing[0]!r} of the average")
+        torch._foreach_lerp_([p for p in self.shadow.parameters()], [weights[n].detach() for n in names],
+                             1.0 - decay)

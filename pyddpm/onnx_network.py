@@ -16,6 +16,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from . import fast_network as fast_network_module
 from .export.modules import stable_for_export
 from .export.onnx_export import ExportError, onnx_proto, require_onnx
 
@@ -43,9 +44,19 @@ class OnnxRuntimeNetwork:
         return torch.from_numpy(self.session.run(None, feeds)[0])
 
 
+def exportable(network: nn.Module) -> bool:
+    """Whether ``network`` is built of modules the exporters know: not a training copy of ``pyddpm.fast_network``
+    (whose autograd Functions and pyddpm._C kernels do not export)."""
+    return all(type(m).__module__ != fast_network_module.__name__ for m in network.modules())
+
+
 def onnxruntime_network(network: nn.Module, x: Tensor, t_in: Tensor) -> OnnxRuntimeNetwork:
     """``network`` under onnxruntime with torch's thread count, checked against ``network`` on (x, t_in): ExportError
-    when onnxruntime is missing, the export fails, or the two disagree by more than ``AGREEMENT``."""
+    when onnxruntime is missing, the network is a training copy, the export fails, or the two disagree by more
+    than ``AGREEMENT``."""
+    if not exportable(network):
+        raise ExportError("a training copy of the network (pyddpm.fast_network.training_network) does not export; "
+                          "sample from the network as built")
     try:
         ort_network = OnnxRuntimeNetwork(network, x, t_in, torch.get_num_threads())
         got = ort_network(x, t_in)

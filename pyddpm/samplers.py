@@ -22,7 +22,7 @@ from .data import DataTransform, is_toy
 from .diffusion import DDPM
 from .export.onnx_export import ExportError
 from .fast_network import check_network_options, fast_network, warn_once
-from .onnx_network import median_seconds, onnxruntime_network
+from .onnx_network import exportable, median_seconds, onnxruntime_network
 
 BACKENDS = ("fused", "torch")
 RUNTIMES = ("auto", "torch", "onnxruntime")
@@ -125,8 +125,9 @@ def loop_network(model, x: torch.Tensor, t_in: torch.Tensor, steps: int, precisi
 
     "auto" times the torch network on (x, t_in) and, when the loop would take it ``AUTO_FROM_SECONDS`` or more,
     exports the network (0.1-0.5 s, once per weights) and times it under onnxruntime; the faster one is kept with
-    the fast copy, per batch shape. It stays with torch on CUDA, in bf16, with ``fast=False``, and (one warning)
-    when the export fails or disagrees. Run under torch.no_grad().
+    the fast copy, per batch shape. It stays with torch on CUDA, in bf16, with ``fast=False``, for a training copy
+    of the network (``onnx_network.exportable``), and (one warning) when the export fails or disagrees. Run under
+    torch.no_grad().
     """
     check_runtime_options(precision, fast, runtime)
     network = sampling_network(model, precision, fast)
@@ -143,7 +144,7 @@ def loop_network(model, x: torch.Tensor, t_in: torch.Tensor, steps: int, precisi
     if shape not in choices:
         choice = network
         torch_seconds = median_seconds(lambda: network(x, t_in))
-        if torch_seconds * steps >= AUTO_FROM_SECONDS:
+        if torch_seconds * steps >= AUTO_FROM_SECONDS and exportable(model.network):
             try:
                 ort_network = _onnxruntime_choice(model, choices, x, t_in)
                 if median_seconds(lambda: ort_network(x, t_in)) < torch_seconds:

@@ -123,11 +123,12 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = build_model(self.config).to(device)
         self.amp = cfg.amp if cfg.amp is not None else (device.type == "cuda" or cfg.precision == "bf16")
-        if cfg.fast and isinstance(self.model, DDPM):
-            self.model.network = training_network(self.model.network, device, "bf16" if self.amp else "fp32")
         if not resume:
             self._initialise_from_data()
+        # the average holds the network as built (samplers make their own fast copies of it, and can export it)
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
+        if cfg.fast and isinstance(self.model, DDPM):
+            self.model.network = training_network(self.model.network, device, "bf16" if self.amp else "fp32")
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         torch.manual_seed(cfg.seed + 1000 * self.rank)  # distinct noise per rank
         self.step = 0

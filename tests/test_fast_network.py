@@ -373,3 +373,40 @@ def test_a_network_in_training_samples_through_the_same_fast_copies():
             a, b = fast_network(network, "cpu", precision)(x, t), fast_network(training, "cpu", precision)(x, t)
             assert torch.equal(a, b), precision
     assert fast_module.TrainableOneDNNLinear not in {type(m) for m in fast_network(training, "cpu", "bf16").modules()}
+
+
+def test_the_trainers_average_holds_the_network_as_built(tmp_path):
+    """The Trainer trains a fast copy (trainable oneDNN Linears) but keeps its EMA in the network as built, the
+    one samplers copy and export; the average pairs parameters by name and moves towards the trained weights."""
+    from pyddpm.config import TrainConfig
+    from pyddpm.train import Trainer
+
+    cfg = TrainConfig(data="cb", hidden=32, depth=2, batch_size=64, num_train=6400, epochs=1, ema=0.5)
+    trainer = Trainer(cfg, tmp_path / "run", torch.device("cpu"), resume=False)
+    assert fast_module.TrainableOneDNNLinear in {type(m) for m in trainer.model.network.modules()}
+    shadow = trainer.sampling_model()
+    assert all(type(m).__module__ != fast_module.__name__ for m in shadow.network.modules())
+    before = {k: v.clone() for k, v in shadow.state_dict().items()}
+    trainer.train_step(0)
+    weights = dict(trainer.model.named_parameters())
+    decay = min(0.5, 2 / 11)  # the first update's warm-up decay
+    for name, p in shadow.named_parameters():
+        assert torch.allclose(p, decay * before[name] + (1 - decay) * weights[name].detach(), atol=1e-6), name
+
+
+def test_the_average_pairs_parameters_by_name():
+    from pyddpm.ema import EMA
+
+    model = nn.Sequential()
+    model.add_module("a", nn.Linear(3, 3))
+    model.add_module("b", nn.Linear(3, 3))
+    ema = EMA(model, 0.5)
+    reordered = nn.Sequential()  # the same names, registered in the other order
+    reordered.add_module("b", nn.Linear(3, 3))
+    reordered.add_module("a", nn.Linear(3, 3))
+    ema.update(reordered)
+    for name, p in ema.shadow.named_parameters():
+        expected = 2 / 11 * dict(model.named_parameters())[name] + 9 / 11 * dict(reordered.named_parameters())[name]
+        assert torch.allclose(p, expected.detach()), name
+    with pytest.raises(KeyError, match="'a.weight'"):
+        ema.update(nn.Sequential(nn.Linear(3, 3)))

@@ -141,3 +141,18 @@ def test_the_onnxruntime_runtime_is_refused_on_cuda(chequerboard_model):
     with pytest.raises(ValueError, match="runs on the CPU"):
         ddpm_sample(model, (4, 2), seed=0, runtime="onnxruntime")
     assert ddpm_sample(model, (4, 2), seed=0).is_cuda  # auto stays with torch on CUDA
+
+
+def test_a_training_copy_samples_on_torch_without_a_warning(chequerboard_model, monkeypatch):
+    from pyddpm.fast_network import training_network
+
+    model = copy.deepcopy(chequerboard_model)
+    model.network = training_network(model.network, "cpu")
+    timed_as(monkeypatch, 1.0, 0.001)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            network = loop_network(model, torch.randn(16, 2), model.time_input(model.T, 16), steps=1000)
+    assert network is sampling_network(model)
+    with pytest.raises(ExportError, match="training copy"):
+        ddpm_sample(model, (16, 2), seed=0, runtime="onnxruntime")
