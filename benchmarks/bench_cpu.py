@@ -22,6 +22,7 @@ Training, per network: optimizer steps of pyddpm's Trainer (data path, loss, bac
 
 Trained runs (``pyddpm-train``) for the networks can be given with --toy-run/--unet-run/--ddpm-unet-run; otherwise
 the benchmark trains short runs itself (cached in runs/bench_cpu). Pin the threads (--threads) and run nothing else.
+Like pyddpm's command-line tools, the process keeps freed memory for reuse (``pyddpm.memory``), for all candidates.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from pyddpm.cli.train import main as train_main
 from pyddpm.config import TrainConfig
 from pyddpm.export import export_run
 from pyddpm import samplers
+from pyddpm.memory import keep_freed_memory
 from pyddpm.onnx_network import OnnxRuntimeNetwork
 from pyddpm.samplers import ddpm_sample, loop_network
 from pyddpm.store import load_model
@@ -273,6 +275,8 @@ def main() -> None:
     if min(args.threads, args.repeats, args.steps, args.overhead_pairs) < 1:
         p.error("--threads, --repeats, --steps and --overhead-pairs must be positive")
     torch.set_num_threads(args.threads)
+    kept = keep_freed_memory()  # as pyddpm's command-line tools do (pyddpm.memory), for every candidate alike
+    print(f"glibc malloc keeps freed memory (pyddpm.memory): {kept}", flush=True)
     given = {"toy": args.toy_run, "unet": args.unet_run, "unet-ddpm": args.ddpm_unet_run}
     runs = {n: trained_run(n, given[n]) for n in nets}
     sampling, training = [], []

@@ -32,6 +32,7 @@ from ..samplers import generate_samples
 from ..schedules import VARIANCES
 from ..schema import MAX_SAMPLES, MAX_SEED, MAX_T
 from ..store import CheckpointError, load_model, write_json
+from ..memory import keep_freed_memory
 from .common import add_sampling_network_flags, check_int, check_output_file, pick_device, sampling_network_options
 
 EVAL_FILE = "eval.json"
@@ -260,6 +261,7 @@ def main(argv=None) -> int:
         if args.save_samples:
             check_output_file(args.save_samples, "--save-samples", (".npy",))
         args.device = pick_device(args.device)
+        keep_freed_memory()
         model, config = load_model(args.run_dir, args.device)
         ddpm_only = [flag for flag in ("t_samples", "steps", "variance") if getattr(args, flag) is not None]
         if ddpm_only and not isinstance(model, DDPM):

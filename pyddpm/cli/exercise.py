@@ -28,6 +28,7 @@ from ..data import DataTransform, canonical_name, is_toy, load_images, to_data_s
 from ..data.mnist import DataError
 from ..samplers import generate_samples
 from ..schema import MAX_EPOCHS, MAX_NUM_TRAIN, MAX_SAMPLES, MAX_SEED
+from ..memory import keep_freed_memory
 from .common import check_float, check_int, check_output_file, pick_device
 from .sample import SUFFIXES as SAMPLE_SUFFIXES
 from .sample import save_samples
@@ -117,6 +118,7 @@ def main(argv=None) -> int:
     try:
         check_args(args)
         device = pick_device(args.device)
+        keep_freed_memory()
         if args.seed is not None:
             torch.manual_seed(args.seed)
         model = course_model(args.network, args.data).to(device)

@@ -16,6 +16,7 @@ from ..samplers import BACKENDS, generate_samples, sample_trajectory, trajectory
 from ..schedules import VARIANCES
 from ..schema import MAX_SAMPLES, MAX_SEED, MAX_T
 from ..store import CheckpointError, load_model
+from ..memory import keep_freed_memory
 from .common import (add_sampling_network_flags, check_float, check_int, check_output_file, pick_device,
                      sampling_network_options)
 
@@ -93,6 +94,7 @@ def main(argv=None) -> int:
             check_output_file(args.trajectory, "--trajectory", (".png", ".gif"))
         network_options = sampling_network_options(args)
         device = pick_device(args.device)
+        keep_freed_memory()
         model, config = load_model(args.run_dir, device)
         if isinstance(model, DDPM):  # a baseline refuses DDPM sampler flags in generate_samples
             check_int("--steps", args.steps, 1, model.T)

@@ -29,6 +29,7 @@ from ..schema import (MAX_DEPTH, MAX_LEVELS, MAX_NUM_TRAIN, MAX_PARAMETERS, MAX_
                       MAX_WIDTH, count_parameters)
 from ..store import CHECKPOINT_FILE, CONFIG_FILE, CheckpointError, read_checkpoint
 from ..train import METRICS_CSV, Trainer, TrainingDiverged
+from ..memory import keep_freed_memory
 from .common import check_float, check_int, check_output_dir, pick_device
 
 # what --resume may change (the rest of a run's settings are fixed by its checkpoint); runtime flags beside them
@@ -394,6 +395,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         device = pick_device(args.device)
+        keep_freed_memory()
         given = given_flags(argv)
         cfg = config_from_args(args, given)
         model = model_entry(args, cfg, given)
