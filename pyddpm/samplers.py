@@ -130,14 +130,15 @@ def loop_network(model, x: torch.Tensor, t_in: torch.Tensor, steps: int, precisi
     torch.no_grad().
     """
     check_runtime_options(precision, fast, runtime)
-    network = sampling_network(model, precision, fast)
-    onnx_possible = x.device.type == "cpu" and precision == "fp32" and fast
+    if not fast:  # (check_runtime_options refuses the onnxruntime runtime without the fast copy)
+        return model.network
+    _, network, choices = _fast_network_entry(model, precision)
+    onnx_possible = x.device.type == "cpu" and precision == "fp32"
     if runtime == "torch" or (runtime == "auto" and not onnx_possible):
         return network
     if not onnx_possible:
         raise ValueError(f"--runtime onnxruntime runs on the CPU; the model is on {x.device}: sample with "
                          "--runtime torch (or auto)")
-    choices = _fast_network_entry(model, precision)[2]
     if runtime == "onnxruntime":
         return _onnxruntime_choice(model, choices, x, t_in)
     shape = tuple(x.shape)

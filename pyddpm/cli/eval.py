@@ -28,11 +28,11 @@ from ..evaluate.frechet import gaussian_statistics, quality_metrics
 from ..evaluate.likelihood import pixels_to_model, variational_bound
 from ..evaluate.plots import plot_toy_samples, save_image_grid
 from ..evaluate.toy import toy_metrics
+from ..memory import keep_freed_memory
 from ..samplers import generate_samples
 from ..schedules import VARIANCES
 from ..schema import MAX_SAMPLES, MAX_SEED, MAX_T
 from ..store import CheckpointError, load_model, write_json
-from ..memory import keep_freed_memory
 from .common import add_sampling_network_flags, check_int, check_output_file, pick_device, sampling_network_options
 
 EVAL_FILE = "eval.json"

@@ -12,11 +12,11 @@ from ..data import is_toy, toy_distribution
 from ..diffusion import DDPM
 from ..evaluate.report import sampler_label
 from ..evaluate.plots import describe_run, plot_frames, plot_toy_samples, save_image_grid
+from ..memory import keep_freed_memory
 from ..samplers import BACKENDS, generate_samples, sample_trajectory, trajectory_steps
 from ..schedules import VARIANCES
 from ..schema import MAX_SAMPLES, MAX_SEED, MAX_T
 from ..store import CheckpointError, load_model
-from ..memory import keep_freed_memory
 from .common import (add_sampling_network_flags, check_float, check_int, check_output_file, pick_device,
                      sampling_network_options)
 

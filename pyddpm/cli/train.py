@@ -22,6 +22,7 @@ from ..data import canonical_name, data_config_entries, is_toy
 from ..diffusion import DDPM
 from ..evaluate.report import metrics_table, write_run_report, write_sample_grid
 from ..fast_network import PRECISIONS
+from ..memory import keep_freed_memory
 from ..nets import NETWORKS
 from ..nets.fc import ACTIVATIONS, INPUT_EMBEDDINGS, MAX_INPUT_FREQUENCIES, TIME_EMBEDDINGS
 from ..schedules import SCHEDULES, VARIANCES
@@ -29,7 +30,6 @@ from ..schema import (MAX_DEPTH, MAX_LEVELS, MAX_NUM_TRAIN, MAX_PARAMETERS, MAX_
                       MAX_WIDTH, count_parameters)
 from ..store import CHECKPOINT_FILE, CONFIG_FILE, CheckpointError, read_checkpoint
 from ..train import METRICS_CSV, Trainer, TrainingDiverged
-from ..memory import keep_freed_memory
 from .common import check_float, check_int, check_output_dir, pick_device
 
 # what --resume may change (the rest of a run's settings are fixed by its checkpoint); runtime flags beside them
