@@ -45,6 +45,7 @@ from pyddpm import DDPM
 from pyddpm.cli.train import main as train_main
 from pyddpm.config import TrainConfig
 from pyddpm.export import export_run
+from pyddpm.fast_network import native_bf16
 from pyddpm import samplers
 from pyddpm.memory import keep_freed_memory
 from pyddpm.onnx_network import OnnxRuntimeNetwork
@@ -96,6 +97,7 @@ def onnx_loop(run_dir: Path, shape, steps: int, threads: int, tmp: Path):
     return run
 
 
+BF16 = native_bf16("cpu")  # the bf16 rows: pyddpm refuses bf16 on a CPU without bfloat16 arithmetic
 SETTLE_SECONDS = 0.02  # the pause after each run (untimed), so the next candidate has the cores to itself
 
 
@@ -177,7 +179,7 @@ def sampling_row(name: str, run_dir: Path, args, tmp: Path) -> dict:
         "pyddpm --eager": lambda: ddpm_sample(short, shape, seed=0, fast=False),
         "pyddpm fp32": lambda: ddpm_sample(short, shape, seed=0),
         "pyddpm fp32 --runtime torch": lambda: ddpm_sample(short, shape, seed=0, runtime="torch"),
-        "pyddpm bf16": lambda: ddpm_sample(short, shape, seed=0, precision="bf16"),
+        "pyddpm bf16": (lambda: ddpm_sample(short, shape, seed=0, precision="bf16")) if BF16 else None,
         "pyddpm's network alone": fast_alone,
         "onnxruntime": onnx_loop(run_dir, shape, steps, args.threads, tmp / name),
     }
@@ -190,7 +192,8 @@ def sampling_row(name: str, run_dir: Path, args, tmp: Path) -> dict:
 
 def training_row(name: str, args, tmp: Path) -> dict:
     label, flags, _, batch = NETS[name]
-    settings = {"eager (until now)": dict(fast=False), "fast (default)": {}, "fast + bf16": dict(precision="bf16")}
+    settings = {"eager (until now)": dict(fast=False), "fast (default)": {},
+                **({"fast + bf16": dict(precision="bf16")} if BF16 else {})}
     base = dict(net="fc") if name == "toy" else dict(
         data="mnist", data_dir=str(MNIST_DIR), net=name, grid_samples=0,
         **(dict(channels=[32, 64, 64], num_res_blocks=1) if name == "unet-ddpm" else {}))
@@ -214,7 +217,8 @@ def training_row(name: str, args, tmp: Path) -> dict:
 
 def print_tables(sampling: list[dict], training: list[dict], args) -> None:
     print(f"\nCPU: {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads, "
-          f"{args.steps}-step loops, medians of {args.repeats} interleaved repeats\n")
+          f"{args.steps}-step loops, medians of {args.repeats} interleaved repeats"
+          + ("" if BF16 else "; no bf16 rows: this CPU has no AVX512-BF16 or AMX") + "\n")
     if sampling:
         keys = list(dict.fromkeys(k for row in sampling for k in row["ms_per_step"]))
         print("| ms per sampling step | " + " | ".join(f"{r['label']}, batch {r['batch']}" for r in sampling) + " |")
@@ -232,7 +236,8 @@ def print_tables(sampling: list[dict], training: list[dict], args) -> None:
                   ("pyddpm bf16 / course loop", "course loop", "pyddpm bf16")]
         for label, slow, fast in ratios:
             print(f"| {label} | " + " | ".join(f"{r['ms_per_step'][slow] / r['ms_per_step'][fast]:.2f}x"
-                                               if slow in r["ms_per_step"] else "n/a" for r in sampling) + " |")
+                                               if {slow, fast} <= r["ms_per_step"].keys() else "n/a"
+                                               for r in sampling) + " |")
         print("| runtime chosen by pyddpm fp32 (auto), its one-time cost | " + " | ".join(
             f"{r['runtime']}, {r['choice_seconds']:.2f} s" for r in sampling) + " |")
         print(f"| loop overhead over the chosen network's forward: median of {args.overhead_pairs} paired runs "

@@ -26,7 +26,7 @@ from .config import TrainConfig, run_config
 from .data import DataTransform, describe_training_data, load_training_data, to_data_space
 from .diffusion import DDPM, low_t_timesteps
 from .ema import EMA
-from .fast_network import training_network
+from .fast_network import check_precision_hardware, training_network
 from .store import (CHECKPOINT_FILE, CONFIG_FILE, CheckpointError, architecture, build_model, load_weights,
                     optimizer_tensors, read_checkpoint, remove_temporaries, restore_optimizer, save_checkpoint,
                     write_atomic, write_json)
@@ -102,6 +102,9 @@ class Trainer:
             torch.cuda.set_device(device)
         self.device = device
 
+        self.amp = cfg.amp if cfg.amp is not None else (device.type == "cuda" or cfg.precision == "bf16")
+        if self.amp or cfg.precision == "bf16":  # before any data is loaded
+            check_precision_hardware("bf16", device, "--precision bf16" if cfg.precision == "bf16" else "--amp")
         if cfg.download and self.world > 1 and not self.master:
             dist.barrier()  # rank 0 downloads first
         train = load_training_data(cfg.data, num_train=cfg.num_train, seed=cfg.seed, data_dir=cfg.data_dir,
@@ -122,7 +125,6 @@ class Trainer:
         self._order_epoch, self._order = -1, None
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = build_model(self.config).to(device)
-        self.amp = cfg.amp if cfg.amp is not None else (device.type == "cuda" or cfg.precision == "bf16")
         if not resume:
             self._initialise_from_data()
         # the average holds the network as built (samplers make their own fast copies of it, and can export it)

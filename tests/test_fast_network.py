@@ -21,9 +21,14 @@ from torch import nn
 from activation_range import NETWORKS, TARGET, push_preactivations
 from pyddpm import fast_network as fast_module
 from pyddpm.data import toy_distribution
-from pyddpm.fast_network import FastLogSigmoid, fast_network
+from pyddpm.fast_network import FastLogSigmoid, fast_network, native_bf16
 from pyddpm.nets import FcNetwork
 from pyddpm.samplers import ddim_sample, ddpm_sample
+
+# pyddpm refuses bf16 on a CPU without bfloat16 arithmetic (test_bf16_is_refused_on_a_cpu_without_bf16_arithmetic):
+# the tests of what bf16 computes need one
+needs_native_bf16 = pytest.mark.skipif(not native_bf16("cpu"), reason="this CPU has no AVX512-BF16 or AMX: pyddpm "
+                                       "refuses --precision bf16 on it")
 
 
 def pushed(name: str, batch: int = 16):
@@ -127,6 +132,7 @@ def test_the_ddpm_unet_runs_channels_last_with_fused_group_norms():
     assert len(layouts) > 10 and all(layouts[1:])  # the first is the stem's one-channel input
 
 
+@needs_native_bf16
 @pytest.mark.parametrize("name", NETWORKS)
 def test_bf16_fast_network_stays_finite_at_trained_activation_ranges(name):
     """bf16 has float32's exponent range: pre-activations of +-200 neither overflow nor give NaN (their values
@@ -163,8 +169,10 @@ def test_without_onednn_the_linears_stay_and_one_warning_says_so(monkeypatch):
 
 
 def test_without_onednn_bf16_the_linears_run_under_autocast_with_one_warning(monkeypatch):
-    """A CPU without oneDNN's bfloat16 (no AVX512): --precision bf16 is plain torch autocast, and says so once."""
+    """A torch build without oneDNN's bfloat16 (on a CPU with bfloat16 arithmetic): --precision bf16 is plain torch
+    autocast, and says so once."""
     network, x, t = pushed("fc-silu")
+    monkeypatch.setattr(fast_module, "native_bf16", lambda device: True)
     monkeypatch.setattr(fast_module, "onednn_available", lambda dtype=torch.float32: dtype == torch.float32)
     monkeypatch.setattr(fast_module, "_warned", set())
     with warnings.catch_warnings(record=True) as caught:
@@ -178,6 +186,7 @@ def test_without_onednn_bf16_the_linears_run_under_autocast_with_one_warning(mon
         assert torch.equal(first(x, t), reference) and torch.equal(second(x, t), reference)
 
 
+@needs_native_bf16
 @pytest.mark.parametrize("name", ["fc-silu", "fc-relu", "fc-gelu", "unet-ddpm"])
 def test_bf16_linears_are_onednn_with_bf16_weights_and_match_autocast(name):
     """The bf16 copy's Linears hold bfloat16 weights (rounded once, not on every call as autocast does) and give
@@ -203,6 +212,7 @@ def test_bf16_linears_are_onednn_with_bf16_weights_and_match_autocast(name):
     assert out.dtype == torch.float32 and float((out - reference).abs().max()) <= tolerance * scale
 
 
+@needs_native_bf16
 @pytest.mark.parametrize("name", ["fc-silu", "fc-relu", "fc-gelu", "fc-tanh"])
 def test_bf16_at_one_time_step_is_as_close_to_fp32_as_autocast(name):
     """A batch at one time step folds the time into the first layer, whose time term is then float32 where
@@ -236,6 +246,7 @@ def test_fast_seeded_samples_do_not_depend_on_the_batch(chequerboard_model):
     assert float((whole[100:200] - part).abs().max()) <= 1e-4
 
 
+@needs_native_bf16
 def test_bf16_eps_of_a_trained_network_is_close_to_fp32(chequerboard_model):
     network = chequerboard_model.network
     x = torch.randn(4000, 2, generator=torch.Generator().manual_seed(2)) * 4
@@ -246,6 +257,7 @@ def test_bf16_eps_of_a_trained_network_is_close_to_fp32(chequerboard_model):
         assert float((bf16 - fp32).abs().max()) <= 0.05 * float(fp32.abs().max()), t
 
 
+@needs_native_bf16
 def test_bf16_samples_have_the_fp32_support_fraction(chequerboard_model):
     n = 4000
     fp32 = ddpm_sample(chequerboard_model, (n, 2), seed=11) / 8
@@ -264,7 +276,9 @@ def test_precision_is_checked_and_needs_the_fast_path(chequerboard_model):
         ddpm_sample(chequerboard_model, (4, 2), seed=0, precision="bf16", fast=False)
 
 
-def test_the_fast_copy_is_reused_until_the_weights_change(chequerboard_model):
+@pytest.mark.filterwarnings("ignore:pyddpm. oneDNN's bf16")  # (on a CPU without it)
+def test_the_fast_copy_is_reused_until_the_weights_change(chequerboard_model, monkeypatch):
+    monkeypatch.setattr(fast_module, "native_bf16", lambda device: True)  # (what is cached, on any CPU)
 
     model = copy.deepcopy(chequerboard_model)
     from pyddpm.samplers import sampling_network
@@ -304,11 +318,12 @@ def test_training_network_has_the_eager_gradients_at_trained_activation_ranges(n
 
 
 @pytest.mark.parametrize("name", ["unet", "unet-ddpm", "fc-silu"])
-def test_a_training_copy_has_the_networks_state_dict(name):
+def test_a_training_copy_has_the_networks_state_dict(name, monkeypatch):
     """Checkpoints of a run trained on the fast copy load into the network as built, and back: the same names,
     shapes and values (the copy's modules keep their Parameters' names; the channels-last stem is a hook)."""
     from pyddpm.fast_network import training_network
 
+    monkeypatch.setattr(fast_module, "native_bf16", lambda device: True)  # (the names, on any CPU)
     network, _, _ = pushed(name)
     for precision in ("fp32", "bf16"):
         copy_state = training_network(network, "cpu", precision).state_dict()
@@ -339,6 +354,7 @@ def test_fast_dropout_drops_p_and_scales_the_rest():
     assert torch.equal(drop.train()(x.detach()[:0]), x.detach()[:0])  # empty input
 
 
+@needs_native_bf16
 def test_bf16_training_tracks_fp32(tmp_path):
     """pyddpm's Trainer with --precision bf16 against float32, the same seed: the mean loss of the last 150 of 400
     steps agrees within 3 standard errors of the per-step losses (Welch's t at 3 sigma; the per-step loss is a
@@ -360,6 +376,7 @@ def test_bf16_training_tracks_fp32(tmp_path):
     assert abs(float(a.mean() - b.mean())) <= 3 * se, (float(a.mean()), float(b.mean()), se)
 
 
+@needs_native_bf16
 def test_a_network_in_training_samples_through_the_same_fast_copies():
     """The Trainer's copy (trainable oneDNN Linears) gives the same fast sampling networks as the network itself,
     in float32 and in bf16 (inference oneDNN Linears with bfloat16 weights)."""
@@ -410,3 +427,33 @@ def test_the_average_pairs_parameters_by_name():
         assert torch.allclose(p, expected.detach()), name
     with pytest.raises(KeyError, match="'a.weight'"):
         ema.update(nn.Sequential(nn.Linear(3, 3)))
+
+
+def test_native_bf16_is_what_the_cpu_reports():
+    """AVX512-BF16 or AMX in /proc/cpuinfo's flags (Linux), and always on a GPU."""
+    with open("/proc/cpuinfo") as f:
+        flags = next(line for line in f if line.startswith("flags")).split()
+    assert native_bf16("cpu") == ("avx512_bf16" in flags or "amx_tile" in flags)
+    assert native_bf16("cuda") and native_bf16(torch.device("cuda", 0))
+
+
+def test_bf16_is_refused_on_a_cpu_without_bf16_arithmetic(monkeypatch, chequerboard_model, tmp_path):
+    """Where bfloat16 is emulated (an AVX2-only CPU: 11x slower training), every bf16 door is one ValueError naming
+    the flag, before any work; float32 runs as ever."""
+    from pyddpm.config import TrainConfig
+    from pyddpm.fast_network import training_network
+    from pyddpm.train import Trainer
+
+    monkeypatch.setattr(fast_module, "native_bf16", lambda device: torch.device(device).type != "cpu")
+    network = chequerboard_model.network
+    for build in (fast_network, training_network):
+        with pytest.raises(ValueError, match="^--precision bf16: this CPU has no bfloat16 arithmetic"):
+            build(network, "cpu", "bf16")
+        assert build(network, "cpu", "fp32") is not None
+    with pytest.raises(ValueError, match="^--precision bf16: this CPU"):
+        ddpm_sample(copy.deepcopy(chequerboard_model), (8, 2), seed=0, precision="bf16")
+    for settings, flag in ((dict(precision="bf16"), "--precision bf16"), (dict(amp=True), "--amp")):
+        cfg = TrainConfig(data="cb", hidden=16, depth=1, num_train=256, batch_size=64, **settings)
+        with pytest.raises(ValueError, match=f"^{flag}: this CPU"):
+            Trainer(cfg, tmp_path / "run", torch.device("cpu"), resume=False)
+    assert not (tmp_path / "run").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..fast_network import PRECISIONS
+from ..fast_network import PRECISIONS, check_precision_hardware
 from ..samplers import RUNTIMES, check_runtime_options
 
 DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
@@ -111,7 +111,8 @@ def add_sampling_network_flags(p) -> None:
     """--precision, --eager and --runtime: how the samplers evaluate a DDPM's network (``pyddpm.fast_network``)."""
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="the network's precision while sampling: fp32, or bf16 (CPU bf16 autocast, float32 weights "
-                        "and update; faster on CPUs with AVX512-BF16/AMX, samples not identical) (default fp32)")
+                        "and update; faster on CPUs with AVX512-BF16/AMX, refused on other CPUs; samples not identical) "
+                        "(default fp32)")
     p.add_argument("--eager", action="store_true",
                    help="sample with the network exactly as trained, bit for bit, instead of its fast copy (oneDNN, "
                         "channels-last; equal within float32 rounding)")
@@ -121,8 +122,9 @@ def add_sampling_network_flags(p) -> None:
                         "the same samples within float32 rounding)")
 
 
-def sampling_network_options(args) -> dict:
-    """The samplers' keyword arguments for the flags of ``add_sampling_network_flags``."""
+def sampling_network_options(args, device: torch.device) -> dict:
+    """The samplers' keyword arguments for the flags of ``add_sampling_network_flags``, checked for ``device``."""
     options = {"precision": args.precision, "fast": not args.eager, "runtime": args.runtime}
     check_runtime_options(**options)
+    check_precision_hardware(args.precision, device)
     return options

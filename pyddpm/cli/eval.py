@@ -63,7 +63,7 @@ def draw_samples(model, config: dict, args) -> tuple[torch.Tensor, dict]:
     start = time.perf_counter()
     samples = generate_samples(model, config["data"], args.num, seed=args.seed, batch_size=args.batch_size,
                                steps=args.steps, variance=args.variance, progress=True,
-                               **sampling_network_options(args))
+                               **sampling_network_options(args, args.device))
     seconds = time.perf_counter() - start
     if args.save_samples:
         np.save(args.save_samples, samples.numpy())
@@ -253,14 +253,14 @@ def main(argv=None) -> int:
                          ("batch_size", None), ("test_points", MAX_SAMPLES), ("iwae_k", None)):
             check_int(f"--{flag.replace('_', '-')}", getattr(args, flag), 1, hi)
         check_int("--seed", args.seed, 0, MAX_SEED)
-        sampling_network_options(args)
+        args.device = pick_device(args.device)
+        sampling_network_options(args, args.device)
         if args.no_bound and args.no_samples:
             raise ValueError("nothing to evaluate: --no-bound and --no-samples together leave no metric")
         out = check_output_file(args.out or Path(args.run_dir) / EVAL_FILE, "--out")
         grid_path = check_output_file(out.with_suffix(".png"), "--out (its picture)")
         if args.save_samples:
             check_output_file(args.save_samples, "--save-samples", (".npy",))
-        args.device = pick_device(args.device)
         keep_freed_memory()
         model, config = load_model(args.run_dir, args.device)
         ddpm_only = [flag for flag in ("t_samples", "steps", "variance") if getattr(args, flag) is not None]

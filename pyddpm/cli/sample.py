@@ -45,7 +45,7 @@ def write_trajectory(model, config: dict, path: str | Path, args) -> None:
     keep = trajectory_steps(model, frames, args.steps)
     trajectory = sample_trajectory(model, config["data"], num, keep, seed=args.seed, steps=args.steps,
                                    eta=args.eta, variance=args.variance, clip=args.clip, backend=args.backend,
-                                   graph=args.graph, **sampling_network_options(args))
+                                   graph=args.graph, **sampling_network_options(args, model.beta.device))
     title = (f"reverse process, {num} samples — {describe_run(config)} — "
              f"{sampler_label(model, args.steps, args.eta, args.variance)}, seed {args.seed}")
     plot_frames(trajectory, config["data"], path, title)
@@ -92,8 +92,8 @@ def main(argv=None) -> int:
         check_output_file(args.out, "--out", SUFFIXES)
         if args.trajectory:
             check_output_file(args.trajectory, "--trajectory", (".png", ".gif"))
-        network_options = sampling_network_options(args)
         device = pick_device(args.device)
+        network_options = sampling_network_options(args, device)
         keep_freed_memory()
         model, config = load_model(args.run_dir, device)
         if isinstance(model, DDPM):  # a baseline refuses DDPM sampler flags in generate_samples
