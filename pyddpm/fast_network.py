@@ -14,7 +14,7 @@ Each lever was chosen by measurement on a 2-core AMD EPYC (``benchmarks/bench_cp
   slower);
 - ``precision="bf16"``: Linear layers on oneDNN with bfloat16 copies of their weights (made once; autocast would
   round the float32 weights on every call, 1.5x slower for the toy network) and the rest of the network under CPU
-  bf16 autocast, for CPUs with AVX512-BF16 or AMX (refused on other CPUs, which emulate bfloat16 up to 10x
+  bf16 autocast, for CPUs with AVX512-BF16 or AMX (refused on other CPUs, which emulate bfloat16 8-12x
   slower than float32); the output and the reverse-step update stay float32.
 
 In float32 the result equals the network's own within float rounding (a different summation order); the samplers
@@ -62,7 +62,7 @@ def check_precision_hardware(precision: str, device: torch.device | str, flag: s
     (``native_bf16``), where it would run several times slower than float32."""
     if check_precision(precision) == "bf16" and not native_bf16(device):
         raise ValueError(f"{flag}: this CPU has no bfloat16 arithmetic (AVX512-BF16 or AMX), and emulated bf16 "
-                         "runs up to 10x slower than float32 here; leave it out (float32 is the default)")
+                         "runs 8-12x slower than float32 here; leave it out (float32 is the default)")
 
 
 def check_network_options(precision: str, fast: bool) -> None:

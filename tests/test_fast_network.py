@@ -438,7 +438,7 @@ def test_native_bf16_is_what_the_cpu_reports():
 
 
 def test_bf16_is_refused_on_a_cpu_without_bf16_arithmetic(monkeypatch, chequerboard_model, tmp_path):
-    """Where bfloat16 is emulated (an AVX2-only CPU: 11x slower training), every bf16 door is one ValueError naming
+    """Where bfloat16 is emulated (an AVX2-only CPU: 8-12x slower), every bf16 door is one ValueError naming
     the flag, before any work; float32 runs as ever."""
     from pyddpm.config import TrainConfig
     from pyddpm.fast_network import training_network
