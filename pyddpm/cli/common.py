@@ -111,8 +111,8 @@ def add_sampling_network_flags(p) -> None:
     """--precision, --eager and --runtime: how the samplers evaluate a DDPM's network (``pyddpm.fast_network``)."""
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="the network's precision while sampling: fp32, or bf16 (CPU bf16 autocast, float32 weights "
-                        "and update; faster on CPUs with AVX512-BF16/AMX, refused on other CPUs; samples not identical) "
-                        "(default fp32)")
+                        "and update; faster on CPUs with AVX512-BF16/AMX, refused on other CPUs; samples not "
+                        "identical) (default fp32)")
     p.add_argument("--eager", action="store_true",
                    help="sample with the network exactly as trained, bit for bit, instead of its fast copy (oneDNN, "
                         "channels-last; equal within float32 rounding)")

@@ -37,15 +37,16 @@ def save_samples(samples: torch.Tensor, data_config: dict, path: str | Path, tit
         save_image_grid(samples.reshape(-1, *data_config["image_shape"]), path, title=title)
 
 
-def write_trajectory(model, config: dict, path: str | Path, args) -> None:
+def write_trajectory(model, config: dict, path: str | Path, args, network_options: dict) -> None:
     """The reverse process from x_T to x_0 of ``args.num`` samples (at most 16 drawn for images), at ``args.frames``
-    steps, as one row of panels (.png) or an animation (.gif)."""
+    steps, as one row of panels (.png) or an animation (.gif), the network evaluated as ``network_options`` say
+    (``sampling_network_options``)."""
     num = args.num if is_toy(config["data"]["name"]) else min(args.num, 16)
     frames = args.frames or (8 if str(path).lower().endswith(".png") else 40)
     keep = trajectory_steps(model, frames, args.steps)
     trajectory = sample_trajectory(model, config["data"], num, keep, seed=args.seed, steps=args.steps,
                                    eta=args.eta, variance=args.variance, clip=args.clip, backend=args.backend,
-                                   graph=args.graph, **sampling_network_options(args, model.beta.device))
+                                   graph=args.graph, **network_options)
     title = (f"reverse process, {num} samples — {describe_run(config)} — "
              f"{sampler_label(model, args.steps, args.eta, args.variance)}, seed {args.seed}")
     plot_frames(trajectory, config["data"], path, title)
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
                      title=f"{describe_run(config)} — {sampler_label(model, args.steps, args.eta, args.variance)}, "
                            f"seed {args.seed}")
         if args.trajectory:
-            write_trajectory(model, config, args.trajectory, args)
+            write_trajectory(model, config, args.trajectory, args, network_options)
             print(f"wrote the trajectory to {args.trajectory}")
     except (CheckpointError, ValueError, RuntimeError) as err:
         print(f"pyddpm-sample: error: {err}", file=sys.stderr)

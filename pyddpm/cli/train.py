@@ -146,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="bf16: train under bf16 autocast (float32 master weights; --no-amp keeps float32 training) "
-                        "and sample the run's pictures in bf16; faster on CPUs with AVX512-BF16/AMX, refused on other CPUs "
-                        "(default fp32)")
+                        "and sample the run's pictures in bf16; faster on CPUs with AVX512-BF16/AMX, refused on "
+                        "other CPUs (default fp32)")
     g.add_argument("--eager", dest="fast", action="store_false", default=d.fast,
                    help="train and sample the network exactly as built instead of its fast copy "
                         "(pyddpm.fast_network on the CPU: LogSigmoid from sigmoid and log, channels-last, oneDNN)")
