@@ -7,10 +7,12 @@
 // pointers, a seed >= 2^63.
 #include <pybind11/pybind11.h>
 
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
 #include "group_norm.h"
+#include "log_sigmoid.h"
 #include "philox.h"
 #include "reverse_step.h"
 
@@ -198,10 +200,32 @@ void group_norm_backward_nhwc(int dtype, uintptr_t x, uintptr_t grad_y, uintptr_
       silu, reinterpret_cast<float*>(grad_gamma), reinterpret_cast<float*>(grad_beta), num_threads);
 }
 
+void check_log_sigmoid(int dtype, int64_t n, std::initializer_list<uintptr_t> pointers) {
+  if (dtype != 0 && dtype != 2) throw std::invalid_argument("log_sigmoid takes dtype 0 (float32) or 2 (bfloat16)");
+  if (n < 0) throw std::invalid_argument("log_sigmoid: n must be >= 0");
+  for (uintptr_t pointer : pointers)
+    if (n > 0 && pointer == 0) throw std::invalid_argument("log_sigmoid: null pointer");
+}
+
+void log_sigmoid(int dtype, uintptr_t x, uintptr_t y, int64_t n, int num_threads) {
+  check_log_sigmoid(dtype, n, {x, y});
+  py::gil_scoped_release release;
+  pyddpm::log_sigmoid_cpu(reinterpret_cast<const void*>(x), reinterpret_cast<void*>(y), dtype == 2, n,
+                          num_threads);
+}
+
+void log_sigmoid_backward(int dtype, uintptr_t x, uintptr_t grad_y, uintptr_t grad_x, int64_t n, int num_threads) {
+  check_log_sigmoid(dtype, n, {x, grad_y, grad_x});
+  py::gil_scoped_release release;
+  pyddpm::log_sigmoid_backward_cpu(reinterpret_cast<const void*>(x), reinterpret_cast<const void*>(grad_y),
+                                   reinterpret_cast<void*>(grad_x), dtype == 2, n, num_threads);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "pyddpm's fused reverse-step kernels (CPU, optional CUDA) and its CPU GroupNorm, on raw pointers.";
+  m.doc() = "pyddpm's fused reverse-step kernels (CPU, optional CUDA) and its CPU GroupNorm and LogSigmoid, "
+            "on raw pointers.";
   m.attr("__version__") = PYDDPM_VERSION;
 
   m.def("cuda_built", [] { return kWithCuda; }, "True if the CUDA kernels were compiled in.");
@@ -256,6 +280,12 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dtype"), py::arg("x"), py::arg("grad_y"), py::arg("grad_x"), py::arg("mean"), py::arg("rstd"),
         py::arg("gamma"), py::arg("beta"), py::arg("batch"), py::arg("hw"), py::arg("channels"),
         py::arg("groups"), py::arg("silu"), py::arg("grad_gamma"), py::arg("grad_beta"), py::arg("num_threads"));
+  m.def("log_sigmoid", &log_sigmoid,
+        "y = log sigmoid(x) elementwise over n values on the CPU (dtype 0/2 = float32/bfloat16; y may be x).",
+        py::arg("dtype"), py::arg("x"), py::arg("y"), py::arg("n"), py::arg("num_threads"));
+  m.def("log_sigmoid_backward", &log_sigmoid_backward,
+        "grad_x = grad_y * sigmoid(-x) elementwise over n values on the CPU (dtype 0/2 = float32/bfloat16).",
+        py::arg("dtype"), py::arg("x"), py::arg("grad_y"), py::arg("grad_x"), py::arg("n"), py::arg("num_threads"));
   m.def(
       "philox4x32_10",
       [](uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {

@@ -6,7 +6,8 @@ Each lever was chosen by measurement on a 2-core AMD EPYC (``benchmarks/bench_cp
 - ``nn.Linear`` (and, for sampling, the activation after it) through oneDNN (``torch.ops.mkldnn._linear_pointwise``;
   for training with its own backward): torch's float32 ``addmm`` goes to MKL, whose sgemm is about half as fast
   on AMD CPUs;
-- ``nn.LogSigmoid`` as log(sigmoid(x)), exact below -20 as x: ATen's ``log_sigmoid`` kernel is ~10x slower;
+- ``nn.LogSigmoid`` through pyddpm._C's one-pass kernels, forward and backward (without the extension, as
+  log(sigmoid(x)), exact below -20 as x): ATen's channels-last ``log_sigmoid`` is ~3x slower;
 - convolutional networks in channels-last memory format, oneDNN's own layout (max-pooling ~6x faster, 3x3
   convolutions up to 2x), their GroupNorms (fused with the SiLU after them) through pyddpm._C's channels-last
   kernels, forward and backward (ATen's GroupNorm is 5-10x slower in channels-last than in NCHW);
@@ -74,7 +75,7 @@ def check_network_options(precision: str, fast: bool) -> None:
 
 class _LogSigmoid(torch.autograd.Function):
     """log sigmoid(x) = log(sigmoid(c)) + (x - c) with c = max(x, -20); d/dx = 1 - sigmoid(c) (= sigmoid(-x) to
-    float32 rounding: below -20 both are 1 - 2e-9)."""
+    float32 rounding: below -20 both are 1 - 2e-9). Without pyddpm._C."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
@@ -89,12 +90,46 @@ class _LogSigmoid(torch.autograd.Function):
         return grad * (1.0 - s)
 
 
+class _KernelLogSigmoid(torch.autograd.Function):
+    """log sigmoid(x) with pyddpm._C's one-pass kernels both ways: the forward saves x, the backward is
+    dL/dy * sigmoid(-x)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        y = torch.empty_like(x)  # x is dense: y gets its strides, and the kernel runs over both in memory order
+        _C.log_sigmoid(dtype=_DTYPE_CODES[x.dtype], x=x.data_ptr(), y=y.data_ptr(), n=x.numel(),
+                       num_threads=torch.get_num_threads())
+        ctx.save_for_backward(x)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        grad = grad.to(x.dtype)
+        if grad.stride() != x.stride():
+            grad = torch.empty_like(x).copy_(grad)
+        grad_x = torch.empty_like(x)
+        _C.log_sigmoid_backward(dtype=_DTYPE_CODES[x.dtype], x=x.data_ptr(), grad_y=grad.data_ptr(),
+                                grad_x=grad_x.data_ptr(), n=x.numel(), num_threads=torch.get_num_threads())
+        return grad_x
+
+
+def _log_sigmoid_kernel_takes(x: Tensor) -> bool:
+    """Whether pyddpm._C's LogSigmoid kernels take ``x``: float32 or bfloat16 on the CPU, contiguous in NCHW or
+    channels-last order."""
+    return (_C is not None and hasattr(_C, "log_sigmoid") and x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES
+            and (x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))))
+
+
 class FastLogSigmoid(nn.Module):
-    """log sigmoid(x) from sigmoid and log, exact below -20 as x: for x < -20, log sigmoid(x) = x - log(1 + e^x)
-    equals x in float32 (e^-20 = 2e-9); above, sigmoid does not underflow. Finite everywhere, and so is its
-    gradient (one saved tensor, two elementwise passes backward)."""
+    """log sigmoid(x) in one pass, forward and backward, with pyddpm._C's kernels (min(x, 0) - log1p(exp(-|x|)),
+    within 3 float32 ulps; ATen's channels-last log_sigmoid is ~3x slower). Other inputs, or without the
+    extension: from sigmoid and log, exact below -20 as x (log sigmoid(x) = x - log(1 + e^x) equals x in float32
+    there). Finite everywhere, and so is its gradient."""
 
     def forward(self, x: Tensor) -> Tensor:
+        if _log_sigmoid_kernel_takes(x):
+            return _KernelLogSigmoid.apply(x)
         if torch.is_grad_enabled() and x.requires_grad:
             return _LogSigmoid.apply(x)
         c = x.clamp_min(-20.0)

@@ -8,8 +8,7 @@
 //   2. y = (x - x[first pixel]) * scale[c] + shift[c] (scale = gamma * rstd, shift = beta + (x[first pixel] -
 //      mean) * scale in float64: x * scale - mean * scale would cancel when |mean| * rstd is large), then SiLU.
 // The inner loops run over the C contiguous channels of one pixel (restrict: no buffer overlaps another, so
-// they vectorise without alias checks); target_clones gives x86-64-v4 (AVX-512 with BW: 16-bit lanes for
-// bfloat16) and AVX2 copies beside the baseline, picked at run time.
+// they vectorise without alias checks), in AVX-512 and AVX2 clones (float_math.h).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -17,71 +16,21 @@
 #include <vector>
 
 #include "../group_norm.h"
+#include "float_math.h"
 
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
 
-#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
-#define PYDDPM_GN_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#else
-#define PYDDPM_GN_CLONES
-#endif
-
 namespace pyddpm {
 namespace {
-
-inline float load(const float* x, int64_t i) { return x[i]; }
-inline float load(const uint16_t* x, int64_t i) {
-  const uint32_t bits = static_cast<uint32_t>(x[i]) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
-inline void store(float* y, int64_t i, float v) { y[i] = v; }
-inline void store(uint16_t* y, int64_t i, float v) {  // round to nearest even, as torch's .bfloat16()
-  uint32_t bits;
-  std::memcpy(&bits, &v, sizeof bits);
-  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-  const uint32_t quiet_nan = (bits >> 16) | 0x40u;  // a NaN stays a NaN
-  y[i] = static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
-}
-
-// exp(x) for x <= 0 (the SiLU's exp(-|z|)): Cody-Waite reduction by ln 2 and Cephes' degree-6 polynomial,
-// about 1 ulp, in operations that vectorise; below -87 it is 0 (e^-87 = 1.6e-38).
-inline float exp_nonpositive(float x) {
-  x = std::max(x, -87.0f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &e, sizeof scale);
-  return p * scale;
-}
-
-// z * sigmoid(z) from e = exp(-|z|) <= 1 (never overflows): sigmoid(z) = 1 / (1 + e) for z >= 0, e / (1 + e)
-// below.
-inline float silu(float z) {
-  const float e = exp_nonpositive(-std::fabs(z));
-  const float r = 1.0f / (1.0f + e);
-  return z * (z >= 0.0f ? r : e * r);  // a select of computed values: the loop stays branch-free
-}
 
 // Float sums over blocks of kBlockPixels pixels (vectorised over the channels), added into float64 totals.
 constexpr int64_t kBlockPixels = 32;
 
 template <typename T>
-PYDDPM_GN_CLONES void channel_sums(const T* x, int64_t hw, int64_t c, float* first, float* block_sum,
-                                   float* block_sq, double* sum, double* sq) {
+PYDDPM_VECTOR_CLONES void channel_sums(const T* x, int64_t hw, int64_t c, float* first, float* block_sum,
+                                       float* block_sq, double* sum, double* sq) {
   for (int64_t k = 0; k < c; ++k) {
     first[k] = load(x, k);
     sum[k] = 0.0;
@@ -109,9 +58,9 @@ PYDDPM_GN_CLONES void channel_sums(const T* x, int64_t hw, int64_t c, float* fir
 }
 
 template <typename T, bool kSilu>
-PYDDPM_GN_CLONES void normalize(const T* __restrict x, T* __restrict y, int64_t hw, int64_t c,
-                                const float* __restrict first, const float* __restrict scale,
-                                const float* __restrict shift) {
+PYDDPM_VECTOR_CLONES void normalize(const T* __restrict x, T* __restrict y, int64_t hw, int64_t c,
+                                    const float* __restrict first, const float* __restrict scale,
+                                    const float* __restrict shift) {
   for (int64_t p = 0; p < hw; ++p) {
     const T* in = x + p * c;
     T* out = y + p * c;
@@ -225,11 +174,11 @@ inline float grad_z(float z, float dy) {
 
 // Pass 1 of the backward: per channel, sum dz and sum dz * xhat.
 template <typename T, bool kSilu>
-PYDDPM_GN_CLONES void backward_sums(const T* __restrict x, const T* __restrict dy, int64_t hw, int64_t c,
-                                    const float* __restrict mean_c, const float* __restrict rstd_c,
-                                    const float* __restrict gamma, const float* __restrict beta,
-                                    float* __restrict block_dz, float* __restrict block_dzx,
-                                    double* __restrict sum_dz, double* __restrict sum_dzx) {
+PYDDPM_VECTOR_CLONES void backward_sums(const T* __restrict x, const T* __restrict dy, int64_t hw, int64_t c,
+                                        const float* __restrict mean_c, const float* __restrict rstd_c,
+                                        const float* __restrict gamma, const float* __restrict beta,
+                                        float* __restrict block_dz, float* __restrict block_dzx,
+                                        double* __restrict sum_dz, double* __restrict sum_dzx) {
   for (int64_t k = 0; k < c; ++k) sum_dz[k] = sum_dzx[k] = 0.0;
   for (int64_t p0 = 0; p0 < hw; p0 += kBlockPixels) {
     for (int64_t k = 0; k < c; ++k) block_dz[k] = block_dzx[k] = 0.0f;
@@ -253,10 +202,10 @@ PYDDPM_GN_CLONES void backward_sums(const T* __restrict x, const T* __restrict d
 
 // Pass 2: dx = rstd (gamma dz - a - xhat b), a and b the group means of gamma dz and gamma dz xhat.
 template <typename T, bool kSilu>
-PYDDPM_GN_CLONES void backward_dx(const T* __restrict x, const T* __restrict dy, T* __restrict dx, int64_t hw,
-                                  int64_t c, const float* __restrict mean_c, const float* __restrict rstd_c,
-                                  const float* __restrict gamma, const float* __restrict beta,
-                                  const float* __restrict a_c, const float* __restrict b_c) {
+PYDDPM_VECTOR_CLONES void backward_dx(const T* __restrict x, const T* __restrict dy, T* __restrict dx, int64_t hw,
+                                      int64_t c, const float* __restrict mean_c, const float* __restrict rstd_c,
+                                      const float* __restrict gamma, const float* __restrict beta,
+                                      const float* __restrict a_c, const float* __restrict b_c) {
   for (int64_t p = 0; p < hw; ++p) {
     const T* xr = x + p * c;
     const T* gr = dy + p * c;

@@ -1,0 +1,115 @@
+// log sigmoid(x) = min(x, 0) - log1p(e) and its derivative sigmoid(-x), from e = exp(-|x|) in (0, 1] (never
+// overflows), in one pass of float operations that vectorise (AVX-512 and AVX2 clones, float_math.h):
+//   log1p(e) = 2 atanh(s) with s = e / (2 + e) in (0, 1/3]: the odd series 2 s (1 + s^2/3 + ... + s^14/15),
+//   whose next term is below 2e-9 of the sum, so it keeps float32's relative precision also where e is tiny
+//   (ATen computes log1p(exp(-|x|)) too; log(sigmoid(x)) would round 1 - e to 1 there);
+//   sigmoid(-x) = e / (1 + e) for x >= 0, 1 / (1 + e) below.
+// Each block of kBlock elements is computed into a float buffer on the stack (bfloat16 inputs converted into one
+// first), then stored: the compute loop sees non-overlapping arrays even when the output is the input. OpenMP
+// splits the blocks among the threads.
+#include <algorithm>
+#include <cstdint>
+
+#include "../log_sigmoid.h"
+#include "float_math.h"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace pyddpm {
+namespace {
+
+constexpr int64_t kBlock = 512;
+
+PYDDPM_VECTOR_CLONES void log_sigmoid_block(const float* __restrict x, float* __restrict y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float e = exp_nonpositive(-std::fabs(x[i]));
+    const float s = e / (2.0f + e);
+    const float z = s * s;
+    float p = 1.0f / 15.0f;
+    p = p * z + 1.0f / 13.0f;
+    p = p * z + 1.0f / 11.0f;
+    p = p * z + 1.0f / 9.0f;
+    p = p * z + 1.0f / 7.0f;
+    p = p * z + 1.0f / 5.0f;
+    p = p * z + 1.0f / 3.0f;
+    p = p * z + 1.0f;
+    y[i] = std::min(x[i], 0.0f) - 2.0f * s * p;
+  }
+}
+
+PYDDPM_VECTOR_CLONES void log_sigmoid_backward_block(const float* __restrict x, const float* __restrict dy,
+                                                     float* __restrict dx, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float e = exp_nonpositive(-std::fabs(x[i]));
+    const float r = 1.0f / (1.0f + e);
+    dx[i] = dy[i] * (x[i] >= 0.0f ? e * r : r);  // a select of computed values: the loop stays branch-free
+  }
+}
+
+// The block's values as floats: float32 in place, bfloat16 converted into buf.
+inline const float* as_float(const float* src, float*, int64_t) { return src; }
+PYDDPM_VECTOR_CLONES inline const float* as_float(const uint16_t* __restrict src, float* __restrict buf,
+                                                  int64_t n) {
+  for (int64_t i = 0; i < n; ++i) buf[i] = load(src, i);
+  return buf;
+}
+
+template <typename T>
+PYDDPM_VECTOR_CLONES void from_float(const float* __restrict src, T* __restrict dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) store(dst, i, src[i]);
+}
+
+// body(start, count) for the blocks of [0, n), OpenMP over the blocks when built with it.
+template <typename Body>
+void for_each_block(int64_t n, int num_threads, Body body) {
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+#if defined(_OPENMP)
+  const int threads = static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>(blocks / 16 + 1, num_threads > 0 ? num_threads : omp_get_max_threads())));
+#pragma omp parallel for num_threads(threads) schedule(static)
+#else
+  (void)num_threads;
+#endif
+  for (int64_t b = 0; b < blocks; ++b) body(b * kBlock, std::min(kBlock, n - b * kBlock));
+}
+
+template <typename T>
+void log_sigmoid_all(const T* x, T* y, int64_t n, int num_threads) {
+  for_each_block(n, num_threads, [&](int64_t start, int64_t count) {
+    float buf[kBlock], out[kBlock];
+    log_sigmoid_block(as_float(x + start, buf, count), out, count);
+    from_float(out, y + start, count);
+  });
+}
+
+template <typename T>
+void log_sigmoid_backward_all(const T* x, const T* dy, T* dx, int64_t n, int num_threads) {
+  for_each_block(n, num_threads, [&](int64_t start, int64_t count) {
+    float x_buf[kBlock], dy_buf[kBlock], out[kBlock];
+    log_sigmoid_backward_block(as_float(x + start, x_buf, count), as_float(dy + start, dy_buf, count), out, count);
+    from_float(out, dx + start, count);
+  });
+}
+
+}  // namespace
+
+void log_sigmoid_cpu(const void* x, void* y, bool bfloat16, int64_t n, int num_threads) {
+  if (bfloat16)
+    log_sigmoid_all(static_cast<const uint16_t*>(x), static_cast<uint16_t*>(y), n, num_threads);
+  else
+    log_sigmoid_all(static_cast<const float*>(x), static_cast<float*>(y), n, num_threads);
+}
+
+void log_sigmoid_backward_cpu(const void* x, const void* grad_y, void* grad_x, bool bfloat16, int64_t n,
+                              int num_threads) {
+  if (bfloat16)
+    log_sigmoid_backward_all(static_cast<const uint16_t*>(x), static_cast<const uint16_t*>(grad_y),
+                             static_cast<uint16_t*>(grad_x), n, num_threads);
+  else
+    log_sigmoid_backward_all(static_cast<const float*>(x), static_cast<const float*>(grad_y),
+                             static_cast<float*>(grad_x), n, num_threads);
+}
+
+}  // namespace pyddpm
