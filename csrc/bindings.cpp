@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "conv3x3.h"
 #include "group_norm.h"
 #include "log_sigmoid.h"
 #include "philox.h"
@@ -221,11 +222,23 @@ void log_sigmoid_backward(int dtype, uintptr_t x, uintptr_t grad_y, uintptr_t gr
                                    reinterpret_cast<void*>(grad_x), dtype == 2, n, num_threads);
 }
 
+void conv3x3_nhwc(uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t y, int64_t batch, int64_t height,
+                  int64_t width, int64_t channels, int64_t out_channels, int num_threads) {
+  if (batch < 0 || height < 0 || width < 0 || channels < 1 || out_channels < 1)
+    throw std::invalid_argument("conv3x3_nhwc needs batch, height, width >= 0 and channels, out_channels >= 1");
+  if (batch * height * width > 0 && (x == 0 || weight == 0 || y == 0))
+    throw std::invalid_argument("conv3x3_nhwc: null pointer");
+  py::gil_scoped_release release;
+  pyddpm::conv3x3_nhwc_cpu(reinterpret_cast<const float*>(x), reinterpret_cast<const float*>(weight),
+                           reinterpret_cast<const float*>(bias), reinterpret_cast<float*>(y), batch, height, width,
+                           channels, out_channels, num_threads);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "pyddpm's fused reverse-step kernels (CPU, optional CUDA) and its CPU GroupNorm and LogSigmoid, "
-            "on raw pointers.";
+  m.doc() = "pyddpm's fused reverse-step kernels (CPU, optional CUDA) and its CPU GroupNorm, LogSigmoid and "
+            "3 x 3 convolution, on raw pointers.";
   m.attr("__version__") = PYDDPM_VERSION;
 
   m.def("cuda_built", [] { return kWithCuda; }, "True if the CUDA kernels were compiled in.");
@@ -286,6 +299,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("log_sigmoid_backward", &log_sigmoid_backward,
         "grad_x = grad_y * sigmoid(-x) elementwise over n values on the CPU (dtype 0/2 = float32/bfloat16).",
         py::arg("dtype"), py::arg("x"), py::arg("grad_y"), py::arg("grad_x"), py::arg("n"), py::arg("num_threads"));
+  m.def("conv3x3_nhwc", &conv3x3_nhwc,
+        "y = a 3 x 3 convolution, stride 1, zero padding 1, of a channels-last float32 map x on the CPU (weight in "
+        "(O, kh, kw, C) order; bias 0 for none).",
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("y"), py::arg("batch"), py::arg("height"),
+        py::arg("width"), py::arg("channels"), py::arg("out_channels"), py::arg("num_threads"));
   m.def(
       "philox4x32_10",
       [](uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {

@@ -1,0 +1,145 @@
+"""FastConv (pyddpm.fast_network) and pyddpm._C's 3 x 3 convolution against the convolution computed in float64
+on the same fresh random inputs. Both fast ways sum the same products as the convolution in another order, so
+each output is judged against the sum of the absolute values of its terms, |x| * |w| + |b|: within 16 x 2^-24
+of it (oneDNN's own float32 convolution measured 4 x 2^-24 here, the dense product and the kernel 1.5-4 x 2^-24;
+the bound of any order of a float32 sum grows with the terms, and these sum up to 2,304). Inputs the fast ways
+do not take run the convolution itself, bit for bit."""
+import pytest
+import torch
+from torch import nn
+
+from activation_range import TARGET, all_but_the_output_layer, push_preactivations
+from pyddpm import _C
+from pyddpm.fast_network import FastConv, fast_network
+from pyddpm.nets.unet import ExerciseUNet
+
+TOLERANCE = 16 * 2.0 ** -24
+
+
+def random_map(seed: int, shape) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=generator) * 3).contiguous(memory_format=torch.channels_last)
+
+
+def fresh(conv: nn.Module, seed: int) -> nn.Module:
+    """``conv`` with fresh random weights (and bias) of a trained network's size, channels-last, in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+    return conv.to(memory_format=torch.channels_last).eval()
+
+
+def assert_is_the_convolution(conv: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
+    double = {name: p.detach().double() for name, p in conv.named_parameters()}
+    functional = nn.functional.conv2d if type(conv) is nn.Conv2d else nn.functional.conv_transpose2d
+    settings = ((conv.stride, conv.padding, conv.dilation, conv.groups) if type(conv) is nn.Conv2d
+                else (conv.stride, conv.padding, conv.output_padding, conv.groups, conv.dilation))
+    bias = double.get("bias")
+    ref = functional(x.double(), double["weight"], bias, *settings)
+    magnitude = functional(x.double().abs(), double["weight"].abs(), None if bias is None else bias.abs(), *settings)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    err = (out.double() - ref).abs()
+    worst = float((err / magnitude.clamp_min(1e-30)).max())
+    assert bool((err <= TOLERANCE * magnitude + 1e-30).all()), f"max error / magnitude {worst:.3g}"
+
+
+def plan_of(fast: FastConv, x: torch.Tensor):
+    plan = fast._plans[tuple(x.shape[1:])]
+    return None if plan is None else plan[0]
+
+
+SMALL_MAP_CONVS = {
+    "3x3 at 2x2 (the exercise U-Net's bottom)": (lambda: nn.Conv2d(256, 256, 3, padding=1), (8, 256, 2, 2)),
+    "3x3 stride 2, no bias": (lambda: nn.Conv2d(24, 40, 3, stride=2, padding=1, bias=False), (5, 24, 3, 3)),
+    "grouped 3x3 at 1x1": (lambda: nn.Conv2d(32, 64, 3, padding=1, groups=4), (3, 32, 1, 1)),
+    "transposed 2x2 -> 4x4 (the exercise U-Net's)": (
+        lambda: nn.ConvTranspose2d(256, 256, 3, stride=2, padding=1, output_padding=1), (8, 256, 2, 2)),
+    "transposed 1x2 -> 2x3": (lambda: nn.ConvTranspose2d(16, 8, 3, stride=2, padding=1, output_padding=(1, 0)),
+                              (4, 16, 1, 2)),
+}
+
+
+@pytest.mark.parametrize("name", SMALL_MAP_CONVS)
+def test_small_maps_are_one_dense_product_equal_to_the_convolution(name):
+    make, shape = SMALL_MAP_CONVS[name]
+    conv = fresh(make(), seed=1)
+    fast = FastConv(conv)
+    x = random_map(2, shape)
+    with torch.no_grad():
+        out = fast(x)
+        again = fast(random_map(3, shape))
+    assert plan_of(fast, x) == "dense"
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert_is_the_convolution(conv, x, out)
+    assert_is_the_convolution(conv, random_map(3, shape), again)  # the matrix made once serves the next input
+
+
+@pytest.mark.parametrize("channels, height, width", [(32, 28, 28), (20, 5, 7), (3, 9, 16), (64, 12, 3)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_conv_into_one_channel_runs_the_kernel_and_equals_the_convolution(channels, height, width, bias):
+    conv = fresh(nn.Conv2d(channels, 1, 3, padding=1, bias=bias), seed=4)
+    fast = FastConv(conv)
+    x = random_map(5, (6, channels, height, width))
+    with torch.no_grad():
+        out = fast(x)
+    assert plan_of(fast, x) == "kernel"
+    assert_is_the_convolution(conv, x, out)
+
+
+def test_the_kernels_result_does_not_depend_on_the_thread_count():
+    x, weight, bias = random_map(6, (4, 40, 11, 13)), torch.randn(1, 3, 3, 40), torch.randn(1)
+    outs = []
+    for threads in (1, 2, 3):
+        y = torch.empty(4, 1, 11, 13).contiguous(memory_format=torch.channels_last)
+        _C.conv3x3_nhwc(x=x.data_ptr(), weight=weight.data_ptr(), bias=bias.data_ptr(), y=y.data_ptr(), batch=4,
+                        height=11, width=13, channels=40, out_channels=1, num_threads=threads)
+        outs.append(y)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+def test_other_inputs_run_the_convolution_itself():
+    conv = fresh(nn.Conv2d(16, 16, 3, padding=1), seed=7)
+    fast = FastConv(conv)
+    large = random_map(8, (2, 16, 32, 32))  # its dense matrix would be 256 MiB
+    with torch.no_grad():
+        assert torch.equal(fast(large), conv(large)) and plan_of(fast, large) is None
+        nchw = large[:, :, :2, :2].contiguous()
+        assert torch.equal(fast(nchw), conv(nchw))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(fast(large[:, :, :2, :2]), conv(large[:, :, :2, :2]))
+    small = random_map(9, (2, 16, 2, 2)).requires_grad_(True)
+    out = fast(small)  # with gradients: the convolution, and autograd through it
+    assert torch.equal(out, conv(small)) and out.requires_grad
+    assert not fast._plans or all(key != (16, 2, 2) for key in fast._plans)
+    wide = fresh(nn.Conv2d(16, 2, 3, padding=1), seed=10)  # two output channels: oneDNN
+    fast_wide = FastConv(wide)
+    with torch.no_grad():
+        assert torch.equal(fast_wide(large), wide(large)) and plan_of(fast_wide, large) is None
+
+
+def test_the_kernels_binding_refuses_bad_counts_and_null_pointers():
+    x, weight, y = torch.randn(1, 2, 2, 4), torch.randn(1, 3, 3, 4), torch.empty(1, 2, 2, 1)
+    good = dict(x=x.data_ptr(), weight=weight.data_ptr(), bias=0, y=y.data_ptr(), batch=1, height=2, width=2,
+                channels=4, out_channels=1, num_threads=1)
+    _C.conv3x3_nhwc(**good)
+    for change in ({"batch": -1}, {"channels": 0}, {"out_channels": 0}, {"x": 0}, {"weight": 0}, {"y": 0}):
+        with pytest.raises(ValueError, match="conv3x3_nhwc"):
+            _C.conv3x3_nhwc(**{**good, **change})
+
+
+def test_the_exercise_unets_fast_copy_at_trained_activation_ranges_takes_both_ways_and_equals_eager():
+    """The exercise's own U-Net size (2 x 2 maps at the bottom, a last conv into one channel), its layers scaled so
+    that every pre-activation reaches a trained network's range."""
+    torch.manual_seed(11)
+    network = ExerciseUNet()
+    x, t = torch.randn(4, 784), torch.rand(4, 1)
+    layers = all_but_the_output_layer(nn.Conv2d, nn.ConvTranspose2d)(network)
+    assert push_preactivations(network, layers, x, t) >= 0.99 * TARGET
+    fast = fast_network(network, "cpu")
+    t = t[:1].expand_as(t).clone()
+    with torch.no_grad():
+        eager, out = network(x, t), fast(x, t)
+    plans = [plan[0] for m in fast.modules() if type(m) is FastConv for plan in m._plans.values() if plan]
+    assert sorted(plans) == ["dense", "dense", "kernel"]
+    assert float((out - eager).abs().max()) <= 1e-5 * max(1.0, float(eager.abs().max()))
