@@ -12,6 +12,7 @@
 #include <string>
 
 #include "conv3x3.h"
+#include "dropout.h"
 #include "group_norm.h"
 #include "log_sigmoid.h"
 #include "philox.h"
@@ -234,11 +235,22 @@ void conv3x3_nhwc(uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t y, in
                            channels, out_channels, num_threads);
 }
 
+void dropout(int dtype, uintptr_t x, uintptr_t y, int64_t n, uint64_t seed, uint32_t threshold, float scale,
+             int num_threads) {
+  if (dtype != 0 && dtype != 2) throw std::invalid_argument("dropout takes dtype 0 (float32) or 2 (bfloat16)");
+  if (n < 0) throw std::invalid_argument("dropout: n must be >= 0");
+  if (threshold > 65536) throw std::invalid_argument("dropout: threshold must be in [0, 65536]");
+  if (n > 0 && (x == 0 || y == 0)) throw std::invalid_argument("dropout: null pointer");
+  py::gil_scoped_release release;
+  pyddpm::dropout_cpu(reinterpret_cast<const void*>(x), reinterpret_cast<void*>(y), dtype == 2, n, seed, threshold,
+                      scale, num_threads);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pyddpm's fused reverse-step kernels (CPU, optional CUDA) and its CPU GroupNorm, LogSigmoid and "
-            "3 x 3 convolution, on raw pointers.";
+            "3 x 3 convolution and dropout, on raw pointers.";
   m.attr("__version__") = PYDDPM_VERSION;
 
   m.def("cuda_built", [] { return kWithCuda; }, "True if the CUDA kernels were compiled in.");
@@ -304,6 +316,12 @@ PYBIND11_MODULE(_C, m) {
         "(O, kh, kw, C) order; bias 0 for none).",
         py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("y"), py::arg("batch"), py::arg("height"),
         py::arg("width"), py::arg("channels"), py::arg("out_channels"), py::arg("num_threads"));
+  m.def("dropout", &dropout,
+        "y = x * (scale or 0) elementwise over n values on the CPU (dtype 0/2 = float32/bfloat16), each element "
+        "dropped when its 16-bit Philox word (seed, element index) is below threshold; the backward is the same "
+        "call on the gradient.",
+        py::arg("dtype"), py::arg("x"), py::arg("y"), py::arg("n"), py::arg("seed"), py::arg("threshold"),
+        py::arg("scale"), py::arg("num_threads"));
   m.def(
       "philox4x32_10",
       [](uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {

@@ -14,8 +14,9 @@ them side by side):
   kernels, forward and backward (ATen's GroupNorm is 5-10x slower in channels-last than in NCHW);
 - for sampling in float32, each convolution a ``FastConv``: on the 2 x 2 maps at a U-Net's bottom one dense
   matrix product, into one output channel pyddpm._C's 3 x 3 kernel (the exercise U-Net 1.09x faster in all);
-- ``nn.Dropout`` in training with a mask of 16 random bits per element (ATen's is one float per element, 3x
-  slower);
+- in training, ``nn.Dropout`` in one pass of pyddpm._C's kernel, the mask 16 Philox bits per element, drawn
+  again from its seed in the backward (ATen's is one bernoulli float per element, ~10x slower), and the DDPM
+  U-Net's bfloat16 self-attention in float32 (SDPA's bfloat16 CPU kernel is 4x slower at its 49 pixels);
 - ``precision="bf16"``: Linear layers on oneDNN with bfloat16 copies of their weights (made once; autocast would
   round the float32 weights on every call, 1.5x slower for the toy network) and the rest of the network under CPU
   bf16 autocast, for CPUs with AVX512-BF16 or AMX (refused on other CPUs, which emulate bfloat16 8-12x
@@ -34,7 +35,7 @@ from torch import Tensor, nn
 
 from .nets.fc import FcNetwork
 from .nets.rewrite import replace_modules
-from .nets.unet_ddpm import ResidualBlock
+from .nets.unet_ddpm import ResidualBlock, SelfAttention
 
 from .ops import _C, _DTYPE_CODES  # pyddpm._C (None when not built: GroupNorm stays ATen's) and its dtype codes
 
@@ -117,10 +118,10 @@ class _KernelLogSigmoid(torch.autograd.Function):
         return grad_x
 
 
-def _log_sigmoid_kernel_takes(x: Tensor) -> bool:
-    """Whether pyddpm._C's LogSigmoid kernels take ``x``: float32 or bfloat16 on the CPU, contiguous in NCHW or
-    channels-last order."""
-    return (_C is not None and hasattr(_C, "log_sigmoid") and x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES
+def _elementwise_kernel_takes(x: Tensor, kernel: str) -> bool:
+    """Whether pyddpm._C's elementwise ``kernel`` (log_sigmoid, dropout) takes ``x``: float32 or bfloat16 on the
+    CPU, contiguous in NCHW or channels-last order."""
+    return (_C is not None and hasattr(_C, kernel) and x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES
             and (x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))))
 
 
@@ -131,7 +132,7 @@ class FastLogSigmoid(nn.Module):
     there). Finite everywhere, and so is its gradient."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if _log_sigmoid_kernel_takes(x):
+        if _elementwise_kernel_takes(x, "log_sigmoid"):
             return _KernelLogSigmoid.apply(x)
         if torch.is_grad_enabled() and x.requires_grad:
             return _LogSigmoid.apply(x)
@@ -598,42 +599,86 @@ def _layout_levers(network: nn.Module, trainable: bool = False) -> nn.Module:
     return fast
 
 
+class TrainableSelfAttention(SelfAttention):
+    """A DDPM U-Net SelfAttention (nets.unet_ddpm), its own Parameters and state_dict names, whose attention of
+    bfloat16 q, k, v (under CPU bf16 autocast) is computed in float32 as softmax(q k^T / sqrt(c)) v: at the U-Net's
+    7 x 7 = 49 pixels SDPA's bfloat16 CPU kernel takes 7.0 ms forward and backward, this 1.7 ms (batch 64, 64
+    channels, 2 threads), and it rounds less. Float32 q, k, v go to SDPA as in the network."""
+
+    def __init__(self, attention: SelfAttention):
+        nn.Module.__init__(self)  # the attention's own modules, not new ones
+        self.norm, self.qkv, self.out = attention.norm, attention.qkv, attention.out
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if q.dtype == torch.float32 or q.device.type != "cpu":
+            return super().attend(q, k, v)
+        with torch.autocast("cpu", enabled=False):
+            q, k, v = q.float(), k.float(), v.float()
+            weights = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
+            return (weights @ v).to(torch.bfloat16)
+
+
+class _KernelDropout(torch.autograd.Function):
+    """Dropout with pyddpm._C's kernel both ways: the mask is a function of (seed, element index), so the backward
+    draws it again from the seed (nothing is saved) and applies it to dL/dy laid out as x."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, threshold: int, scale: float) -> Tensor:
+        ctx.seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))  # from torch's generator: manual_seed
+        ctx.threshold, ctx.scale = threshold, scale
+        ctx.shape, ctx.strides, ctx.dtype = x.shape, x.stride(), x.dtype
+        return _kernel_dropout(x, ctx.seed, threshold, scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.to(ctx.dtype)
+        if grad.stride() != ctx.strides:
+            grad = torch.empty_strided(ctx.shape, ctx.strides, dtype=grad.dtype).copy_(grad)
+        return _kernel_dropout(grad, ctx.seed, ctx.threshold, ctx.scale), None, None
+
+
+def _kernel_dropout(x: Tensor, seed: int, threshold: int, scale: float) -> Tensor:
+    y = torch.empty_like(x)  # x is dense: y gets its strides, and the kernel runs over both in memory order
+    _C.dropout(dtype=_DTYPE_CODES[x.dtype], x=x.data_ptr(), y=y.data_ptr(), n=x.numel(), seed=seed,
+               threshold=threshold, scale=scale, num_threads=torch.get_num_threads())
+    return y
+
+
 class FastDropout(nn.Module):
-    """nn.Dropout(p) with its mask drawn from torch's generator 31 bits per two elements, not one bernoulli float
-    per element (ATen's CPU dropout, 3x slower; the DDPM U-Net's dropouts took 9% of its training step): each
-    int32 of ``random_()`` (uniform on [0, 2^31)) is two int16s, the low one uniform on [-2^15, 2^15), the high
-    one on [0, 2^15); an element is dropped when its int16 falls in the lowest share q = round(p 2^15) / 2^15 of
-    its range (|q - p| <= 2^-16), and the kept ones are scaled by 1 / (1 - q). The identity in eval mode, as
+    """nn.Dropout(p) for training on the CPU in one pass of pyddpm._C's kernel, forward and backward: each element
+    is dropped when its 16-bit Philox word (a seed drawn from torch's generator per call, the element's index) falls
+    below round(p 2^16), i.e. with probability q = round(p 2^16) / 2^16 (|q - p| <= 2^-17), and the kept ones are
+    scaled by 1 / (1 - q). ATen's CPU dropout (a bernoulli float per element) took 10% of the DDPM U-Net's bf16
+    training step; this kernel drops 1.6M floats in 0.5 ms (2 threads). Inputs the kernel does not take (other
+    devices and dtypes, non-dense tensors, no extension) go to F.dropout. The identity in eval mode, as
     nn.Dropout."""
 
     def __init__(self, dropout: nn.Dropout):
         super().__init__()
         self.p = dropout.p
-        dropped = round(self.p * 32768)
-        self.thresholds = torch.tensor([2 * dropped - 32768, dropped], dtype=torch.int16)  # (low, high) halves
-        self.scale = 1.0 / (1.0 - dropped / 32768)
+        self.threshold = round(self.p * 65536)
+        self.scale = 1.0 / (1.0 - self.threshold / 65536) if self.threshold < 65536 else 0.0
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if x.device.type != "cpu" or self.p >= 1.0:
-            return nn.functional.dropout(x, self.p, True)
-        halves = torch.empty((x.numel() + 1) // 2, dtype=torch.int32).random_().view(torch.int16).view(-1, 2)
-        keep = (halves >= self.thresholds).view(-1)[:x.numel()].view(x.shape)
-        return x * keep.to(x.dtype).mul_(self.scale)
+        if _elementwise_kernel_takes(x, "dropout") and self.p < 1.0:
+            return _KernelDropout.apply(x, self.threshold, self.scale)
+        return nn.functional.dropout(x, self.p, True)
 
 
 def training_network(network: nn.Module, device: torch.device | str, precision: str = "fp32") -> nn.Module:
     """A copy of ``network`` to train on ``device``, with the levers that keep autograd: on the CPU, FastLogSigmoid,
-    TrainableGroupNorm, FastDropout, channels-last where ``prefers_channels_last`` (the exercise U-Net trains 1.7x
-    faster, the DDPM U-Net 1.2x) and, in float32, Linear layers on oneDNN (the toy FcNetwork 1.4x; under bf16
-    autocast torch's own Linear is the bf16 one); else ``network``. The weights (and the state_dict's names) are
-    the network's."""
+    TrainableGroupNorm, FastDropout, TrainableSelfAttention, channels-last where ``prefers_channels_last`` (the
+    exercise U-Net trains 1.6x faster, the DDPM U-Net 1.3x; with bf16 autocast 2.3x and 1.9x) and, in float32,
+    Linear layers on oneDNN (the toy FcNetwork 1.4x; under bf16 autocast torch's own Linear is the bf16 one); else
+    ``network``. The weights (and the state_dict's names) are the network's."""
     check_precision_hardware(precision, device)
     if torch.device(device).type != "cpu":
         return network
     fast = _layout_levers(network, trainable=True)
     fast = replace_modules(fast, lambda m: FastDropout(m) if type(m) is nn.Dropout and m.p > 0 else None)
+    fast = replace_modules(fast, lambda m: TrainableSelfAttention(m) if type(m) is SelfAttention else None)
     if check_precision(precision) == "fp32" and onednn_available():
         fast = replace_modules(fast, lambda m: TrainableOneDNNLinear(m) if type(m) is nn.Linear else None)
     return fast

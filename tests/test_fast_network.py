@@ -457,3 +457,37 @@ def test_bf16_is_refused_on_a_cpu_without_bf16_arithmetic(monkeypatch, chequerbo
         with pytest.raises(ValueError, match=f"^{flag}: this CPU"):
             Trainer(cfg, tmp_path / "run", torch.device("cpu"), resume=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_training_copys_attention_attends_in_float32_under_bf16():
+    """TrainableSelfAttention (the DDPM U-Net's training copy): float32 q, k, v go to SDPA (the same bits); bfloat16
+    ones give softmax(q k^T / sqrt(c)) v computed in float32 from them and rounded once to bfloat16, so forward and
+    q, k, v gradients are within one bfloat16 rounding of the float64 attention of the same bfloat16 values (2^-8
+    |ref|, plus 1e-4 of the tensor's largest value for float32's sums), and no further from it than SDPA's own
+    bfloat16 kernel. Logits up to ~+-30, as in a trained network's sharp attention."""
+    from pyddpm.fast_network import TrainableSelfAttention, training_network
+    from pyddpm.nets.unet_ddpm import SelfAttention
+
+    network = NETWORKS["unet-ddpm"][0]()
+    assert TrainableSelfAttention in {type(m) for m in training_network(network, "cpu", "bf16").modules()}
+    attention = TrainableSelfAttention(SelfAttention(64))
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(4, 1, 49, 64, generator=generator) * s for s in (4.0, 4.0, 1.0))
+    grad = torch.randn(4, 1, 49, 64, generator=generator).bfloat16()
+    assert torch.equal(attention.attend(q, k, v), nn.functional.scaled_dot_product_attention(q, k, v))
+
+    def attend(function, dtype, autocast=False):
+        inputs = [a.bfloat16().to(dtype).requires_grad_(True) for a in (q, k, v)]  # the same values
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = function(*inputs)
+        out.backward(grad.to(out.dtype))  # outside autocast, as the Trainer's
+        return [out.detach()] + [a.grad for a in inputs]
+
+    ours = attend(attention.attend, torch.bfloat16, autocast=True)
+    sdpa = attend(nn.functional.scaled_dot_product_attention, torch.bfloat16, autocast=True)
+    reference = attend(lambda a, b, c: torch.softmax(a @ b.transpose(-1, -2) / 8.0, dim=-1) @ c, torch.float64)
+    for name, a, b, ref in zip(("out", "dq", "dk", "dv"), ours, sdpa, reference):
+        assert a.dtype == torch.bfloat16, name
+        err, sdpa_err = (a.double() - ref).abs(), (b.double() - ref).abs()
+        assert bool((err <= 2**-8 * ref.abs() + 1e-4 * ref.abs().max()).all()), (name, float(err.max()))
+        assert float(err.max()) <= float(sdpa_err.max()), (name, float(err.max()), float(sdpa_err.max()))

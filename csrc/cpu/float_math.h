@@ -1,5 +1,6 @@
-// Float helpers of the CPU kernels (group_norm_cpu.cpp, log_sigmoid_cpu.cpp), in operations that vectorise:
-// float32 / bfloat16 loads and stores, exp(x <= 0), and PYDDPM_VECTOR_CLONES, the target_clones that give
+// Float helpers of the CPU kernels (group_norm_cpu.cpp, log_sigmoid_cpu.cpp, dropout_cpu.cpp), in operations that
+// vectorise: float32 / bfloat16 loads and stores, exp(x <= 0), the elementwise kernels' loop over blocks, and
+// PYDDPM_VECTOR_CLONES, the target_clones that give
 // x86-64-v4 (AVX-512 with BW: 16-bit lanes for bfloat16) and AVX2 copies beside the baseline, picked at run time.
 // The files that use exp_nonpositive compile with -fno-trapping-math (its float -> int conversion vectorises
 // only then).
@@ -9,6 +10,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 #if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
 #define PYDDPM_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
@@ -33,6 +38,34 @@ inline void store(uint16_t* y, int64_t i, float v) {  // round to nearest even, 
   const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
   const uint32_t quiet_nan = (bits >> 16) | 0x40u;  // a NaN stays a NaN
   y[i] = static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+}
+
+// A block's values as floats: float32 in place, bfloat16 converted into buf.
+inline const float* as_float(const float* src, float*, int64_t) { return src; }
+PYDDPM_VECTOR_CLONES inline const float* as_float(const uint16_t* __restrict src, float* __restrict buf,
+                                                  int64_t n) {
+  for (int64_t i = 0; i < n; ++i) buf[i] = load(src, i);
+  return buf;
+}
+
+template <typename T>
+PYDDPM_VECTOR_CLONES void from_float(const float* __restrict src, T* __restrict dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) store(dst, i, src[i]);
+}
+
+// body(start, count) for the blocks of ``block`` elements of [0, n), OpenMP over the blocks when built with it
+// (one thread per 16 blocks, at most num_threads; num_threads <= 0: OpenMP's default).
+template <typename Body>
+void for_each_block(int64_t n, int64_t block, int num_threads, Body body) {
+  const int64_t blocks = (n + block - 1) / block;
+#if defined(_OPENMP)
+  const int threads = static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>(blocks / 16 + 1, num_threads > 0 ? num_threads : omp_get_max_threads())));
+#pragma omp parallel for num_threads(threads) schedule(static)
+#else
+  (void)num_threads;
+#endif
+  for (int64_t b = 0; b < blocks; ++b) body(b * block, std::min(block, n - b * block));
 }
 
 // exp(x) for x <= 0 (the SiLU's exp(-|z|)): Cody-Waite reduction by ln 2 and Cephes' degree-6 polynomial,

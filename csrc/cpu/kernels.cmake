@@ -1,11 +1,11 @@
-# pyddpm_kernels: the CPU kernels (the reverse step; GroupNorm, LogSigmoid and a 3 x 3 convolution for the fast
-# networks) as a static library (OpenMP when available). Included by the top-level CMakeLists.txt and by
+# pyddpm_kernels: the CPU kernels (the reverse step; GroupNorm, LogSigmoid, a 3 x 3 convolution and dropout for
+# the fast networks) as a static library (OpenMP when available). Included by the top-level CMakeLists.txt and by
 # export/CMakeLists.txt when the C++ sampler is built on its own.
 # -ffp-contract=off makes every float operation one IEEE rounding, so the noise and the step are bit-exact
 # with the CUDA kernel, torch and numpy.
 add_library(pyddpm_kernels STATIC "${CMAKE_CURRENT_LIST_DIR}/reverse_step_cpu.cpp"
             "${CMAKE_CURRENT_LIST_DIR}/group_norm_cpu.cpp" "${CMAKE_CURRENT_LIST_DIR}/log_sigmoid_cpu.cpp"
-            "${CMAKE_CURRENT_LIST_DIR}/conv3x3_cpu.cpp")
+            "${CMAKE_CURRENT_LIST_DIR}/conv3x3_cpu.cpp" "${CMAKE_CURRENT_LIST_DIR}/dropout_cpu.cpp")
 set_target_properties(pyddpm_kernels PROPERTIES CXX_STANDARD 17 POSITION_INDEPENDENT_CODE ON)
 target_include_directories(pyddpm_kernels PUBLIC "${CMAKE_CURRENT_LIST_DIR}/..")
 if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")

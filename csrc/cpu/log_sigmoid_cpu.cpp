@@ -13,10 +13,6 @@
 #include "../log_sigmoid.h"
 #include "float_math.h"
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 namespace pyddpm {
 namespace {
 
@@ -48,36 +44,9 @@ PYDDPM_VECTOR_CLONES void log_sigmoid_backward_block(const float* __restrict x, 
   }
 }
 
-// The block's values as floats: float32 in place, bfloat16 converted into buf.
-inline const float* as_float(const float* src, float*, int64_t) { return src; }
-PYDDPM_VECTOR_CLONES inline const float* as_float(const uint16_t* __restrict src, float* __restrict buf,
-                                                  int64_t n) {
-  for (int64_t i = 0; i < n; ++i) buf[i] = load(src, i);
-  return buf;
-}
-
-template <typename T>
-PYDDPM_VECTOR_CLONES void from_float(const float* __restrict src, T* __restrict dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) store(dst, i, src[i]);
-}
-
-// body(start, count) for the blocks of [0, n), OpenMP over the blocks when built with it.
-template <typename Body>
-void for_each_block(int64_t n, int num_threads, Body body) {
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
-#if defined(_OPENMP)
-  const int threads = static_cast<int>(std::max<int64_t>(
-      1, std::min<int64_t>(blocks / 16 + 1, num_threads > 0 ? num_threads : omp_get_max_threads())));
-#pragma omp parallel for num_threads(threads) schedule(static)
-#else
-  (void)num_threads;
-#endif
-  for (int64_t b = 0; b < blocks; ++b) body(b * kBlock, std::min(kBlock, n - b * kBlock));
-}
-
 template <typename T>
 void log_sigmoid_all(const T* x, T* y, int64_t n, int num_threads) {
-  for_each_block(n, num_threads, [&](int64_t start, int64_t count) {
+  for_each_block(n, kBlock, num_threads, [&](int64_t start, int64_t count) {
     float buf[kBlock], out[kBlock];
     log_sigmoid_block(as_float(x + start, buf, count), out, count);
     from_float(out, y + start, count);
@@ -86,7 +55,7 @@ void log_sigmoid_all(const T* x, T* y, int64_t n, int num_threads) {
 
 template <typename T>
 void log_sigmoid_backward_all(const T* x, const T* dy, T* dx, int64_t n, int num_threads) {
-  for_each_block(n, num_threads, [&](int64_t start, int64_t count) {
+  for_each_block(n, kBlock, num_threads, [&](int64_t start, int64_t count) {
     float x_buf[kBlock], dy_buf[kBlock], out[kBlock];
     log_sigmoid_backward_block(as_float(x + start, x_buf, count), as_float(dy + start, dy_buf, count), out, count);
     from_float(out, dx + start, count);

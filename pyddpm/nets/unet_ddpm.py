@@ -49,8 +49,12 @@ class SelfAttention(nn.Module):
         b, c, h, w = x.shape
         # (b, 1 head, h*w, c): 4-D inputs, which the ONNX (dynamo) exporter converts
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, 1, c, h * w).transpose(-1, -2).unbind(1)
-        attended = F.scaled_dot_product_attention(q, k, v)  # (b, 1, h*w, c)
+        attended = self.attend(q, k, v)  # (b, 1, h*w, c)
         return x + self.out(attended.squeeze(1).transpose(-1, -2).reshape(b, c, h, w))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(c)) v for (b, 1, h*w, c) queries, keys and values."""
+        return F.scaled_dot_product_attention(q, k, v)
 
 
 class DDPMUNet(nn.Module):
