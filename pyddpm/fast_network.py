@@ -695,6 +695,15 @@ def _as_torch_linear(module: nn.Module) -> nn.Linear | None:
     return linear
 
 
+def _bf16_conv(module: nn.Module) -> nn.Module | None:
+    """A Conv2d or ConvTranspose2d with its weight and bias in bfloat16, for the bf16 sampling copy (run under
+    autocast, which would round the float32 weights on every call: the DDPM U-Net's bf16 forward took 4% longer);
+    the same bits. None for other modules."""
+    if type(module) not in (nn.Conv2d, nn.ConvTranspose2d):
+        return None
+    return copy.deepcopy(module).to(torch.bfloat16)
+
+
 def fast_network(network: nn.Module, device: torch.device | str, precision: str = "fp32") -> nn.Module:
     """A fast copy of ``network`` for sampling on ``device`` (no autograd); ``network`` is left as it is.
     On CUDA only the precision applies (the samplers replay CUDA graphs there). Without oneDNN (or its bfloat16,
@@ -707,6 +716,8 @@ def fast_network(network: nn.Module, device: torch.device | str, precision: str 
         fast = _layout_levers(network)
         if precision == "fp32" and onednn_available():
             fast = replace_modules(fast, _fast_conv)
+        if precision == "bf16":
+            fast = replace_modules(fast, _bf16_conv)
         dtype = _DTYPES[precision]
         if any(_is_linear(m) for m in fast.modules()):
             if onednn_available(dtype):

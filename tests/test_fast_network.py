@@ -491,3 +491,19 @@ def test_the_training_copys_attention_attends_in_float32_under_bf16():
         err, sdpa_err = (a.double() - ref).abs(), (b.double() - ref).abs()
         assert bool((err <= 2**-8 * ref.abs() + 1e-4 * ref.abs().max()).all()), (name, float(err.max()))
         assert float(err.max()) <= float(sdpa_err.max()), (name, float(err.max()), float(sdpa_err.max()))
+
+
+@needs_native_bf16
+@pytest.mark.parametrize("name", ["unet", "unet-ddpm"])
+def test_the_bf16_copys_convolutions_hold_bf16_weights_and_give_autocasts_bits(name, monkeypatch):
+    """The bf16 sampling copy rounds its convolutions' weights to bfloat16 once; autocast rounds them the same way
+    on every call, so the output is the same bits as with float32 weights under autocast."""
+    network, x, t = pushed(name)
+    fast = fast_network(network, "cpu", "bf16")
+    convs = [m for m in fast.modules() if type(m) in (nn.Conv2d, nn.ConvTranspose2d)]
+    assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
+    monkeypatch.setattr(fast_module, "_bf16_conv", lambda module: None)
+    autocast = fast_network(network, "cpu", "bf16")
+    assert all(m.weight.dtype == torch.float32 for m in autocast.modules() if type(m) in (nn.Conv2d, nn.ConvTranspose2d))
+    with torch.no_grad():
+        assert torch.equal(fast(x, t), autocast(x, t))
