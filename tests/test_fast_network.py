@@ -504,6 +504,7 @@ def test_the_bf16_copys_convolutions_hold_bf16_weights_and_give_autocasts_bits(n
     assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
     monkeypatch.setattr(fast_module, "_bf16_conv", lambda module: None)
     autocast = fast_network(network, "cpu", "bf16")
-    assert all(m.weight.dtype == torch.float32 for m in autocast.modules() if type(m) in (nn.Conv2d, nn.ConvTranspose2d))
+    assert all(m.weight.dtype == torch.float32 for m in autocast.modules()
+               if type(m) in (nn.Conv2d, nn.ConvTranspose2d))
     with torch.no_grad():
         assert torch.equal(fast(x, t), autocast(x, t))
