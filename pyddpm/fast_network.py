@@ -95,6 +95,14 @@ class _LogSigmoid(torch.autograd.Function):
         return grad * (1.0 - s)
 
 
+def _laid_out(grad: Tensor, shape, strides, dtype: torch.dtype) -> Tensor:
+    """``grad`` in ``dtype`` with ``strides``: the layout an elementwise kernel's forward ran over (one copy when
+    it differs)."""
+    if grad.dtype == dtype and grad.stride() == tuple(strides):
+        return grad
+    return torch.empty_strided(shape, strides, dtype=dtype).copy_(grad)
+
+
 class _KernelLogSigmoid(torch.autograd.Function):
     """log sigmoid(x) with pyddpm._C's one-pass kernels both ways: the forward saves x, the backward is
     dL/dy * sigmoid(-x)."""
@@ -110,9 +118,7 @@ class _KernelLogSigmoid(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
-        grad = grad.to(x.dtype)
-        if grad.stride() != x.stride():
-            grad = torch.empty_like(x).copy_(grad)
+        grad = _laid_out(grad, x.shape, x.stride(), x.dtype)
         grad_x = torch.empty_like(x)
         _C.log_sigmoid_backward(dtype=_DTYPE_CODES[x.dtype], x=x.data_ptr(), grad_y=grad.data_ptr(),
                                 grad_x=grad_x.data_ptr(), n=x.numel(), num_threads=torch.get_num_threads())
@@ -633,9 +639,7 @@ class _KernelDropout(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        grad = grad.to(ctx.dtype)
-        if grad.stride() != ctx.strides:
-            grad = torch.empty_strided(ctx.shape, ctx.strides, dtype=grad.dtype).copy_(grad)
+        grad = _laid_out(grad, ctx.shape, ctx.strides, ctx.dtype)
         return _kernel_dropout(grad, ctx.seed, ctx.threshold, ctx.scale), None, None
 
 
