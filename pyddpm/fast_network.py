@@ -14,6 +14,9 @@ them side by side):
   kernels, forward and backward (ATen's GroupNorm is 5-10x slower in channels-last than in NCHW);
 - for sampling in float32, each convolution a ``FastConv``: on the 2 x 2 maps at a U-Net's bottom one dense
   matrix product, into one output channel pyddpm._C's 3 x 3 kernel (the exercise U-Net 1.09x faster in all);
+- for sampling, the DDPM U-Net's nearest-neighbour upsampling and the 3 x 3 convolution after it as one stride-2
+  4 x 4 transposed convolution (``FastUpsampleConv``: 4 multiply-adds per output pixel and channel pair instead
+  of 9; the whole forward 1.06x faster in float32, 1.07x in bf16);
 - in training, ``nn.Dropout`` in one pass of pyddpm._C's kernel, the mask 16 Philox bits per element, drawn
   again from its seed in the backward (ATen's is one bernoulli float per element, ~10x slower), and the DDPM
   U-Net's bfloat16 self-attention in float32 (SDPA's bfloat16 CPU kernel is 4x slower at its 49 pixels);
@@ -36,7 +39,7 @@ from torch import Tensor, nn
 
 from .nets.fc import FcNetwork
 from .nets.rewrite import replace_modules
-from .nets.unet_ddpm import ResidualBlock, SelfAttention
+from .nets.unet_ddpm import ResidualBlock, SelfAttention, UpsampleConv
 
 from .ops import _C, _DTYPE_CODES  # pyddpm._C (None when not built: GroupNorm stays ATen's) and its dtype codes
 
@@ -511,6 +514,39 @@ class FastConv(nn.Module):
         return y
 
 
+# Which of a 3x3 kernel's rows (columns) each row of the 4x4 transposed kernel sums: doubling a map by repetition
+# and convolving it, output row 2i reads input rows i-1 (kernel row 0) and i (rows 1 and 2), output row 2i + 1 rows
+# i (kernel rows 0 and 1) and i + 1 (row 2); a stride-2 transposed convolution with padding 1 reads input row j for
+# output row o through its kernel row o + 1 - 2j.
+_DOUBLED_ROWS = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+
+
+class FastUpsampleConv(nn.Module):
+    """A DDPM U-Net UpsampleConv for inference: where ``size`` doubles the map (28 -> 14 -> 7 and back), the
+    nearest-neighbour upsampling and the 3x3 convolution are one stride-2 4x4 transposed convolution, its weights
+    sums of the 3x3 weights (made once in float64, then rounded to ``dtype``). Each output pixel then costs 4
+    multiply-adds per channel pair instead of 9, and the doubled map is never made: 64 channels, 14 -> 28, batch
+    32, 2 threads: 2.1-2.7 against 4.1-4.7 ms in float32, 1.1-1.2 against 2.0-2.2 ms in bfloat16 (the DDPM
+    U-Net 32, 64, 64's forward at batch 32: 1.06x faster in float32, 1.07x in bf16). The same function to float
+    rounding (a sum of weights rounded once instead of each weight). Other sizes, and inputs that need gradients,
+    take the UpsampleConv."""
+
+    def __init__(self, conv: UpsampleConv, dtype: torch.dtype | None = None):
+        super().__init__()
+        self.conv = conv
+        dtype = dtype or conv.weight.dtype
+        rows = _DOUBLED_ROWS
+        weight = torch.einsum("ua,vb,ocab->couv", rows, rows, conv.weight.detach().double())
+        self.weight = nn.Parameter(weight.to(dtype), requires_grad=False)  # (in, out, 4, 4), as ConvTranspose2d's
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().to(dtype, copy=True),
+                                                                requires_grad=False)
+
+    def forward(self, x: Tensor, size) -> Tensor:
+        if tuple(size) != (2 * x.shape[-2], 2 * x.shape[-1]) or (torch.is_grad_enabled() and x.requires_grad):
+            return self.conv(x, size)
+        return nn.functional.conv_transpose2d(x, self.weight, self.bias, stride=2, padding=1)
+
+
 def _convolve(conv: nn.Conv2d | nn.ConvTranspose2d, x: Tensor) -> Tensor:
     """``conv(x)`` without its bias."""
     if type(conv) is nn.Conv2d:
@@ -719,6 +755,8 @@ def fast_network(network: nn.Module, device: torch.device | str, precision: str 
     fast = network
     if device.type == "cpu":
         fast = _layout_levers(network)
+        fast = replace_modules(fast, lambda m: FastUpsampleConv(m, torch.bfloat16 if precision == "bf16" else None)
+                               if type(m) is UpsampleConv else None)
         if precision == "fp32" and onednn_available():
             fast = replace_modules(fast, _fast_conv)
         if precision == "bf16":

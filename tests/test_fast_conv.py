@@ -10,8 +10,9 @@ from torch import nn
 
 from activation_range import TARGET, all_but_the_output_layer, push_preactivations
 from pyddpm import _C
-from pyddpm.fast_network import FastConv, fast_network
+from pyddpm.fast_network import FastConv, FastUpsampleConv, fast_network, native_bf16
 from pyddpm.nets.unet import ExerciseUNet
+from pyddpm.nets.unet_ddpm import DDPMUNet, UpsampleConv
 
 TOLERANCE = 16 * 2.0 ** -24
 
@@ -143,3 +144,62 @@ def test_the_exercise_unets_fast_copy_at_trained_activation_ranges_takes_both_wa
     plans = [plan[0] for m in fast.modules() if type(m) is FastConv for plan in m._plans.values() if plan]
     assert sorted(plans) == ["dense", "dense", "kernel"]
     assert float((out - eager).abs().max()) <= 1e-5 * max(1.0, float(eager.abs().max()))
+
+
+def upsampled_reference(conv: nn.Module, x: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest-neighbour upsampling to ``size`` and ``conv`` in float64, and the same of |x|, |w|, |b| (each output's
+    sum of the absolute values of its terms)."""
+    up = nn.functional.interpolate(x.double(), size=size, mode="nearest")
+    w, b = conv.weight.detach().double(), conv.bias.detach().double()
+    return (nn.functional.conv2d(up, w, b, padding=1), nn.functional.conv2d(up.abs(), w.abs(), b.abs(), padding=1))
+
+
+@pytest.mark.parametrize("channels, height, width", [(64, 14, 14), (16, 7, 7), (8, 5, 9)])
+def test_an_upsample_conv_is_one_transposed_convolution_equal_to_upsampling_and_the_convolution(
+        channels, height, width, monkeypatch):
+    """Doubling the map, the fast copy never upsamples (nn.functional.interpolate is not called) and its one
+    transposed convolution is the upsampling and the convolution within TOLERANCE of each output's magnitude in
+    float32 (its weights are the 3x3 weights' sums rounded once, each product's error stays below 2^-23 of its
+    term's). In bfloat16 (under autocast, as the bf16 copy runs) x, the summed weights and the output are each
+    rounded to 8 significant bits (2^-9 relative at most), so each output is within 4 x 2^-9 of its magnitude,
+    and its largest error is within 1.25x autocast's own on the network's UpsampleConv (measured 0.97-1.0x)."""
+    conv = fresh(UpsampleConv(channels), seed=11)
+    x = random_map(12, (6, channels, height, width))
+    size = (2 * height, 2 * width)
+    ref, magnitude = upsampled_reference(conv, x, size)
+    with torch.no_grad():
+        autocast_error = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast_error = float((conv(x, size).double() - ref).abs().max())
+        monkeypatch.setattr(nn.functional, "interpolate", lambda *args, **kwargs: pytest.fail("upsampled"))
+        out = FastUpsampleConv(conv)(x, size)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out_bf16 = FastUpsampleConv(conv, torch.bfloat16)(x, size)
+    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
+    err = (out.double() - ref).abs()
+    assert bool((err <= TOLERANCE * magnitude + 1e-30).all()), float((err / magnitude).max())
+    assert out_bf16.dtype == torch.bfloat16 and out_bf16.shape == ref.shape
+    err_bf16 = (out_bf16.double() - ref).abs()
+    assert bool((err_bf16 <= 4 * 2.0 ** -9 * magnitude).all()), float((err_bf16 / magnitude).max())
+    assert float(err_bf16.max()) <= 1.25 * autocast_error, (float(err_bf16.max()), autocast_error)
+
+
+def test_an_upsample_conv_to_any_other_size_or_with_gradients_is_the_network_s_own():
+    conv = fresh(UpsampleConv(8), seed=13)
+    fast = FastUpsampleConv(conv)
+    x = random_map(14, (3, 8, 4, 4))
+    with torch.no_grad():
+        assert torch.equal(fast(x, (7, 7)), conv(x, (7, 7)))  # 4 -> 7 (an odd map's way back up)
+    x.requires_grad_(True)
+    out = fast(x, (8, 8))
+    assert out.requires_grad and torch.equal(out, conv(x, (8, 8)))
+
+
+def test_the_ddpm_unets_fast_copies_upsample_by_transposed_convolutions():
+    network = DDPMUNet(channels=(8, 16, 16), num_res_blocks=1).eval()
+    for precision in ("fp32", "bf16") if native_bf16("cpu") else ("fp32",):
+        fast = fast_network(network, "cpu", precision)
+        ups = [m for m in fast.modules() if type(m) is FastUpsampleConv]
+        assert len(ups) == len(network.upsample) == 2
+        assert all(m.weight.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32) for m in ups)
+    assert all(type(m) is UpsampleConv for m in network.upsample)  # the network itself is untouched

@@ -57,6 +57,17 @@ class SelfAttention(nn.Module):
         return F.scaled_dot_product_attention(q, k, v)
 
 
+class UpsampleConv(nn.Conv2d):
+    """Nearest-neighbour upsampling to ``size``, then a 3x3 convolution (padding 1) on the result: a Conv2d, so its
+    weights and state_dict names are the convolution's."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, size) -> torch.Tensor:
+        return super().forward(F.interpolate(x, size=size, mode="nearest"))
+
+
 class DDPMUNet(nn.Module):
     """eps_theta(x_t, t) as the U-Net of Ho et al. on flat images, t given as (batch, 1) = (t - 1) / T.
 
@@ -111,7 +122,7 @@ class DDPMUNet(nn.Module):
                 self.up_attention.append(attend(level, channels[level]))
                 c = channels[level]
             if level != 0:
-                self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
+                self.upsample.append(UpsampleConv(c))
         self.head = nn.Sequential(group_norm(c), nn.SiLU(), nn.Conv2d(c, image_shape[0], 3, padding=1))
         self.num_res_blocks, self.levels = num_res_blocks, len(channels)
 
@@ -136,6 +147,5 @@ class DDPMUNet(nn.Module):
                 skip = skips.pop()
                 h = attention(block(torch.cat([h, skip], dim=1), emb))
             if level != 0:
-                target = skips[-1].shape[-2:]
-                h = self.upsample[self.levels - 1 - level](F.interpolate(h, size=target, mode="nearest"))
+                h = self.upsample[self.levels - 1 - level](h, skips[-1].shape[-2:])
         return self.head(h).reshape(x.shape[0], -1)
