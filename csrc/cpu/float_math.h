@@ -1,5 +1,5 @@
 // Float helpers of the CPU kernels (group_norm_cpu.cpp, log_sigmoid_cpu.cpp, dropout_cpu.cpp), in operations that
-// vectorise: float32 / bfloat16 loads and stores, exp(x <= 0), the elementwise kernels' loop over blocks, and
+// vectorise: float32 / bfloat16 loads and stores (and AVX512-BF16's, chosen at run time), exp(x <= 0), the elementwise kernels' loop over blocks, and
 // PYDDPM_VECTOR_CLONES, the target_clones that give x86-64-v4 (AVX-512 with BW: 16-bit lanes for bfloat16) and
 // AVX2 copies beside the baseline, picked at run time.
 // The files that use exp_nonpositive compile with -fno-trapping-math (its float -> int conversion vectorises
@@ -21,6 +21,13 @@
 #define PYDDPM_VECTOR_CLONES
 #endif
 
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define PYDDPM_NATIVE_BF16 1
+// Functions for CPUs with AVX512-BF16 (chosen at run time with cpu_has_avx512_bf16)
+#define PYDDPM_BF16_TARGET __attribute__((target("arch=x86-64-v4,avx512bf16")))
+#endif
+
 namespace pyddpm {
 
 inline float load(const float* x, int64_t i) { return x[i]; }
@@ -39,6 +46,25 @@ inline void store(uint16_t* y, int64_t i, float v) {  // round to nearest even, 
   const uint32_t quiet_nan = (bits >> 16) | 0x40u;  // a NaN stays a NaN
   y[i] = static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
+
+#if defined(PYDDPM_NATIVE_BF16)
+inline bool cpu_has_avx512_bf16() {
+  static const bool has = __builtin_cpu_supports("avx512bf16");
+  return has;
+}
+
+// store(y, i, src[i]) for i < n with AVX512-BF16's conversion instruction: round to nearest even, a NaN stays a
+// NaN, as store(); unlike store(), values below 2^-126 (float32's subnormals) become zero of their sign.
+PYDDPM_BF16_TARGET inline void store_native_bf16(uint16_t* __restrict y, const float* __restrict src, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+  if (i < n) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    _mm256_mask_storeu_epi16(y + i, tail, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(tail, src + i)));
+  }
+}
+#endif
 
 // A block's values as floats: float32 in place, bfloat16 converted into buf.
 inline const float* as_float(const float* src, float*, int64_t) { return src; }

@@ -8,11 +8,13 @@
 //   2. y = (x - x[first pixel]) * scale[c] + shift[c] (scale = gamma * rstd, shift = beta + (x[first pixel] -
 //      mean) * scale in float64: x * scale - mean * scale would cancel when |mean| * rstd is large), then SiLU.
 // The inner loops run over the C contiguous channels of one pixel (restrict: no buffer overlaps another, so
-// they vectorise without alias checks), in AVX-512 and AVX2 clones (float_math.h).
+// they vectorise without alias checks), in AVX-512 and AVX2 clones (float_math.h); bfloat16 outputs are rounded
+// by AVX512-BF16's conversion instruction on CPUs that have it.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../group_norm.h"
@@ -72,6 +74,38 @@ PYDDPM_VECTOR_CLONES void normalize(const T* __restrict x, T* __restrict y, int6
   }
 }
 
+#if defined(PYDDPM_NATIVE_BF16)
+// normalize<uint16_t> on CPUs with AVX512-BF16: each pixel's values into a float buffer, then rounded by the CPU's
+// conversion (store_native_bf16), 1.5x faster than store()'s integer rounding (96 channels at 28 x 28, SiLU).
+template <bool kSilu>
+PYDDPM_BF16_TARGET void normalize_native_bf16(const uint16_t* __restrict x, uint16_t* __restrict y, int64_t hw,
+                                              int64_t c, const float* __restrict first,
+                                              const float* __restrict scale, const float* __restrict shift,
+                                              float* __restrict buf) {
+  for (int64_t p = 0; p < hw; ++p) {
+    const uint16_t* in = x + p * c;
+    for (int64_t k = 0; k < c; ++k) {
+      float z = (load(in, k) - first[k]) * scale[k] + shift[k];
+      if (kSilu) z = silu(z);
+      buf[k] = z;
+    }
+    store_native_bf16(y + p * c, buf, c);
+  }
+}
+#endif
+
+template <typename T, bool kSilu>
+void normalize_sample(const T* x, T* y, int64_t hw, int64_t c, const float* first, const float* scale,
+                      const float* shift, float* buf) {
+#if defined(PYDDPM_NATIVE_BF16)
+  if constexpr (std::is_same_v<T, uint16_t>) {
+    if (cpu_has_avx512_bf16()) return normalize_native_bf16<kSilu>(x, y, hw, c, first, scale, shift, buf);
+  }
+#endif
+  (void)buf;
+  normalize<T, kSilu>(x, y, hw, c, first, scale, shift);
+}
+
 template <typename T>
 void group_norm_sample(const T* x, const float* add, T* y, const float* gamma, const float* beta, int64_t hw,
                        int64_t c, int64_t groups, float eps, bool with_silu, float* mean_out, float* rstd_out,
@@ -108,9 +142,9 @@ void group_norm_sample(const T* x, const float* add, T* y, const float* gamma, c
     }
   }
   if (with_silu)
-    normalize<T, true>(x, y, hw, c, first, scale, shift);
+    normalize_sample<T, true>(x, y, hw, c, first, scale, shift, shift + c);
   else
-    normalize<T, false>(x, y, hw, c, first, scale, shift);
+    normalize_sample<T, false>(x, y, hw, c, first, scale, shift, shift + c);
 }
 
 // body(i, sums, work) for each sample i, OpenMP over the samples when built with it: sums (2 * c doubles) and
@@ -139,7 +173,7 @@ template <typename T>
 void group_norm_all(const T* x, const float* add, T* y, const float* gamma, const float* beta, int64_t batch,
                     int64_t hw, int64_t c, int64_t groups, float eps, bool with_silu, float* mean, float* rstd,
                     int num_threads) {
-  for_each_sample(batch, c, 3 * c, num_threads, [&](int64_t i, std::vector<double>& sums,
+  for_each_sample(batch, c, 4 * c, num_threads, [&](int64_t i, std::vector<double>& sums,
                                                     std::vector<float>& coefs) {
     group_norm_sample(x + i * hw * c, add ? add + i * c : nullptr, y + i * hw * c, gamma, beta, hw, c, groups, eps,
                       with_silu, mean ? mean + i * groups : nullptr, rstd ? rstd + i * groups : nullptr, sums,
