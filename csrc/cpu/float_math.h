@@ -1,5 +1,6 @@
 // Float helpers of the CPU kernels (group_norm_cpu.cpp, log_sigmoid_cpu.cpp, dropout_cpu.cpp), in operations that
-// vectorise: float32 / bfloat16 loads and stores (and AVX512-BF16's, chosen at run time), exp(x <= 0), the elementwise kernels' loop over blocks, and
+// vectorise: float32 / bfloat16 loads and stores (and AVX512-BF16's stores, chosen at run time), exp(x <= 0), the
+// elementwise kernels' loop over blocks, and
 // PYDDPM_VECTOR_CLONES, the target_clones that give x86-64-v4 (AVX-512 with BW: 16-bit lanes for bfloat16) and
 // AVX2 copies beside the baseline, picked at run time.
 // The files that use exp_nonpositive compile with -fno-trapping-math (its float -> int conversion vectorises
