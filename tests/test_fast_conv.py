@@ -4,13 +4,15 @@ each output is judged against the sum of the absolute values of its terms, |x| *
 of it (oneDNN's own float32 convolution measured 4 x 2^-24 here, the dense product and the kernel 1.5-4 x 2^-24;
 the bound of any order of a float32 sum grows with the terms, and these sum up to 2,304). Inputs the fast ways
 do not take run the convolution itself, bit for bit."""
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 from activation_range import TARGET, all_but_the_output_layer, push_preactivations
 from pyddpm import _C
-from pyddpm.fast_network import FastConv, FastUpsampleConv, fast_network, native_bf16
+from pyddpm.fast_network import FastConv, FastUpsampleConv, PackedConv, fast_network, native_bf16
 from pyddpm.nets.unet import ExerciseUNet
 from pyddpm.nets.unet_ddpm import DDPMUNet, UpsampleConv
 
@@ -203,3 +205,60 @@ def test_the_ddpm_unets_fast_copies_upsample_by_transposed_convolutions():
         assert len(ups) == len(network.upsample) == 2
         assert all(m.weight.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32) for m in ups)
     assert all(type(m) is UpsampleConv for m in network.upsample)  # the network itself is untouched
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_packed_conv_gives_the_convolutions_bits_for_each_input_shape(dtype):
+    """PackedConv reorders the weight into oneDNN's layout once per input shape; oneDNN then runs the same
+    primitive as F.conv2d, so the result is the convolution's, bit for bit (a second batch size included)."""
+    for seed, (conv, shapes) in enumerate([
+            (nn.Conv2d(64, 64, 3, padding=1), [(32, 64, 7, 7), (3, 64, 7, 7)]),
+            (nn.Conv2d(32, 64, 3, stride=2, padding=1), [(5, 32, 28, 28)]),
+            (nn.Conv2d(96, 32, 1), [(4, 96, 14, 14), (1, 96, 14, 14)]),
+            (nn.Conv2d(16, 8, 3, padding=1, bias=False), [(2, 16, 9, 5)])]):
+        conv = fresh(conv, seed=20 + seed).to(dtype)
+        packed = PackedConv(conv)
+        with torch.no_grad():
+            for i, shape in enumerate(shapes):
+                x = random_map(30 + 10 * seed + i, shape).to(dtype)
+                assert packed.takes(x)
+                out = packed(x)
+                assert out.dtype == dtype and torch.equal(out, conv(x)), (shape, dtype)
+        assert len(packed._packed) == len(shapes)
+
+
+def test_a_packed_conv_runs_the_convolution_for_other_inputs_and_copies_without_its_packed_weights():
+    conv = fresh(nn.Conv2d(8, 8, 3, padding=1), seed=40)
+    packed = PackedConv(conv)
+    x = random_map(41, (2, 8, 6, 6))
+    with torch.no_grad():
+        packed(x)
+        nchw = x.contiguous()
+        assert not packed.takes(nchw) and torch.equal(packed(nchw), conv(nchw))
+        assert not packed.takes(x.bfloat16())  # another dtype than the weight's
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 under autocast: autocast's bfloat16 conv
+            assert not packed.takes(x) and torch.equal(packed(x), conv(x))
+    out = packed(x.requires_grad_(True))
+    assert out.requires_grad and torch.equal(out, conv(x))
+    twin = copy.deepcopy(packed)  # oneDNN's opaque tensors cannot be copied: the copy packs its own
+    assert packed._packed and not twin._packed
+    with torch.no_grad():
+        assert torch.equal(twin(x), conv(x))
+
+
+def test_the_fast_copies_pack_their_convolutions_and_the_residual_sum_keeps_the_eager_result():
+    network = DDPMUNet(channels=(8, 16, 16), num_res_blocks=1).eval()
+    x, t = torch.randn(4, 784), torch.rand(4, 1)
+    for precision in ("fp32", "bf16") if native_bf16("cpu") else ("fp32",):
+        fast = fast_network(network, "cpu", precision)
+        convs = [m for m in fast.modules() if isinstance(m, PackedConv)]
+        blocks = [m for m in fast.modules() if type(m).__name__ == "FastResidualBlock"]
+        assert blocks and all(type(b.conv1) is PackedConv and type(b.conv2) is PackedConv for b in blocks)
+        assert len(convs) >= 3 * len(blocks)
+        with torch.no_grad():
+            out = fast(x, t)
+        assert all(m._packed for m in convs if type(m) is PackedConv and m.conv.in_channels > 1)
+        if precision == "fp32":
+            with torch.no_grad():
+                eager = network(x, t)
+            assert float((out - eager).abs().max()) <= 1e-5 * max(1.0, float(eager.abs().max()))

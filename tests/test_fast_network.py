@@ -124,7 +124,8 @@ def test_the_ddpm_unet_runs_channels_last_with_fused_group_norms():
     assert channels_last_output in fast.network.stem._forward_hooks.values()
     layouts = []
     hooks = [m.register_forward_pre_hook(lambda m, args: layouts.append(
-        args[0].is_contiguous(memory_format=torch.channels_last))) for m in fast.modules() if isinstance(m, nn.Conv2d)]
+        args[0].is_contiguous(memory_format=torch.channels_last))) for m in fast.modules()
+        if isinstance(m, (nn.Conv2d, fast_module.PackedConv))]
     with torch.no_grad():
         fast(x, t)
     for h in hooks:
