@@ -76,6 +76,20 @@ def onnxruntime_network(network: nn.Module, x: Tensor, t_in: Tensor) -> OnnxRunt
 SETTLE_SECONDS = 0.02  # rest between timing blocks: onnxruntime's and OpenMP's threads spin on after a run
 
 
+def paired_median_seconds(first, second, rounds: int = 4) -> tuple[float, float]:
+    """The median wall times of ``first()`` and ``second()`` over ``rounds`` rounds of A B B A order (after one
+    untimed call of each), so that a machine whose speed drifts slows both alike; then a short rest."""
+    first(), second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for round_ in range(rounds):
+        for which in ((0, 1, 1, 0) if round_ % 2 == 0 else (1, 0, 0, 1)):
+            start = time.perf_counter()
+            (first, second)[which]()
+            times[which].append(time.perf_counter() - start)
+    time.sleep(SETTLE_SECONDS)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def median_seconds(function, repeats: int = 3) -> float:
     """The median wall time of ``repeats`` calls of ``function()`` after one untimed call, then a short rest."""
     function()

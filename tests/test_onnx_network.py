@@ -59,15 +59,23 @@ def test_a_ddpm_unets_samples_on_onnxruntime_equal_torchs():
 
 
 def timed_as(monkeypatch, torch_seconds: float, ort_seconds: float) -> list[str]:
-    """Make ``samplers.median_seconds`` report these times for the torch and the onnxruntime network; the calls."""
+    """Make ``samplers.median_seconds`` (the torch network alone) and ``samplers.paired_median_seconds`` (torch's
+    and onnxruntime's, interleaved) report these times; the calls."""
     calls = []
 
-    def fake(function, repeats=3):
+    def alone(function, repeats=3):
         function()
-        is_ort = "ort_network" in function.__code__.co_freevars
-        calls.append("onnxruntime" if is_ort else "torch")
-        return ort_seconds if is_ort else torch_seconds
-    monkeypatch.setattr(samplers, "median_seconds", fake)
+        assert "ort_network" not in function.__code__.co_freevars
+        calls.append("torch")
+        return torch_seconds
+
+    def paired(first, second, rounds=4):
+        first(), second()
+        assert "ort_network" in second.__code__.co_freevars and "ort_network" not in first.__code__.co_freevars
+        calls.append("torch and onnxruntime")
+        return torch_seconds, ort_seconds
+    monkeypatch.setattr(samplers, "median_seconds", alone)
+    monkeypatch.setattr(samplers, "paired_median_seconds", paired)
     return calls
 
 
@@ -81,12 +89,12 @@ def test_auto_takes_the_runtime_that_measures_faster(chequerboard_model, monkeyp
     with torch.no_grad():
         network = loop_network(model, x, t_in, steps=1000)
         assert loop_network(model, x, t_in, steps=1000) is network  # kept, not timed again
-    assert calls == ["torch", "onnxruntime"]
+    assert calls == ["torch", "torch and onnxruntime"]
     assert isinstance(network, chosen) if chosen else network is sampling_network(model)
     with torch.no_grad():
         model.network.network[0].weight.mul_(1.5)  # new weights: a new choice
         again = loop_network(model, x, t_in, steps=1000)
-    assert calls == ["torch", "onnxruntime"] * 2 and again is not network
+    assert calls == ["torch", "torch and onnxruntime"] * 2 and again is not network
     # the default samplers use the choice: the same samples as the chosen runtime's
     default = ddpm_sample(model, (64, 2), seed=2)
     assert torch.equal(default, ddpm_sample(model, (64, 2), seed=2,
@@ -156,3 +164,15 @@ def test_a_training_copy_samples_on_torch_without_a_warning(chequerboard_model, 
     assert network is sampling_network(model)
     with pytest.raises(ExportError, match="training copy"):
         ddpm_sample(model, (16, 2), seed=0, runtime="onnxruntime")
+
+
+def test_paired_timing_interleaves_the_two_and_gives_each_its_median(monkeypatch):
+    """A B B A rounds: each function's calls are spread over the whole timing, so a drift slows both alike."""
+    from pyddpm import onnx_network
+    order, clock = [], iter(range(1000))
+    monkeypatch.setattr(onnx_network.time, "perf_counter", lambda: next(clock) ** 2 / 1e4)  # a slowing machine
+    monkeypatch.setattr(onnx_network, "SETTLE_SECONDS", 0.0)
+    first, second = onnx_network.paired_median_seconds(lambda: order.append("a"), lambda: order.append("b"), 2)
+    assert order == ["a", "b"] + list("abba") + list("baab")
+    # the k-th timed call lasts (2 (2k) + 1) / 1e4 s: a's calls are 0, 3, 5, 6, b's 1, 2, 4, 7
+    assert (first, second) == (pytest.approx(17e-4), pytest.approx(13e-4))  # timed one after the other: 7 and 23
