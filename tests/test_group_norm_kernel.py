@@ -156,3 +156,24 @@ def test_trainable_group_norm_has_the_float64_gradients(shape, silu, dtype):
     for mine, exact, tolerance in zip(ours, (x64.grad, w64.grad, b64.grad),
                                       (2e-6 if dtype == torch.float32 else 2.0 ** -7, 1e-5, 1e-5)):
         assert float((mine - exact).abs().max()) <= tolerance * float(exact.abs().max())
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("silu", [False, True])
+def test_the_bfloat16_backward_is_the_float32_backward_rounded_by_torch(shape, silu):
+    """As the forward: on the same (bfloat16) values of x and dL/dy the two backwards compute the same floats, and
+    the bfloat16 one rounds dL/dx as torch's .bfloat16() does, bit for bit (the weight and bias gradients are
+    float32 sums either way)."""
+    from pyddpm.fast_network import TrainableGroupNorm
+
+    norm, x = norm_and_input(*shape, seed=23, mean=1.0)
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(24)).bfloat16()
+    grads = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        norm.zero_grad()
+        inputs = x.bfloat16().to(dtype).requires_grad_(True)
+        TrainableGroupNorm(norm, silu)(inputs).backward(grad.to(dtype))
+        grads[dtype] = inputs.grad, norm.weight.grad.clone(), norm.bias.grad.clone()
+    (dx16, dw16, db16), (dx32, dw32, db32) = grads[torch.bfloat16], grads[torch.float32]
+    assert dx16.dtype == torch.bfloat16 and torch.equal(dx16, dx32.bfloat16())
+    assert torch.equal(dw16, dw32) and torch.equal(db16, db32)
