@@ -416,6 +416,8 @@ class PackedConv(nn.Module):
     run the convolution itself. The reordered weights are not copied with the module (oneDNN's opaque tensors
     cannot be): a copy reorders them again."""
 
+    MAX_SHAPES = 8  # input shapes with a reordered weight of their own (a sampler has one or two)
+
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
         self.conv = conv
@@ -440,10 +442,13 @@ class PackedConv(nn.Module):
                 and (x.dtype == torch.bfloat16 or not torch.is_autocast_enabled("cpu")))  # else autocast's
 
     def packed_weight(self, x: Tensor) -> Tensor:
-        """The weight in oneDNN's layout for inputs of ``x``'s shape (``takes(x)``)."""
+        """The weight in oneDNN's layout for inputs of ``x``'s shape (``takes(x)``); past MAX_SHAPES shapes the
+        weight as it is."""
         key = tuple(x.shape)
         if key not in self._packed:
             conv = self.conv
+            if len(self._packed) >= self.MAX_SHAPES:
+                return conv.weight
             self._packed[key] = torch.ops.mkldnn._reorder_convolution_weight(
                 conv.weight.detach(), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
                 list(x.shape))

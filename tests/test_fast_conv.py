@@ -225,6 +225,10 @@ def test_a_packed_conv_gives_the_convolutions_bits_for_each_input_shape(dtype):
                 out = packed(x)
                 assert out.dtype == dtype and torch.equal(out, conv(x)), (shape, dtype)
         assert len(packed._packed) == len(shapes)
+    packed.MAX_SHAPES = 1  # past it, other shapes take the weight as it is: the same bits
+    x = random_map(60, (2, 16, 4, 4)).to(dtype)
+    with torch.no_grad():
+        assert torch.equal(packed(x), conv(x)) and len(packed._packed) == 1
 
 
 def test_a_packed_conv_runs_the_convolution_for_other_inputs_and_copies_without_its_packed_weights():
