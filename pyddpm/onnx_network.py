@@ -76,18 +76,20 @@ def onnxruntime_network(network: nn.Module, x: Tensor, t_in: Tensor) -> OnnxRunt
 SETTLE_SECONDS = 0.02  # rest between timing blocks: onnxruntime's and OpenMP's threads spin on after a run
 
 
-def paired_median_seconds(first, second, rounds: int = 4) -> tuple[float, float]:
-    """The median wall times of ``first()`` and ``second()`` over ``rounds`` rounds of A B B A order (after one
-    untimed call of each), so that a machine whose speed drifts slows both alike; then a short rest."""
-    first(), second()
-    times: tuple[list[float], list[float]] = ([], [])
-    for round_ in range(rounds):
-        for which in ((0, 1, 1, 0) if round_ % 2 == 0 else (1, 0, 0, 1)):
-            start = time.perf_counter()
-            (first, second)[which]()
-            times[which].append(time.perf_counter() - start)
-    time.sleep(SETTLE_SECONDS)
-    return statistics.median(times[0]), statistics.median(times[1])
+SPIN_SECONDS = 0.3  # how long onnxruntime's threads spin on after a run, slowing what runs next on the cores
+
+
+def bracketed_median_seconds(first, second, repeats: int = 3) -> tuple[float, float]:
+    """The median wall times of ``repeats`` calls of ``first()`` and of ``second()`` (onnxruntime's network), after
+    a warm-up call of each: ``first`` is timed before and after ``second`` and its two medians averaged, so that
+    a drift of the machine's speed moves both alike. ``first`` waits SPIN_SECONDS after ``second``: onnxruntime's
+    threads spin on after a run, and the DDPM U-Net's torch forward took 80 ms right after it, 55 ms 0.02 s
+    after, 42 ms 0.3 s after (2 cores; the choice went to onnxruntime at 50 ms a step against torch's 43)."""
+    before = median_seconds(first, repeats)
+    after_second = median_seconds(second, repeats)
+    time.sleep(SPIN_SECONDS)
+    after = median_seconds(first, repeats)
+    return (before + after) / 2, after_second
 
 
 def median_seconds(function, repeats: int = 3) -> float:

@@ -22,7 +22,7 @@ from .data import DataTransform, is_toy
 from .diffusion import DDPM
 from .export.onnx_export import ExportError
 from .fast_network import check_network_options, fast_network, warn_once
-from .onnx_network import exportable, median_seconds, onnxruntime_network, paired_median_seconds
+from .onnx_network import bracketed_median_seconds, exportable, median_seconds, onnxruntime_network
 
 BACKENDS = ("fused", "torch")
 RUNTIMES = ("auto", "torch", "onnxruntime")
@@ -124,10 +124,10 @@ def loop_network(model, x: torch.Tensor, t_in: torch.Tensor, steps: int, precisi
     CPU, float32, fast copy only) for ``runtime="onnxruntime"``, and for ``"auto"`` where it measures faster.
 
     "auto" times the torch network on (x, t_in) and, when the loop would take it ``AUTO_FROM_SECONDS`` or more,
-    exports the network (0.1-0.5 s, once per weights) and times it and onnxruntime's interleaved
-    (``paired_median_seconds``, 8 calls each in A B B A order: timed one after the other, a drifting machine chose
-    onnxruntime for the DDPM U-Net at 49 ms a step against torch's 41); the faster one is kept with the fast copy,
-    per batch shape. It stays with torch on CUDA, in bf16, with ``fast=False``, for a training copy
+    exports the network (0.1-0.5 s, once per weights) and times torch's network before and after onnxruntime's
+    (``bracketed_median_seconds``; timed once each, one after the other, a drifting machine chose onnxruntime for
+    the DDPM U-Net at 49 ms a step against torch's 41); the faster one is kept with the fast copy, per batch
+    shape. It stays with torch on CUDA, in bf16, with ``fast=False``, for a training copy
     of the network (``onnx_network.exportable``), and (one warning) when the export fails or disagrees. Run under
     torch.no_grad().
     """
@@ -150,7 +150,7 @@ def loop_network(model, x: torch.Tensor, t_in: torch.Tensor, steps: int, precisi
         if torch_seconds * steps >= AUTO_FROM_SECONDS and exportable(model.network):
             try:
                 ort_network = _onnxruntime_choice(model, choices, x, t_in)
-                torch_seconds, ort_seconds = paired_median_seconds(lambda: network(x, t_in),
+                torch_seconds, ort_seconds = bracketed_median_seconds(lambda: network(x, t_in),
                                                                    lambda: ort_network(x, t_in))
                 if ort_seconds < torch_seconds:
                     choice = ort_network

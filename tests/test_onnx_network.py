@@ -59,8 +59,8 @@ def test_a_ddpm_unets_samples_on_onnxruntime_equal_torchs():
 
 
 def timed_as(monkeypatch, torch_seconds: float, ort_seconds: float) -> list[str]:
-    """Make ``samplers.median_seconds`` (the torch network alone) and ``samplers.paired_median_seconds`` (torch's
-    and onnxruntime's, interleaved) report these times; the calls."""
+    """Make ``samplers.median_seconds`` (the torch network alone) and ``samplers.bracketed_median_seconds`` (torch's
+    and onnxruntime's) report these times; the calls."""
     calls = []
 
     def alone(function, repeats=3):
@@ -69,13 +69,13 @@ def timed_as(monkeypatch, torch_seconds: float, ort_seconds: float) -> list[str]
         calls.append("torch")
         return torch_seconds
 
-    def paired(first, second, rounds=4):
+    def bracketed(first, second, repeats=3):
         first(), second()
         assert "ort_network" in second.__code__.co_freevars and "ort_network" not in first.__code__.co_freevars
         calls.append("torch and onnxruntime")
         return torch_seconds, ort_seconds
     monkeypatch.setattr(samplers, "median_seconds", alone)
-    monkeypatch.setattr(samplers, "paired_median_seconds", paired)
+    monkeypatch.setattr(samplers, "bracketed_median_seconds", bracketed)
     return calls
 
 
@@ -166,13 +166,15 @@ def test_a_training_copy_samples_on_torch_without_a_warning(chequerboard_model, 
         ddpm_sample(model, (16, 2), seed=0, runtime="onnxruntime")
 
 
-def test_paired_timing_interleaves_the_two_and_gives_each_its_median(monkeypatch):
-    """A B B A rounds: each function's calls are spread over the whole timing, so a drift slows both alike."""
+def test_bracketed_timing_times_the_first_before_and_after_the_second(monkeypatch):
+    """On a machine that slows down steadily, the first's two medians average to the second's when both do the
+    same work; it rests SPIN_SECONDS before timing the first again."""
     from pyddpm import onnx_network
-    order, clock = [], iter(range(1000))
+    order, rests, clock = [], [], iter(range(1000))
     monkeypatch.setattr(onnx_network.time, "perf_counter", lambda: next(clock) ** 2 / 1e4)  # a slowing machine
-    monkeypatch.setattr(onnx_network, "SETTLE_SECONDS", 0.0)
-    first, second = onnx_network.paired_median_seconds(lambda: order.append("a"), lambda: order.append("b"), 2)
-    assert order == ["a", "b"] + list("abba") + list("baab")
-    # the k-th timed call lasts (2 (2k) + 1) / 1e4 s: a's calls are 0, 3, 5, 6, b's 1, 2, 4, 7
-    assert (first, second) == (pytest.approx(17e-4), pytest.approx(13e-4))  # timed one after the other: 7 and 23
+    monkeypatch.setattr(onnx_network.time, "sleep", rests.append)
+    first, second = onnx_network.bracketed_median_seconds(lambda: order.append("a"), lambda: order.append("b"), 3)
+    assert order == list("aaaa") + list("bbbb") + list("aaaa")  # each: one untimed call, three timed
+    assert onnx_network.SPIN_SECONDS in rests
+    # the j-th timed call lasts (4 j + 1) / 1e4 s: a's medians 5 and 29, b's 17
+    assert (first, second) == (pytest.approx(17e-4), pytest.approx(17e-4))
