@@ -48,7 +48,7 @@ from pyddpm.export import export_run
 from pyddpm.fast_network import native_bf16
 from pyddpm import samplers
 from pyddpm.memory import keep_freed_memory
-from pyddpm.onnx_network import OnnxRuntimeNetwork
+from pyddpm.onnx_network import SPIN_SECONDS, OnnxRuntimeNetwork
 from pyddpm.samplers import ddpm_sample, loop_network
 from pyddpm.store import load_model
 from pyddpm.train import Trainer
@@ -98,15 +98,15 @@ def onnx_loop(run_dir: Path, shape, steps: int, threads: int, tmp: Path):
 
 
 BF16 = native_bf16("cpu")  # the bf16 rows: pyddpm refuses bf16 on a CPU without bfloat16 arithmetic
-SETTLE_SECONDS = 0.02  # the pause after each run (untimed), so the next candidate has the cores to itself
+SETTLE_SECONDS = 0.02  # the pause after each run of a pair in loop_overhead (both on the same runtime)
 
 
 def timed_rounds(candidates: dict, repeats: int, grad: bool = False) -> dict[str, list[float]]:
     """Seconds of each of ``repeats`` runs of each candidate after a warm-up (under torch.no_grad() unless
     ``grad``): the candidates run in turn, each round starting one candidate later, so that each is first in a
-    round (where the threads wake up) equally often. After each run the next waits SETTLE_SECONDS: onnxruntime's
-    threads spin on after a run and slowed whichever candidate came next (here, on 2 cores, the first of the
-    list, "network alone", by ~1.4x)."""
+    round (where the threads wake up) equally often. After each run the next waits onnxruntime_network's
+    SPIN_SECONDS (0.3 s): onnxruntime's threads spin on after a run and slowed whichever candidate came next
+    (on 2 cores the DDPM U-Net's torch forward by 1.8x right after it, 1.3x after a 0.02 s wait)."""
     names = list(candidates)
     with torch.set_grad_enabled(grad):
         for f in candidates.values():
@@ -117,7 +117,7 @@ def timed_rounds(candidates: dict, repeats: int, grad: bool = False) -> dict[str
                 start = time.perf_counter()
                 candidates[k]()
                 times[k].append(time.perf_counter() - start)
-                time.sleep(SETTLE_SECONDS)
+                time.sleep(SPIN_SECONDS)
     return times
 
 
