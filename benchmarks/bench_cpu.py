@@ -98,32 +98,40 @@ def onnx_loop(run_dir: Path, shape, steps: int, threads: int, tmp: Path):
 
 
 BF16 = native_bf16("cpu")  # the bf16 rows: pyddpm refuses bf16 on a CPU without bfloat16 arithmetic
-SETTLE_SECONDS = 0.02  # the pause after each run of a pair in loop_overhead (both on the same runtime)
+SETTLE_SECONDS = 0.02  # the pause after each run (untimed)
 
 
-def timed_rounds(candidates: dict, repeats: int, grad: bool = False) -> dict[str, list[float]]:
+def timed_rounds(candidates: dict, repeats: int, grad: bool = False, spinning=()) -> dict[str, list[float]]:
     """Seconds of each of ``repeats`` runs of each candidate after a warm-up (under torch.no_grad() unless
     ``grad``): the candidates run in turn, each round starting one candidate later, so that each is first in a
-    round (where the threads wake up) equally often. After each run the next waits onnxruntime_network's
-    SPIN_SECONDS (0.3 s): onnxruntime's threads spin on after a run and slowed whichever candidate came next
-    (on 2 cores the DDPM U-Net's torch forward by 1.8x right after it, 1.3x after a 0.02 s wait)."""
+    round (where the threads wake up) equally often, with SETTLE_SECONDS between runs. After a candidate in
+    ``spinning`` (those that run onnxruntime) the next first runs untimed for onnxruntime_network's SPIN_SECONDS
+    (0.3 s): onnxruntime's threads spin on after a run and slowed whichever candidate came next (the DDPM U-Net's
+    torch forward 1.8x right after it, 1.3x 0.02 s after), and resting that long instead made every short loop
+    after it ~7% slower (the toy network's 10 steps: its threads had gone to sleep)."""
     names = list(candidates)
     with torch.set_grad_enabled(grad):
         for f in candidates.values():
             f()
         times = {k: [] for k in names}
+        previous = None
         for r in range(repeats):
             for k in names[r % len(names):] + names[:r % len(names)]:
+                if previous in spinning:
+                    until = time.perf_counter() + SPIN_SECONDS
+                    while time.perf_counter() < until:
+                        candidates[k]()
                 start = time.perf_counter()
                 candidates[k]()
                 times[k].append(time.perf_counter() - start)
-                time.sleep(SPIN_SECONDS)
+                time.sleep(SETTLE_SECONDS)
+                previous = k
     return times
 
 
-def interleaved(candidates: dict, repeats: int, per: int, grad: bool = False) -> dict[str, float]:
+def interleaved(candidates: dict, repeats: int, per: int, grad: bool = False, spinning=()) -> dict[str, float]:
     """Median seconds / ``per`` of each candidate over ``timed_rounds``."""
-    return {k: statistics.median(v) / per for k, v in timed_rounds(candidates, repeats, grad).items()}
+    return {k: statistics.median(v) / per for k, v in timed_rounds(candidates, repeats, grad, spinning).items()}
 
 
 def median_interval(values: list[float]) -> tuple[float, float, float]:
@@ -184,7 +192,8 @@ def sampling_row(name: str, run_dir: Path, args, tmp: Path) -> dict:
         "onnxruntime": onnx_loop(run_dir, shape, steps, args.threads, tmp / name),
     }
     candidates = {k: f for k, f in candidates.items() if f is not None}
-    ms = {k: 1e3 * v for k, v in interleaved(candidates, args.repeats, steps).items()}
+    spinning = {"onnxruntime"} | ({"pyddpm fp32", "pyddpm's network alone"} if runtime == "onnxruntime" else set())
+    ms = {k: 1e3 * v for k, v in interleaved(candidates, args.repeats, steps, spinning=spinning).items()}
     overhead = loop_overhead(fast_alone, candidates["pyddpm fp32"], args.overhead_pairs)
     return {"net": name, "label": NETS[name][0], "batch": batch, "ms_per_step": ms, "loop_overhead": overhead,
             "runtime": runtime, "choice_seconds": choice_seconds}
