@@ -411,7 +411,8 @@ def channels_last_output(module: nn.Module, args, output: Tensor) -> Tensor:
 class PackedConv(nn.Module):
     """A Conv2d (zero padding) for inference whose weight oneDNN reorders into its own blocked layout once per input
     shape, not on every call as F.conv2d does (20-30 us a call: 64 channels at 7 x 7, batch 32, bfloat16, 0.217
-    against 0.188 ms; 4% of the DDPM U-Net's bf16 step, 41 convolutions); the same bits. It takes channels-last CPU
+    against 0.188 ms; the DDPM U-Net's 40 convolutions: its forward 1.02x faster in bf16, 1.06x in float32); the
+    same bits. It takes channels-last CPU
     maps of the weight's dtype without gradients; other inputs (the stem's float32 image under autocast, NCHW)
     run the convolution itself. The reordered weights are not copied with the module (oneDNN's opaque tensors
     cannot be): a copy reorders them again."""
