@@ -59,6 +59,13 @@ PYDDPM_VECTOR_CLONES void channel_sums(const T* x, int64_t hw, int64_t c, float*
   }
 }
 
+// Pass 2's value of one element (x its input as a float): the one expression of both normalize loops below.
+template <bool kSilu>
+inline float normalized(float x, float first, float scale, float shift) {
+  const float z = (x - first) * scale + shift;
+  return kSilu ? silu(z) : z;
+}
+
 template <typename T, bool kSilu>
 PYDDPM_VECTOR_CLONES void normalize(const T* __restrict x, T* __restrict y, int64_t hw, int64_t c,
                                     const float* __restrict first, const float* __restrict scale,
@@ -66,11 +73,7 @@ PYDDPM_VECTOR_CLONES void normalize(const T* __restrict x, T* __restrict y, int6
   for (int64_t p = 0; p < hw; ++p) {
     const T* in = x + p * c;
     T* out = y + p * c;
-    for (int64_t k = 0; k < c; ++k) {
-      float z = (load(in, k) - first[k]) * scale[k] + shift[k];
-      if (kSilu) z = silu(z);
-      store(out, k, z);
-    }
+    for (int64_t k = 0; k < c; ++k) store(out, k, normalized<kSilu>(load(in, k), first[k], scale[k], shift[k]));
   }
 }
 
@@ -84,11 +87,7 @@ PYDDPM_BF16_TARGET void normalize_native_bf16(const uint16_t* __restrict x, uint
                                               float* __restrict buf) {
   for (int64_t p = 0; p < hw; ++p) {
     const uint16_t* in = x + p * c;
-    for (int64_t k = 0; k < c; ++k) {
-      float z = (load(in, k) - first[k]) * scale[k] + shift[k];
-      if (kSilu) z = silu(z);
-      buf[k] = z;
-    }
+    for (int64_t k = 0; k < c; ++k) buf[k] = normalized<kSilu>(load(in, k), first[k], scale[k], shift[k]);
     store_native_bf16(y + p * c, buf, c);
   }
 }
@@ -234,7 +233,15 @@ PYDDPM_VECTOR_CLONES void backward_sums(const T* __restrict x, const T* __restri
   }
 }
 
-// Pass 2: dx = rstd (gamma dz - a - xhat b), a and b the group means of gamma dz and gamma dz xhat.
+// Pass 2: dx = rstd (gamma dz - a - xhat b), a and b the group means of gamma dz and gamma dz xhat; one element's
+// (x and dy its inputs as floats), the one expression of both backward_dx loops.
+template <bool kSilu>
+inline float input_grad(float x, float dy, float mean, float rstd, float gamma, float beta, float a, float b) {
+  const float xhat = (x - mean) * rstd;
+  const float dz = grad_z<kSilu>(xhat * gamma + beta, dy);
+  return rstd * (gamma * dz - a - xhat * b);
+}
+
 template <typename T, bool kSilu>
 PYDDPM_VECTOR_CLONES void backward_dx(const T* __restrict x, const T* __restrict dy, T* __restrict dx, int64_t hw,
                                       int64_t c, const float* __restrict mean_c, const float* __restrict rstd_c,
@@ -244,11 +251,9 @@ PYDDPM_VECTOR_CLONES void backward_dx(const T* __restrict x, const T* __restrict
     const T* xr = x + p * c;
     const T* gr = dy + p * c;
     T* out = dx + p * c;
-    for (int64_t k = 0; k < c; ++k) {
-      const float xhat = (load(xr, k) - mean_c[k]) * rstd_c[k];
-      const float dz = grad_z<kSilu>(xhat * gamma[k] + beta[k], load(gr, k));
-      store(out, k, rstd_c[k] * (gamma[k] * dz - a_c[k] - xhat * b_c[k]));
-    }
+    for (int64_t k = 0; k < c; ++k)
+      store(out, k, input_grad<kSilu>(load(xr, k), load(gr, k), mean_c[k], rstd_c[k], gamma[k], beta[k], a_c[k],
+                                      b_c[k]));
   }
 }
 
@@ -264,11 +269,8 @@ PYDDPM_BF16_TARGET void backward_dx_native_bf16(const uint16_t* __restrict x, co
   for (int64_t p = 0; p < hw; ++p) {
     const uint16_t* xr = x + p * c;
     const uint16_t* gr = dy + p * c;
-    for (int64_t k = 0; k < c; ++k) {
-      const float xhat = (load(xr, k) - mean_c[k]) * rstd_c[k];
-      const float dz = grad_z<kSilu>(xhat * gamma[k] + beta[k], load(gr, k));
-      buf[k] = rstd_c[k] * (gamma[k] * dz - a_c[k] - xhat * b_c[k]);
-    }
+    for (int64_t k = 0; k < c; ++k)
+      buf[k] = input_grad<kSilu>(load(xr, k), load(gr, k), mean_c[k], rstd_c[k], gamma[k], beta[k], a_c[k], b_c[k]);
     store_native_bf16(dx + p * c, buf, c);
   }
 }
