@@ -96,12 +96,24 @@ def sampling_network(model, precision: str = "fp32", fast: bool = True):
     return _fast_network_entry(model, precision)[1]
 
 
+class _FastNetworkCache(dict):
+    """A model's fast copies and runtime choices (``_fast_network_entry``): derived from its weights and made again
+    when needed, so a copy or a pickle of the model starts without them (onnxruntime's sessions and oneDNN's
+    reordered weights cannot be copied)."""
+
+    def __deepcopy__(self, memo):
+        return type(self)()
+
+    def __reduce__(self):
+        return type(self), ()
+
+
 def _fast_network_entry(model, precision: str) -> tuple:
     """(key, fast copy, {runtime choices}) in ``precision`` for the model's current weights, made again when they
     change (one entry per precision, so that sampling in turns in fp32 and bf16 does not remake both)."""
     tensors = [*model.network.parameters(), *model.network.buffers()]
     key = (str(model.beta.device), tuple((id(t), t._version) for t in tensors))
-    cache = model.__dict__.setdefault("_fast_network_cache", {})
+    cache = model.__dict__.setdefault("_fast_network_cache", _FastNetworkCache())
     if precision not in cache or cache[precision][0] != key:
         cache[precision] = (key, fast_network(model.network, model.beta.device, precision), {})
     return cache[precision]

@@ -50,6 +50,20 @@ def test_seeded_samples_on_onnxruntime_equal_torchs(chequerboard_model):
     assert float((whole[100:200] - part).abs().max()) <= 1e-4
 
 
+def test_a_model_that_sampled_on_onnxruntime_copies_and_pickles_without_its_fast_copies(chequerboard_model):
+    """The fast copies and runtime choices kept on a model are derived state: a deep copy or a pickle starts without
+    them (an onnxruntime session cannot be copied) and makes its own, with the same samples."""
+    import pickle
+
+    model = copy.deepcopy(chequerboard_model)
+    ort = ddpm_sample(model, (64, 2), seed=3, runtime="onnxruntime")
+    assert any(isinstance(network, OnnxRuntimeNetwork) for _, _, choices in model._fast_network_cache.values()
+               for network in choices.values())
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert not twin._fast_network_cache
+        assert torch.equal(ddpm_sample(twin, (64, 2), seed=3, runtime="onnxruntime"), ort)
+
+
 def test_a_ddpm_unets_samples_on_onnxruntime_equal_torchs():
     torch.manual_seed(0)
     model = DDPM(DDPMUNet(channels=(16, 32), num_res_blocks=1, dropout=0.0), T=20).eval()
