@@ -412,10 +412,10 @@ class PackedConv(nn.Module):
     """A Conv2d (zero padding) for inference whose weight oneDNN reorders into its own blocked layout once per input
     shape, not on every call as F.conv2d does (20-30 us a call: 64 channels at 7 x 7, batch 32, bfloat16, 0.217
     against 0.188 ms; the DDPM U-Net's 40 convolutions: its forward 1.02x faster in bf16, 1.06x in float32); the
-    same bits. It takes channels-last CPU
-    maps of the weight's dtype without gradients; other inputs (the stem's float32 image under autocast, NCHW)
-    run the convolution itself. The reordered weights are not copied with the module (oneDNN's opaque tensors
-    cannot be): a copy reorders them again."""
+    same bits. It takes channels-last CPU maps of the weight's dtype without gradients; other inputs (the stem's
+    float32 image under autocast, NCHW, bfloat16 where oneDNN has none: a CPU without AVX-512) run the convolution
+    itself. The reordered weights are not copied with the module (oneDNN's opaque tensors cannot be): a copy
+    reorders them again."""
 
     MAX_SHAPES = 8  # input shapes with a reordered weight of their own (a sampler has one or two)
 
@@ -438,8 +438,8 @@ class PackedConv(nn.Module):
     def takes(self, x: Tensor) -> bool:
         return (type(self.conv) is nn.Conv2d and x.device.type == "cpu" and x.dim() == 4
                 and x.dtype == self.conv.weight.dtype
-                and x.dtype in _KERNEL_DTYPES and x.is_contiguous(memory_format=torch.channels_last)
-                and not torch.is_grad_enabled()
+                and x.dtype in _KERNEL_DTYPES and onednn_available(x.dtype)
+                and x.is_contiguous(memory_format=torch.channels_last) and not torch.is_grad_enabled()
                 and (x.dtype == torch.bfloat16 or not torch.is_autocast_enabled("cpu")))  # else autocast's
 
     def packed_weight(self, x: Tensor) -> Tensor:

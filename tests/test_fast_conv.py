@@ -12,7 +12,7 @@ from torch import nn
 
 from activation_range import TARGET, all_but_the_output_layer, push_preactivations
 from pyddpm import _C
-from pyddpm.fast_network import FastConv, FastUpsampleConv, PackedConv, fast_network, native_bf16
+from pyddpm.fast_network import FastConv, FastUpsampleConv, PackedConv, fast_network, native_bf16, onednn_available
 from pyddpm.nets.unet import ExerciseUNet
 from pyddpm.nets.unet_ddpm import DDPMUNet, UpsampleConv
 
@@ -164,7 +164,9 @@ def test_an_upsample_conv_is_one_transposed_convolution_equal_to_upsampling_and_
     float32 (its weights are the 3x3 weights' sums rounded once, each product's error stays below 2^-23 of its
     term's). In bfloat16 (under autocast, as the bf16 copy runs) x, the summed weights and the output are each
     rounded to 8 significant bits (2^-9 relative at most), so each output is within 4 x 2^-9 of its magnitude,
-    and its largest error is within 1.25x autocast's own on the network's UpsampleConv (measured 0.97-1.0x)."""
+    and, on a CPU with bfloat16 arithmetic (the only ones pyddpm runs bf16 on), its largest error is within 1.25x
+    autocast's own on the network's UpsampleConv (measured 0.97-1.0x; elsewhere torch emulates the two
+    convolutions differently: 2.4x on an AVX2-only AMD EPYC, still inside the 4 x 2^-9 bound)."""
     conv = fresh(UpsampleConv(channels), seed=11)
     x = random_map(12, (6, channels, height, width))
     size = (2 * height, 2 * width)
@@ -183,7 +185,8 @@ def test_an_upsample_conv_is_one_transposed_convolution_equal_to_upsampling_and_
     assert out_bf16.dtype == torch.bfloat16 and out_bf16.shape == ref.shape
     err_bf16 = (out_bf16.double() - ref).abs()
     assert bool((err_bf16 <= 4 * 2.0 ** -9 * magnitude).all()), float((err_bf16 / magnitude).max())
-    assert float(err_bf16.max()) <= 1.25 * autocast_error, (float(err_bf16.max()), autocast_error)
+    if native_bf16("cpu"):
+        assert float(err_bf16.max()) <= 1.25 * autocast_error, (float(err_bf16.max()), autocast_error)
 
 
 def test_an_upsample_conv_to_any_other_size_or_with_gradients_is_the_network_s_own():
@@ -210,7 +213,9 @@ def test_the_ddpm_unets_fast_copies_upsample_by_transposed_convolutions():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_a_packed_conv_gives_the_convolutions_bits_for_each_input_shape(dtype):
     """PackedConv reorders the weight into oneDNN's layout once per input shape; oneDNN then runs the same
-    primitive as F.conv2d, so the result is the convolution's, bit for bit (a second batch size included)."""
+    primitive as F.conv2d, so the result is the convolution's, bit for bit (a second batch size included). Where
+    oneDNN has no bfloat16 (a CPU without AVX-512) a bfloat16 PackedConv runs the convolution itself."""
+    packs = onednn_available(dtype)
     for seed, (conv, shapes) in enumerate([
             (nn.Conv2d(64, 64, 3, padding=1), [(32, 64, 7, 7), (3, 64, 7, 7)]),
             (nn.Conv2d(32, 64, 3, stride=2, padding=1), [(5, 32, 28, 28)]),
@@ -221,14 +226,14 @@ def test_a_packed_conv_gives_the_convolutions_bits_for_each_input_shape(dtype):
         with torch.no_grad():
             for i, shape in enumerate(shapes):
                 x = random_map(30 + 10 * seed + i, shape).to(dtype)
-                assert packed.takes(x)
+                assert packed.takes(x) == packs
                 out = packed(x)
                 assert out.dtype == dtype and torch.equal(out, conv(x)), (shape, dtype)
-        assert len(packed._packed) == len(shapes)
+        assert len(packed._packed) == (len(shapes) if packs else 0)
     packed.MAX_SHAPES = 1  # past it, other shapes take the weight as it is: the same bits
     x = random_map(60, (2, 16, 4, 4)).to(dtype)
     with torch.no_grad():
-        assert torch.equal(packed(x), conv(x)) and len(packed._packed) == 1
+        assert torch.equal(packed(x), conv(x)) and len(packed._packed) == (1 if packs else 0)
 
 
 def test_a_packed_conv_runs_the_convolution_for_other_inputs_and_copies_without_its_packed_weights():

@@ -460,7 +460,7 @@ def test_bf16_is_refused_on_a_cpu_without_bf16_arithmetic(monkeypatch, chequerbo
     assert not (tmp_path / "run").exists()
 
 
-def test_the_training_copys_attention_attends_in_float32_under_bf16():
+def test_the_training_copys_attention_attends_in_float32_under_bf16(monkeypatch):
     """TrainableSelfAttention (the DDPM U-Net's training copy): float32 q, k, v go to SDPA (the same bits); bfloat16
     ones give softmax(q k^T / sqrt(c)) v computed in float32 from them and rounded once to bfloat16, so forward and
     q, k, v gradients are within one bfloat16 rounding of the float64 attention of the same bfloat16 values (2^-8
@@ -470,6 +470,7 @@ def test_the_training_copys_attention_attends_in_float32_under_bf16():
     from pyddpm.nets.unet_ddpm import SelfAttention
 
     network = NETWORKS["unet-ddpm"][0]()
+    monkeypatch.setattr(fast_module, "native_bf16", lambda device: True)  # (the copy's modules, on any CPU)
     assert TrainableSelfAttention in {type(m) for m in training_network(network, "cpu", "bf16").modules()}
     attention = TrainableSelfAttention(SelfAttention(64))
     generator = torch.Generator().manual_seed(0)
