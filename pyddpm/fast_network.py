@@ -255,18 +255,30 @@ class TrainableGroupNorm(nn.Module):
         return _torch_group_norm(x, self.num_groups, self.weight, self.bias, self.eps, self.silu)
 
 
+def onednn_linear_wins() -> bool:
+    """Whether this CPU runs oneDNN's Linear levers faster than ATen's Linear and activation: everywhere but on x86
+    CPUs without AVX-512. There oneDNN's fused SiLU, GELU and tanh cost more than ATen's own op after the product
+    (an AVX2-only AMD EPYC, 2 threads, Linear 256 x 256 at batch 5000: with SiLU 7.15 ms fused against 6.05 ms;
+    ReLU the same either way), and its Linear backward more than torch's (the toy FcNetwork's training step 14.8
+    against 13.5 ms), so the fast copies keep those activations, and the training copies torch's Linear."""
+    return torch.backends.cpu.get_cpu_capability() != "AVX2"
+
+
 def _onednn_activation(module: nn.Module) -> tuple[str, list, str] | None:
-    """(attr, scalars, algorithm) of oneDNN's fused post-op for ``module``, None when it has none."""
+    """(attr, scalars, algorithm) of oneDNN's fused post-op for ``module``, None when it has none or when ATen's
+    own op after the product is faster (``onednn_linear_wins``: all but ReLU and LeakyReLU)."""
     if type(module) is nn.ReLU:
         return "relu", [], ""
+    if type(module) is nn.LeakyReLU:
+        return "leaky_relu", [module.negative_slope], ""
+    if not onednn_linear_wins():
+        return None
     if type(module) is nn.SiLU:
         return "swish", [], ""
     if type(module) is nn.Tanh:
         return "tanh", [], ""
     if type(module) is nn.GELU:
         return "gelu", [], module.approximate
-    if type(module) is nn.LeakyReLU:
-        return "leaky_relu", [module.negative_slope], ""
     return None
 
 
@@ -782,14 +794,15 @@ def training_network(network: nn.Module, device: torch.device | str, precision: 
     TrainableGroupNorm, FastDropout, TrainableSelfAttention, channels-last where ``prefers_channels_last`` (the
     exercise U-Net trains 1.6x faster, the DDPM U-Net 1.4x; with bf16 autocast 2.3x and 2.2x) and, in float32,
     Linear layers on oneDNN (the toy FcNetwork 1.4x; under bf16 autocast torch's own Linear is the bf16 one); else
-    ``network``. The weights (and the state_dict's names) are the network's."""
+    ``network``. The weights (and the state_dict's names) are the network's. On x86 without AVX-512 the Linear
+    layers stay torch's (``onednn_linear_wins``)."""
     check_precision_hardware(precision, device)
     if torch.device(device).type != "cpu":
         return network
     fast = _layout_levers(network, trainable=True)
     fast = replace_modules(fast, lambda m: FastDropout(m) if type(m) is nn.Dropout and m.p > 0 else None)
     fast = replace_modules(fast, lambda m: TrainableSelfAttention(m) if type(m) is SelfAttention else None)
-    if check_precision(precision) == "fp32" and onednn_available():
+    if check_precision(precision) == "fp32" and onednn_available() and onednn_linear_wins():
         fast = replace_modules(fast, lambda m: TrainableOneDNNLinear(m) if type(m) is nn.Linear else None)
     return fast
 

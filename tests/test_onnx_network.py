@@ -168,6 +168,7 @@ def test_the_onnxruntime_runtime_is_refused_on_cuda(chequerboard_model):
 def test_a_training_copy_samples_on_torch_without_a_warning(chequerboard_model, monkeypatch):
     from pyddpm.fast_network import training_network
 
+    monkeypatch.setattr(fast_module, "onednn_linear_wins", lambda: True)  # (oneDNN Linears, on any CPU)
     model = copy.deepcopy(chequerboard_model)
     model.network = training_network(model.network, "cpu")
     timed_as(monkeypatch, 1.0, 0.001)
