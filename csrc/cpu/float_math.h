@@ -2,7 +2,8 @@
 // vectorise: float32 / bfloat16 loads and stores (and AVX512-BF16's stores, chosen at run time), exp(x <= 0), the
 // elementwise kernels' loop over blocks, and
 // PYDDPM_VECTOR_CLONES, the target_clones that give x86-64-v4 (AVX-512 with BW: 16-bit lanes for bfloat16) and
-// AVX2 copies beside the baseline, picked at run time.
+// x86-64-v3 (AVX2 with FMA: "avx2" alone has no fused multiply-add, and the files built with -ffp-contract=fast
+// ran their AVX2 copy without one) copies beside the baseline, picked at run time.
 // The files that use exp_nonpositive compile with -fno-trapping-math (its float -> int conversion vectorises
 // only then).
 #pragma once
@@ -17,7 +18,7 @@
 #endif
 
 #if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
-#define PYDDPM_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#define PYDDPM_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define PYDDPM_VECTOR_CLONES
 #endif
