@@ -434,6 +434,7 @@ class PackedConv(nn.Module):
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
         self.conv = conv
+        self.reorders = onednn_available(conv.weight.dtype)  # (once: the check costs 1-3 us, 40 convs a step)
         self._packed: dict[tuple[int, ...], Tensor] = {}
 
     def __getstate__(self):
@@ -450,7 +451,7 @@ class PackedConv(nn.Module):
     def takes(self, x: Tensor) -> bool:
         return (type(self.conv) is nn.Conv2d and x.device.type == "cpu" and x.dim() == 4
                 and x.dtype == self.conv.weight.dtype
-                and x.dtype in _KERNEL_DTYPES and onednn_available(x.dtype)
+                and x.dtype in _KERNEL_DTYPES and self.reorders
                 and x.is_contiguous(memory_format=torch.channels_last) and not torch.is_grad_enabled()
                 and (x.dtype == torch.bfloat16 or not torch.is_autocast_enabled("cpu")))  # else autocast's
 
