@@ -15,6 +15,7 @@
 #include "dropout.h"
 #include "group_norm.h"
 #include "log_sigmoid.h"
+#include "silu.h"
 #include "philox.h"
 #include "reverse_step.h"
 
@@ -223,6 +224,27 @@ void log_sigmoid_backward(int dtype, uintptr_t x, uintptr_t grad_y, uintptr_t gr
                                    reinterpret_cast<void*>(grad_x), dtype == 2, n, num_threads);
 }
 
+void silu(int dtype, uintptr_t x, uintptr_t y, int64_t n, int num_threads) {
+  if (dtype != 0 && dtype != 2) throw std::invalid_argument("silu takes dtype 0 (float32) or 2 (bfloat16)");
+  if (n < 0) throw std::invalid_argument("silu: n must be >= 0");
+  if (n > 0 && (x == 0 || y == 0)) throw std::invalid_argument("silu: null pointer");
+  py::gil_scoped_release release;
+  pyddpm::silu_cpu(reinterpret_cast<const void*>(x), reinterpret_cast<void*>(y), dtype == 2, n, num_threads);
+}
+
+void silu_linear(int dtype, uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t y, int64_t rows,
+                 int64_t features, int64_t outs, int num_threads) {
+  if (dtype != 0 && dtype != 2) throw std::invalid_argument("silu_linear takes dtype 0 (float32) or 2 (bfloat16)");
+  if (rows < 0 || features < 1 || outs < 1 || outs > pyddpm::kSiluLinearMaxOuts)
+    throw std::invalid_argument("silu_linear needs rows >= 0, features >= 1 and 1 <= outs <= " +
+                                std::to_string(pyddpm::kSiluLinearMaxOuts));
+  if (rows > 0 && (x == 0 || weight == 0 || y == 0)) throw std::invalid_argument("silu_linear: null pointer");
+  py::gil_scoped_release release;
+  pyddpm::silu_linear_cpu(reinterpret_cast<const void*>(x), dtype == 2, reinterpret_cast<const float*>(weight),
+                          reinterpret_cast<const float*>(bias), reinterpret_cast<float*>(y), rows, features, outs,
+                          num_threads);
+}
+
 void conv3x3_nhwc(uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t y, int64_t batch, int64_t height,
                   int64_t width, int64_t channels, int64_t out_channels, int num_threads) {
   if (batch < 0 || height < 0 || width < 0 || channels < 1 || out_channels < 1)
@@ -311,6 +333,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("log_sigmoid_backward", &log_sigmoid_backward,
         "grad_x = grad_y * sigmoid(-x) elementwise over n values on the CPU (dtype 0/2 = float32/bfloat16).",
         py::arg("dtype"), py::arg("x"), py::arg("grad_y"), py::arg("grad_x"), py::arg("n"), py::arg("num_threads"));
+  m.def("silu", &silu,
+        "y = x * sigmoid(x) elementwise over n values on the CPU (dtype 0/2 = float32/bfloat16; y may be x).",
+        py::arg("dtype"), py::arg("x"), py::arg("y"), py::arg("n"), py::arg("num_threads"));
+  m.def("silu_linear", &silu_linear,
+        "y = silu(x) weight^T + bias on the CPU: x rows x features (dtype 0/2 = float32/bfloat16), weight outs x "
+        "features, bias outs (or 0) and y rows x outs in float32, outs <= 8 (bfloat16: silu(x) rounded to bfloat16).",
+        py::arg("dtype"), py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("y"), py::arg("rows"),
+        py::arg("features"), py::arg("outs"), py::arg("num_threads"));
   m.def("conv3x3_nhwc", &conv3x3_nhwc,
         "y = a 3 x 3 convolution, stride 1, zero padding 1, of a channels-last float32 map x on the CPU (weight in "
         "(O, kh, kw, C) order; bias 0 for none).",

@@ -73,8 +73,9 @@ def test_fp32_fast_network_equals_eager_at_trained_activation_ranges(name, one_s
 @pytest.mark.parametrize("name", ["fc-silu", "fc-relu", "unet"])
 @pytest.mark.parametrize("fusing", [True, False], ids=["avx512", "avx2"])
 def test_the_fast_path_really_rewrites_the_network(name, fusing, monkeypatch):
-    """The Linear layers run on oneDNN with ReLU fused into them; SiLU too, except on x86 without AVX-512, where
-    ATen's SiLU after oneDNN's product is faster (``onednn_linear_wins``); either way the copy equals eager."""
+    """The Linear layers run on oneDNN with ReLU fused into them; SiLU too, and the last SiLU with the last layer
+    (two outputs) as one SiluLinear, except on x86 without AVX-512, where ATen's SiLU after oneDNN's product is
+    faster (``onednn_linear_wins``); either way the copy equals eager."""
     monkeypatch.setattr(fast_module, "onednn_linear_wins", lambda: fusing)
     network, x, t = pushed(name)
     fast = fast_network(network, "cpu")
@@ -82,6 +83,7 @@ def test_the_fast_path_really_rewrites_the_network(name, fusing, monkeypatch):
     if name.startswith("fc"):
         assert fast_module.OneDNNLinear in kinds and nn.Linear not in kinds
         assert nn.ReLU not in kinds and (nn.SiLU in kinds) == (name == "fc-silu" and not fusing)
+        assert (fast_module.SiluLinear in kinds) == (name == "fc-silu" and fusing)
         with torch.no_grad():
             eager = network(x, t)
             assert float((fast(x, t) - eager).abs().max()) <= 1e-5 * max(1.0, float(eager.abs().max()))
@@ -201,8 +203,9 @@ def test_without_onednn_bf16_the_linears_run_under_autocast_with_one_warning(mon
 @pytest.mark.parametrize("name", ["fc-silu", "fc-relu", "fc-gelu", "unet-ddpm"])
 def test_bf16_linears_are_onednn_with_bf16_weights_and_match_autocast(name):
     """The bf16 copy's Linears hold bfloat16 weights (rounded once, not on every call as autocast does) and give
-    autocast's function: the same roundings of x and W, float32 sums; only the activation comes before the last
-    rounding to bfloat16 instead of after it, so a layer's output differs by up to one bfloat16 spacing (2^-8
+    autocast's function: the same roundings of x and W, float32 sums; only a ReLU, GELU or tanh comes before the
+    last rounding to bfloat16 instead of after it (a SiLU comes after it, as pyddpm._C's kernel, and the last
+    SiLU and Linear run in float32 in one SiluLinear), so a layer's output differs by up to one bfloat16 spacing (2^-8
     relative; here of pre-activations pushed to +-200) and the network's output by a few: within 1% of its scale
     for the FcNetworks (measured 0 to 0.2%), 5% for the DDPM U-Net, whose ~20 layers after its time MLP carry
     the differences of that MLP's +-200 activations (measured 2.5%)."""
@@ -213,6 +216,7 @@ def test_bf16_linears_are_onednn_with_bf16_weights_and_match_autocast(name):
     fast = fast_network(network, "cpu", "bf16")
     linears = [m for m in fast.modules() if isinstance(m, fast_module.OneDNNLinear)]
     assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+    assert any(m.kernel_silu for m in linears) == (name in ("fc-silu", "unet-ddpm"))  # their SiLUs after a Linear
     assert nn.Linear not in {type(m) for m in fast.modules()}
     with torch.no_grad():
         out = fast(x, t)

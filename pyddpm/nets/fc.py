@@ -69,8 +69,16 @@ class FourierInputEmbedding(nn.Module):
         return 2 * self.frequencies * self.dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        angles = (x.unsqueeze(-1) * self.freqs.to(x.dtype)).flatten(1)  # (batch, dim * frequencies)
+        angles = self._angles(x)
         return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    def with_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``torch.cat([x, self(x)], dim=1)`` in one concatenation (the fast sampling copy's first layer input)."""
+        angles = self._angles(x)
+        return torch.cat([x, angles.sin(), angles.cos()], dim=1)
+
+    def _angles(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.unsqueeze(-1) * self.freqs.to(x.dtype)).flatten(1)  # (batch, dim * frequencies)
 
 
 class FcNetwork(nn.Module):
