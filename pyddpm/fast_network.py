@@ -20,7 +20,8 @@ them side by side):
   4 x 4 transposed convolution (``FastUpsampleConv``: 4 multiply-adds per output pixel and channel pair instead
   of 9; the whole forward 1.06x faster in float32, 1.07x in bf16);
 - in bf16 training, each transposed convolution through oneDNN's convolution primitives as the adjoint of the
-  convolution it transposes (``TrainableConvTranspose``: ATen's bfloat16 transposed convolution is ~2x slower);
+  convolution it transposes (``TrainableConvTranspose``: ATen's bfloat16 transposed convolution is ~2x slower),
+  and the DDPM U-Net's upsampling and convolution as FastUpsampleConv's 4x4 one (``TrainableUpsampleConv``);
 - in training, ``nn.Dropout`` in one pass of pyddpm._C's kernel, the mask 16 Philox bits per element, drawn
   again from its seed in the backward (ATen's is one bernoulli float per element, ~10x slower), and the DDPM
   U-Net's bfloat16 self-attention in float32 (SDPA's bfloat16 CPU kernel is 4x slower at its 49 pixels);
@@ -913,6 +914,38 @@ class TrainableConvTranspose(nn.Module):
         return conv
 
 
+class TrainableUpsampleConv(nn.Module):
+    """A DDPM U-Net UpsampleConv of a bf16 training copy, its own weight and bias Parameters (the same state_dict):
+    under CPU bfloat16 autocast, where ``size`` doubles the map, FastUpsampleConv's stride-2 4x4 transposed
+    convolution (its weights the sums of the 3x3 weights, made in float32 on every call, so the gradient reaches
+    them) through ``_AdjointConvTranspose``; otherwise as the module."""
+
+    def __init__(self, conv: UpsampleConv):
+        super().__init__()
+        self.weight, self.bias = conv.weight, conv.bias
+
+    def forward(self, x: Tensor, size) -> Tensor:
+        if not (torch.is_autocast_enabled("cpu") and x.device.type == "cpu" and x.dim() == 4
+                and tuple(size) == (2 * x.shape[-2], 2 * x.shape[-1])):
+            return nn.functional.conv2d(nn.functional.interpolate(x, size=size, mode="nearest"), self.weight,
+                                        self.bias, padding=1)
+        dtype = torch.get_autocast_dtype("cpu")
+        with torch.autocast("cpu", enabled=False):
+            rows = _DOUBLED_ROWS.to(self.weight.dtype)
+            weight = torch.einsum("ua,vb,ocab->couv", rows, rows, self.weight).to(dtype)
+        y = _AdjointConvTranspose.apply(x.to(dtype), weight, tuple(size), ([2, 2], [1, 1], [1, 1]))
+        return y if self.bias is None else y + self.bias.to(dtype).reshape(1, -1, 1, 1)
+
+    def as_module(self) -> UpsampleConv:
+        """The UpsampleConv this stands for, with these Parameters (for the sampling copies)."""
+        conv = UpsampleConv(self.weight.shape[0])
+        conv.weight, conv.bias = self.weight, self.bias
+        return conv
+
+
+_TRAINABLE_CONVOLUTIONS = (TrainableConvTranspose, TrainableUpsampleConv)  # a bf16 training copy's; as_module()
+
+
 def _trainable_conv_transpose(module: nn.Module) -> nn.Module | None:
     """For ``replace_modules``: a TrainableConvTranspose for each 2-D ConvTranspose2d it runs (groups 1, zeros)."""
     if type(module) is nn.ConvTranspose2d and module.groups == 1 and module.padding_mode == "zeros":
@@ -926,7 +959,8 @@ def training_network(network: nn.Module, device: torch.device | str, precision: 
     exercise U-Net trains 1.6x faster, the DDPM U-Net 1.4x; with bf16 autocast 2.3x and 2.2x) and, in float32,
     Linear layers on oneDNN (the toy FcNetwork 1.4x; under bf16 autocast torch's own Linear is the bf16 one); else
     ``network``; in bf16 each transposed convolution a TrainableConvTranspose (the exercise U-Net's bf16 training
-    step 186 against 203 ms at batch 128). The weights (and the state_dict's names) are the network's. On x86
+    step 186 against 203 ms at batch 128) and each UpsampleConv a TrainableUpsampleConv (the DDPM U-Net 32, 64,
+    64's 269 against 282 ms at batch 64). The weights (and the state_dict's names) are the network's. On x86
     without AVX-512 the Linear layers stay torch's (``onednn_linear_wins``)."""
     check_precision_hardware(precision, device)
     if torch.device(device).type != "cpu":
@@ -938,6 +972,7 @@ def training_network(network: nn.Module, device: torch.device | str, precision: 
         fast = replace_modules(fast, lambda m: TrainableOneDNNLinear(m) if type(m) is nn.Linear else None)
     if precision == "bf16":
         fast = replace_modules(fast, _trainable_conv_transpose)
+        fast = replace_modules(fast, lambda m: TrainableUpsampleConv(m) if type(m) is UpsampleConv else None)
     return fast
 
 
@@ -969,7 +1004,7 @@ def fast_network(network: nn.Module, device: torch.device | str, precision: str 
     device = torch.device(device)
     fast = network
     if device.type == "cpu":
-        network = replace_modules(network, lambda m: m.as_module() if type(m) is TrainableConvTranspose else None)
+        network = replace_modules(network, lambda m: m.as_module() if type(m) in _TRAINABLE_CONVOLUTIONS else None)
         fast = _layout_levers(network)
         fast = replace_modules(fast, lambda m: FastUpsampleConv(m, torch.bfloat16 if precision == "bf16" else None)
                                if type(m) is UpsampleConv else None)
