@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyddpm import _C
-from pyddpm.fast_network import FastGroupNorm
+from pyddpm.fast_network import FastGroupNorm, native_bf16
 
 SHAPES = [(32, 32, 28, 28, 32), (4, 96, 14, 14, 32), (3, 6, 5, 7, 3), (1, 128, 7, 7, 32), (2, 8, 1, 1, 4)]
 
@@ -61,13 +61,21 @@ def test_bfloat16_kernel_equals_group_norm_to_bfloat16_rounding(shape, silu):
 def test_the_bfloat16_kernel_is_the_float32_kernel_rounded_by_torch(shape, silu):
     """On the same (bfloat16) values the two kernels compute the same floats, and the bfloat16 one rounds them as
     torch's .bfloat16() does: bit for bit, on AVX512-BF16 CPUs through the conversion instruction, elsewhere
-    through pyddpm's own rounding (channel counts of 6 and 8 take the instruction's masked tail)."""
+    through pyddpm's own rounding (channel counts of 6 and 8 take the instruction's masked tail). With the SiLU,
+    AVX512-BF16 CPUs compute it to 1e-4 relative (float_math.h's silu16, for bfloat16 results) instead of float32's
+    few ulps, so a value within 1e-4 of a rounding boundary may round to the neighbour: at most one bfloat16
+    spacing (2^-7 relative) apart, in under 1% of the values (measured 0.26-0.28%)."""
     norm, x = norm_and_input(*shape, seed=11)
     x = x.bfloat16()
     fast = FastGroupNorm(norm, silu)
     with torch.no_grad():
         out, rounded = fast(x), fast(x.float()).bfloat16()
-    assert out.dtype == torch.bfloat16 and torch.equal(out, rounded)
+    assert out.dtype == torch.bfloat16
+    if not (silu and native_bf16("cpu")):
+        assert torch.equal(out, rounded)
+        return
+    assert float((out != rounded).float().mean()) < 0.01
+    assert bool(((out.float() - rounded.float()).abs() <= 2.0 ** -7 * rounded.float().abs()).all())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

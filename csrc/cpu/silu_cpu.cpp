@@ -1,10 +1,6 @@
 // SiLU in one pass over memory (silu.h). float32: float_math.h's silu (exp(-|x|) to about 1 ulp, one division),
-// in the AVX-512 / AVX2 clones. bfloat16 with AVX512-BF16: sixteen lanes of intrinsics whose error is far below
-// bfloat16's rounding: sigmoid(x) = 1 / (1 + 2^u), u = -x log2(e) = n + f with n = round(u), |f| <= 1/2, 2^f from
-// its Taylor polynomial of degree 5 (relative error < 3e-6), 2^n by scalef, and the reciprocal from rcp14 (relative
-// error < 2^-14); so y is within 1e-4 relative of x * sigmoid(x) before its rounding to bfloat16. u is clamped to
-// [-128, 128] (sigmoid is 1 or 0 to float32 beyond; the clamp also keeps u = +-inf from giving inf - inf, so
-// silu(inf) = inf); a NaN stays a NaN.
+// in the AVX-512 / AVX2 clones. bfloat16 with AVX512-BF16: float_math.h's silu16, sixteen lanes of intrinsics
+// within 1e-4 relative of x * sigmoid(x) before the rounding to bfloat16.
 #include <cstdint>
 #include <vector>
 
@@ -30,22 +26,6 @@ void silu_all(const T* x, T* y, int64_t n, int num_threads) {
 }
 
 #if defined(PYDDPM_NATIVE_BF16)
-PYDDPM_BF16_TARGET inline __m512 silu16(__m512 v) {
-  const __m512 u = _mm512_max_ps(
-      _mm512_min_ps(_mm512_mul_ps(v, _mm512_set1_ps(-1.44269504088896341f)), _mm512_set1_ps(128.0f)),
-      _mm512_set1_ps(-128.0f));
-  const __m512 n = _mm512_roundscale_ps(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_mul_ps(_mm512_sub_ps(u, n), _mm512_set1_ps(0.693147180559945309f));  // 2^(u - n) = e^f
-  __m512 p = _mm512_set1_ps(1.0f / 120.0f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 24.0f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 6.0f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  const __m512 denominator = _mm512_add_ps(_mm512_scalef_ps(p, n), _mm512_set1_ps(1.0f));
-  return _mm512_mul_ps(v, _mm512_rcp14_ps(denominator));
-}
-
 PYDDPM_BF16_TARGET void silu_native_bf16(const uint16_t* x, uint16_t* y, int64_t n) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
