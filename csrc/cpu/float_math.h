@@ -117,6 +117,18 @@ void for_each_block(int64_t n, int64_t block, int num_threads, Body body) {
   for (int64_t b = 0; b < blocks; ++b) body(b * block, std::min(block, n - b * block));
 }
 
+// y = block(x) over n float32 or bfloat16 values, kBlock at a time: each block as floats (bfloat16 converted into
+// a buffer on the stack), block(in, out, count) into a float buffer, then stored (so y may be x), OpenMP over the
+// blocks.
+template <int64_t kBlock, typename T, typename Block>
+void map_blocks(const T* x, T* y, int64_t n, int num_threads, Block block) {
+  for_each_block(n, kBlock, num_threads, [&](int64_t start, int64_t count) {
+    float buf[kBlock], out[kBlock];
+    block(as_float(x + start, buf, count), out, count);
+    from_float(out, y + start, count);
+  });
+}
+
 // exp(x) for x <= 0 (the SiLU's exp(-|z|)): Cody-Waite reduction by ln 2 and Cephes' degree-6 polynomial,
 // about 1 ulp, in operations that vectorise; below -87 it is 0 (e^-87 = 1.6e-38).
 inline float exp_nonpositive(float x) {

@@ -46,11 +46,7 @@ PYDDPM_VECTOR_CLONES void log_sigmoid_backward_block(const float* __restrict x, 
 
 template <typename T>
 void log_sigmoid_all(const T* x, T* y, int64_t n, int num_threads) {
-  for_each_block(n, kBlock, num_threads, [&](int64_t start, int64_t count) {
-    float buf[kBlock], out[kBlock];
-    log_sigmoid_block(as_float(x + start, buf, count), out, count);
-    from_float(out, y + start, count);
-  });
+  map_blocks<kBlock>(x, y, n, num_threads, log_sigmoid_block);
 }
 
 template <typename T>

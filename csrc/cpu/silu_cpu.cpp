@@ -18,11 +18,7 @@ PYDDPM_VECTOR_CLONES void silu_block(const float* __restrict x, float* __restric
 
 template <typename T>
 void silu_all(const T* x, T* y, int64_t n, int num_threads) {
-  for_each_block(n, kBlock, num_threads, [&](int64_t start, int64_t count) {
-    float buf[kBlock], out[kBlock];
-    silu_block(as_float(x + start, buf, count), out, count);
-    from_float(out, y + start, count);
-  });
+  map_blocks<kBlock>(x, y, n, num_threads, silu_block);
 }
 
 #if defined(PYDDPM_NATIVE_BF16)
