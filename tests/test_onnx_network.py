@@ -94,13 +94,13 @@ def timed_as(monkeypatch, torch_seconds: float, ort_seconds: float) -> list[str]
 
 
 @pytest.mark.parametrize("torch_seconds, ort_seconds, chosen", [(0.01, 0.005, OnnxRuntimeNetwork),
-                                                                 (0.01, 0.0096, OnnxRuntimeNetwork),
-                                                                 (0.01, 0.0098, None),
+                                                                 (0.01, 0.0094, OnnxRuntimeNetwork),
+                                                                 (0.01, 0.0096, None),
                                                                  (0.005, 0.01, None)],
-                         ids=["2x faster", "4% faster", "2% faster: within the margin", "slower"])
+                         ids=["2x faster", "6% faster", "4% faster: within the margin", "slower"])
 def test_auto_takes_the_runtime_that_measures_faster(chequerboard_model, monkeypatch, torch_seconds, ort_seconds,
                                                      chosen):
-    """onnxruntime where it measures faster than torch by more than samplers.ONNXRUNTIME_MARGIN (3%)."""
+    """onnxruntime where it measures faster than torch by more than samplers.ONNXRUNTIME_MARGIN (5%)."""
     model = copy.deepcopy(chequerboard_model)
     calls = timed_as(monkeypatch, torch_seconds, ort_seconds)
     x, t_in = torch.randn(64, 2), model.time_input(model.T, 64)
