@@ -25,7 +25,9 @@ them side by side):
 - in training, ``nn.Dropout`` in one pass of pyddpm._C's kernel, the mask 16 Philox bits per element, drawn
   again from its seed in the backward (ATen's is one bernoulli float per element, ~10x slower), and the DDPM
   U-Net's bfloat16 self-attention in float32 (SDPA's bfloat16 CPU kernel is 4x slower at its 49 pixels);
-- ``precision="bf16"``: Linear layers on oneDNN with bfloat16 copies of their weights, and convolutions with
+- ``precision="bf16"``: Linear layers on oneDNN with bfloat16 copies of their weights (a SiLU after one through
+  pyddpm._C's kernel, to 1e-4 before the rounding, and the last before a Linear of few outputs fused with it,
+  ``SiluLinear``: oneDNN's fused swish cost ~2.5x as much), and convolutions with
   bfloat16 weights (made once; autocast would round the float32 weights on every call, 1.5x slower for the toy
   network, 4.7% for the DDPM U-Net) and the rest of the network under CPU
   bf16 autocast, for CPUs with AVX512-BF16 or AMX (refused on other CPUs, which emulate bfloat16 8-12x
