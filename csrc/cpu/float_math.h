@@ -55,16 +55,27 @@ inline bool cpu_has_avx512_bf16() {
   return has;
 }
 
+// The lanes of the sixteen from element i of n (all, kAllLanes, but in a short last step).
+constexpr __mmask16 kAllLanes = 0xffffu;
+inline __mmask16 lanes_from(int64_t i, int64_t n) {
+  return static_cast<__mmask16>(n - i >= 16 ? 0xffffu : (1u << (n - i)) - 1u);
+}
+
+// Sixteen bfloat16 values (those in lanes; the others 0) as floats, and sixteen floats rounded to bfloat16 by
+// AVX512-BF16's conversion (round to nearest even; float32's subnormals become zero) and stored in lanes.
+PYDDPM_BF16_TARGET inline __m512 load_bf16x16(__mmask16 lanes, const uint16_t* x) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, x)), 16));
+}
+PYDDPM_BF16_TARGET inline void store_bf16x16(__mmask16 lanes, uint16_t* y, __m512 v) {
+  _mm256_mask_storeu_epi16(y, lanes, (__m256i)_mm512_cvtneps_pbh(v));
+}
+
 // store(y, i, src[i]) for i < n with AVX512-BF16's conversion instruction: round to nearest even, a NaN stays a
 // NaN, as store(); unlike store(), values below 2^-126 (float32's subnormals) become zero of their sign.
 PYDDPM_BF16_TARGET inline void store_native_bf16(uint16_t* __restrict y, const float* __restrict src, int64_t n) {
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
-  if (i < n) {
-    const __mmask16 tail = static_cast<__mmask16>((1u << (n - i)) - 1u);
-    _mm256_mask_storeu_epi16(y + i, tail, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(tail, src + i)));
-  }
+  for (; i + 16 <= n; i += 16) store_bf16x16(kAllLanes, y + i, _mm512_loadu_ps(src + i));
+  if (i < n) store_bf16x16(lanes_from(i, n), y + i, _mm512_maskz_loadu_ps(lanes_from(i, n), src + i));
 }
 
 // x * sigmoid(x) on sixteen lanes, to a relative error below 1e-4 (for results rounded to bfloat16, whose half

@@ -90,13 +90,11 @@ PYDDPM_BF16_TARGET void normalize_native_bf16(const uint16_t* __restrict x, uint
     const uint16_t* in = x + p * c;
     uint16_t* out = y + p * c;
     for (int64_t k = 0; k < c; k += 16) {
-      const __mmask16 lanes = static_cast<__mmask16>(c - k >= 16 ? 0xffffu : (1u << (c - k)) - 1u);
-      const __m256i raw = _mm256_maskz_loadu_epi16(lanes, in + k);
-      const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-      __m512 z = _mm512_fmadd_ps(_mm512_sub_ps(v, _mm512_maskz_loadu_ps(lanes, first + k)),
+      const __mmask16 lanes = lanes_from(k, c);
+      __m512 z = _mm512_fmadd_ps(_mm512_sub_ps(load_bf16x16(lanes, in + k), _mm512_maskz_loadu_ps(lanes, first + k)),
                                  _mm512_maskz_loadu_ps(lanes, scale + k), _mm512_maskz_loadu_ps(lanes, shift + k));
       if constexpr (kSilu) z = silu16(z);
-      _mm256_mask_storeu_epi16(out + k, lanes, (__m256i)_mm512_cvtneps_pbh(z));
+      store_bf16x16(lanes, out + k, z);
     }
   }
 }

@@ -10,7 +10,8 @@
 namespace pyddpm {
 namespace {
 
-constexpr int64_t kBlock = 1024;
+constexpr int64_t kBlock = 1024;  // silu's elements per block
+constexpr int64_t kRows = 16;  // silu_linear's rows per block
 
 PYDDPM_VECTOR_CLONES void silu_block(const float* __restrict x, float* __restrict y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = silu(x[i]);
@@ -24,17 +25,8 @@ void silu_all(const T* x, T* y, int64_t n, int num_threads) {
 #if defined(PYDDPM_NATIVE_BF16)
 PYDDPM_BF16_TARGET void silu_native_bf16(const uint16_t* x, uint16_t* y, int64_t n) {
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i));
-    const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), (__m256i)_mm512_cvtneps_pbh(silu16(v)));
-  }
-  if (i < n) {
-    const __mmask16 tail = static_cast<__mmask16>((1u << (n - i)) - 1u);
-    const __m256i raw = _mm256_maskz_loadu_epi16(tail, x + i);
-    const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-    _mm256_mask_storeu_epi16(y + i, tail, (__m256i)_mm512_cvtneps_pbh(silu16(v)));
-  }
+  for (; i + 16 <= n; i += 16) store_bf16x16(kAllLanes, y + i, silu16(load_bf16x16(kAllLanes, x + i)));
+  if (i < n) store_bf16x16(lanes_from(i, n), y + i, silu16(load_bf16x16(lanes_from(i, n), x + i)));
 }
 #endif
 
@@ -77,11 +69,10 @@ PYDDPM_BF16_TARGET void silu_linear_native_bf16(const uint16_t* x, const float* 
     __m512 partial[kOuts];
     for (int j = 0; j < kOuts; ++j) partial[j] = _mm512_setzero_ps();
     for (int64_t i = 0; i < features; i += 16) {
-      const __mmask16 lanes = static_cast<__mmask16>(features - i >= 16 ? 0xffffu : (1u << (features - i)) - 1u);
-      const __m256i raw = _mm256_maskz_loadu_epi16(lanes, row + i);
-      const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-      const __m256i silu_bf16 = (__m256i)_mm512_cvtneps_pbh(silu16(v));
-      const __m512 a = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(silu_bf16), 16));
+      const __mmask16 lanes = lanes_from(i, features);
+      const __m512 s = silu16(load_bf16x16(lanes, row + i));
+      const __m256i rounded = (__m256i)_mm512_cvtneps_pbh(s);  // to bfloat16, and back to float below
+      const __m512 a = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(rounded), 16));
       for (int j = 0; j < kOuts; ++j)
         partial[j] = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(lanes, w + j * features + i), partial[j]);
     }
@@ -99,7 +90,6 @@ static_assert(kSiluLinearMaxOuts == 8, "one instance per output count");
 template <typename T>
 void silu_linear_all(const T* x, const float* w, const float* bias, float* y, int64_t rows, int64_t features,
                      int64_t outs, int num_threads) {
-  constexpr int64_t kRows = 16;
   for_each_block(rows, kRows, num_threads, [&](int64_t start, int64_t count) {
     std::vector<float> activations(features), in(features);
     std::vector<uint16_t> rounded(features);
@@ -118,7 +108,7 @@ void silu_linear_cpu(const void* x, bool bfloat16, const float* w, const float* 
   if (bfloat16) {
 #if defined(PYDDPM_NATIVE_BF16)
     if (cpu_has_avx512_bf16()) {
-      for_each_block(rows, 16, num_threads, [&](int64_t start, int64_t count) {
+      for_each_block(rows, kRows, num_threads, [&](int64_t start, int64_t count) {
         kSiluLinearNativeBf16[outs - 1](static_cast<const uint16_t*>(x), w, bias, y, start, count, features);
       });
       return;
