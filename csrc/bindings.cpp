@@ -341,6 +341,7 @@ PYBIND11_MODULE(_C, m) {
         "features, bias outs (or 0) and y rows x outs in float32, outs <= 8 (bfloat16: silu(x) rounded to bfloat16).",
         py::arg("dtype"), py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("y"), py::arg("rows"),
         py::arg("features"), py::arg("outs"), py::arg("num_threads"));
+  m.attr("silu_linear_max_outs") = pyddpm::kSiluLinearMaxOuts;
   m.def("conv3x3_nhwc", &conv3x3_nhwc,
         "y = a 3 x 3 convolution, stride 1, zero padding 1, of a channels-last float32 map x on the CPU (weight in "
         "(O, kh, kw, C) order; bias 0 for none).",

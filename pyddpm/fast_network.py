@@ -429,11 +429,8 @@ def _silu_linear_takes(children: list, i: int) -> bool:
     """Whether children[i:i + 2] is a SiLU and then a Linear that ``SiluLinear`` runs (where oneDNN's Linear
     levers win: measured there)."""
     return (i + 1 < len(children) and type(children[i]) is nn.SiLU and _is_linear(children[i + 1])
-            and children[i + 1].weight.shape[0] <= SILU_LINEAR_MAX_OUTS and _C is not None
-            and hasattr(_C, "silu_linear") and onednn_linear_wins())
-
-
-SILU_LINEAR_MAX_OUTS = 8  # pyddpm._C's silu_linear takes at most 8 outputs
+            and _C is not None and hasattr(_C, "silu_linear")
+            and children[i + 1].weight.shape[0] <= _C.silu_linear_max_outs and onednn_linear_wins())
 
 
 def _fuse_linears(network: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -848,9 +845,9 @@ class FastDropout(nn.Module):
         return nn.functional.dropout(x, self.p, True)
 
 
-def _convolution_arguments(conv: nn.ConvTranspose2d) -> tuple:
-    """(stride, padding, dilation) of the convolution a ConvTranspose2d transposes, for aten.convolution_backward."""
-    return list(conv.stride), list(conv.padding), list(conv.dilation)
+def _memory_format(x: Tensor) -> torch.memory_format:
+    """channels-last where x is laid out so, else contiguous."""
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
 
 class _AdjointConvTranspose(torch.autograd.Function):
@@ -863,8 +860,7 @@ class _AdjointConvTranspose(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, out_size: tuple, arguments: tuple) -> Tensor:
         ctx.arguments = arguments
         ctx.save_for_backward(x, weight)
-        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        like = torch.empty((x.shape[0], weight.shape[1], *out_size), dtype=x.dtype, memory_format=layout)
+        like = torch.empty((x.shape[0], weight.shape[1], *out_size), dtype=x.dtype, memory_format=_memory_format(x))
         return torch.ops.aten.convolution_backward(x, like, weight, None, *arguments, False, [0, 0], 1,
                                                    [True, False, False])[0]
 
@@ -872,8 +868,7 @@ class _AdjointConvTranspose(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
         stride, padding, dilation = ctx.arguments
-        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        grad = grad.to(x.dtype).contiguous(memory_format=layout)
+        grad = grad.to(x.dtype).contiguous(memory_format=_memory_format(x))
         grad_x = (nn.functional.conv2d(grad, weight, None, stride, padding, dilation)
                   if ctx.needs_input_grad[0] else None)
         grad_w = (torch.ops.aten.convolution_backward(x, grad, weight, None, stride, padding, dilation, False,
@@ -894,6 +889,8 @@ class TrainableConvTranspose(nn.Module):
         self.weight, self.bias = conv.weight, conv.bias
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
         self.output_padding = conv.output_padding
+        # the convolution it transposes, as aten.convolution_backward takes it
+        self.arguments = (list(conv.stride), list(conv.padding), list(conv.dilation))
 
     def forward(self, x: Tensor) -> Tensor:
         if not (torch.is_autocast_enabled("cpu") and x.device.type == "cpu" and x.dim() == 4):
@@ -902,8 +899,7 @@ class TrainableConvTranspose(nn.Module):
         dtype = torch.get_autocast_dtype("cpu")
         out_size = tuple((size - 1) * s - 2 * p + d * (k - 1) + extra + 1 for size, s, p, d, k, extra in zip(
             x.shape[2:], self.stride, self.padding, self.dilation, self.weight.shape[2:], self.output_padding))
-        y = _AdjointConvTranspose.apply(x.to(dtype), self.weight.to(dtype), out_size,
-                                        _convolution_arguments(self))
+        y = _AdjointConvTranspose.apply(x.to(dtype), self.weight.to(dtype), out_size, self.arguments)
         return y if self.bias is None else y + self.bias.to(dtype).reshape(1, -1, 1, 1)
 
     def as_module(self) -> nn.ConvTranspose2d:
