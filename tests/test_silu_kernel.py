@@ -55,8 +55,11 @@ def test_silu_is_x_sigmoid_x(dtype):
         assert_within(out, ref, FLOAT32_ULPS * ref.abs() + 1e-37 + 1.7e-38 * x.double().abs())
     else:
         assert_within(out, ref, 2.0 ** -8 * ref.abs() + 1e-30)
-        # and it is torch's own bfloat16 SiLU but for ties of the rounding (measured: 0.5% of values, one spacing)
-        assert float((out != F.silu(x)).double().mean()) < 0.02
+        # and it is torch's own bfloat16 SiLU but for ties of the rounding (measured: 0.5% of values, one spacing
+        # with AVX512-BF16, none on AVX2), above -87: below it the portable kernel's exp(-|x|) stays at e^-87
+        # (x e^-87, within the absolute bound above) where torch's AVX2 SiLU gives -0 (all 6.8% of the values there)
+        accurate = x.float() >= -87
+        assert float((out[accurate] != F.silu(x)[accurate]).double().mean()) < 0.02
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
