@@ -287,26 +287,28 @@ def _onednn_activation(module: nn.Module) -> tuple[str, list, str] | None:
     return None
 
 
-def _kernel_silu_after_bf16_product() -> bool:
-    """Whether a bfloat16 Linear's SiLU runs as pyddpm._C's kernel on the rounded product (as under autocast)
-    rather than as oneDNN's fused swish: 1.72 against 1.83 ms for 5000 x 256 x 256 on a 2-core AMD EPYC with
-    AVX512-BF16 (the kernel alone 0.16 ms; in float32 the fused swish stays: 3.31 against 3.36 ms)."""
-    return _C is not None and hasattr(_C, "silu")
+def _kernel_silu_after_product(dtype: torch.dtype) -> bool:
+    """Whether a Linear's SiLU runs as pyddpm._C's kernel, in place on the product (in bfloat16 on the rounded
+    product, as under autocast), rather than as oneDNN's fused swish or ATen's SiLU after the product. bfloat16:
+    1.72 against 1.83 ms for 5000 x 256 x 256 on a 2-core AMD EPYC with AVX512-BF16 (the kernel alone 0.16 ms).
+    float32 on x86 without AVX-512 (``onednn_linear_wins`` false): 4.95 against 5.28 ms for ATen's SiLU after the
+    product (an AVX2-only AMD EPYC, 2 threads); with AVX-512 the fused swish stays (3.31 against 3.36 ms)."""
+    return (_C is not None and hasattr(_C, "silu")
+            and (dtype == torch.bfloat16 or (dtype == torch.float32 and not onednn_linear_wins())))
 
 
 class OneDNNLinear(nn.Module):
     """``activation(linear(x))`` in one oneDNN call, for inference (no autograd), in float32 or with bfloat16
     weights (``dtype``): then x is rounded to bfloat16 as autocast would and the product accumulates in float32;
-    a SiLU is applied to the product rounded to bfloat16 by pyddpm._C's kernel (``_kernel_silu_after_bf16_product``),
-    other activations before the rounding."""
+    a SiLU is applied to the product (rounded to bfloat16) by pyddpm._C's kernel where that is faster
+    (``_kernel_silu_after_product``), other activations by oneDNN before the rounding."""
 
     def __init__(self, linear: nn.Linear, activation: nn.Module | None = None, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.weight = nn.Parameter(linear.weight.detach().to(dtype, copy=True), requires_grad=False)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(dtype, copy=True),
                                                                   requires_grad=False)
-        self.kernel_silu = (type(activation) is nn.SiLU and dtype == torch.bfloat16
-                            and _kernel_silu_after_bf16_product())
+        self.kernel_silu = type(activation) is nn.SiLU and _kernel_silu_after_product(dtype)
         self.attr, self.scalars, self.algorithm = (("none", [], "") if activation is None or self.kernel_silu
                                                    else _onednn_activation(activation))
 
@@ -426,11 +428,11 @@ class SiluLinear(nn.Module):
 
 
 def _silu_linear_takes(children: list, i: int) -> bool:
-    """Whether children[i:i + 2] is a SiLU and then a Linear that ``SiluLinear`` runs (where oneDNN's Linear
-    levers win: measured there)."""
+    """Whether children[i:i + 2] is a SiLU and then a Linear that ``SiluLinear`` runs (faster on AVX-512 and on
+    AVX2 alike: 5000 x 256 -> 2 on an AVX2-only AMD EPYC, 0.67 against 0.93 ms for ATen's SiLU and Linear)."""
     return (i + 1 < len(children) and type(children[i]) is nn.SiLU and _is_linear(children[i + 1])
             and _C is not None and hasattr(_C, "silu_linear")
-            and children[i + 1].weight.shape[0] <= _C.silu_linear_max_outs and onednn_linear_wins())
+            and children[i + 1].weight.shape[0] <= _C.silu_linear_max_outs)
 
 
 def _fuse_linears(network: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -448,8 +450,9 @@ def _fuse_linears(network: nn.Module, dtype: torch.dtype = torch.float32) -> nn.
                     layers.append(SiluLinear(children[i + 1]))
                     i += 2
                     continue
-                if (_is_linear(child) and after is not None and _onednn_activation(after) is not None
-                        and not _silu_linear_takes(children, i + 1)):
+                fusable = after is not None and (_onednn_activation(after) is not None or (
+                    type(after) is nn.SiLU and _kernel_silu_after_product(dtype)))
+                if _is_linear(child) and fusable and not _silu_linear_takes(children, i + 1):
                     layers.append(OneDNNLinear(child, after, dtype))
                     i += 2
                     continue

@@ -73,17 +73,23 @@ def test_fp32_fast_network_equals_eager_at_trained_activation_ranges(name, one_s
 @pytest.mark.parametrize("name", ["fc-silu", "fc-relu", "unet"])
 @pytest.mark.parametrize("fusing", [True, False], ids=["avx512", "avx2"])
 def test_the_fast_path_really_rewrites_the_network(name, fusing, monkeypatch):
-    """The Linear layers run on oneDNN with ReLU fused into them; SiLU too, and the last SiLU with the last layer
-    (two outputs) as one SiluLinear, except on x86 without AVX-512, where ATen's SiLU after oneDNN's product is
-    faster (``onednn_linear_wins``); either way the copy equals eager."""
+    """The Linear layers run on oneDNN with ReLU fused into them, and the last SiLU with the last layer (two
+    outputs) as one SiluLinear; the other SiLUs are oneDNN's fused swish, except on x86 without AVX-512
+    (``onednn_linear_wins``), where pyddpm._C's SiLU runs in place on the product; either way the copy equals
+    eager."""
     monkeypatch.setattr(fast_module, "onednn_linear_wins", lambda: fusing)
     network, x, t = pushed(name)
     fast = fast_network(network, "cpu")
     kinds = {type(m) for m in fast.modules()}
     if name.startswith("fc"):
         assert fast_module.OneDNNLinear in kinds and nn.Linear not in kinds
-        assert nn.ReLU not in kinds and (nn.SiLU in kinds) == (name == "fc-silu" and not fusing)
-        assert (fast_module.SiluLinear in kinds) == (name == "fc-silu" and fusing)
+        assert nn.ReLU not in kinds and nn.SiLU not in kinds
+        assert (fast_module.SiluLinear in kinds) == (name == "fc-silu")
+        linears = [m for m in fast.modules() if type(m) is fast_module.OneDNNLinear]
+        silu = ("swish", False) if fusing else ("none", True)  # (oneDNN's activation, pyddpm._C's SiLU)
+        assert [(m.attr, m.kernel_silu) for m in linears] == (  # (the last SiLU is the SiluLinear's)
+            [("relu", False)] * (len(linears) - 1) + [("none", False)] if name == "fc-relu"
+            else [silu] * (len(linears) - 1) + [("none", False)])
         with torch.no_grad():
             eager = network(x, t)
             assert float((fast(x, t) - eager).abs().max()) <= 1e-5 * max(1.0, float(eager.abs().max()))
@@ -126,9 +132,8 @@ def test_the_ddpm_unet_runs_channels_last_with_fused_group_norms():
     fast = fast_network(network, "cpu")
     kinds = [type(m) for m in fast.modules()]
     assert FastGroupNorm in kinds and nn.GroupNorm not in kinds
-    # the SiLUs after GroupNorms are fused; the time MLP's Linear fuses its own where oneDNN's SiLU is faster
-    silus = [name for name, m in fast.named_modules() if type(m) is nn.SiLU]
-    assert silus == ([] if fast_module.onednn_linear_wins() else ["network.time_embedding.2"])
+    # the SiLUs after GroupNorms are fused, and the time MLP's Linear fuses its own (oneDNN's or pyddpm._C's)
+    assert not any(type(m) is nn.SiLU for m in fast.modules())
     assert kinds.count(FastResidualBlock) == [type(m) for m in network.modules()].count(ResidualBlock)
     norms = [m for m in fast.modules() if isinstance(m, FastGroupNorm)]
     attention = sum(1 for m in network.modules() if isinstance(m, SelfAttention))
