@@ -360,6 +360,11 @@ class TrainableOneDNNLinear(nn.Module):
         return _OneDNNLinearFunction.apply(x.contiguous(), self.weight, self.bias)
 
 
+def one_time_step(t: Tensor) -> bool:
+    """Whether every row of ``t`` holds the same time (as in the samplers' batches; a stride of 0 says so at once)."""
+    return t.numel() > 0 and (t.stride(0) == 0 or bool((t == t.reshape(-1)[0]).all()))
+
+
 class OneTimeStepFcNetwork(nn.Module):
     """An FcNetwork's fast copy (``fast``, its first layer a OneDNNLinear) that, for a batch at one time step (as
     the samplers' are), folds the time into the first layer: the time embedding is computed for one row, and the
@@ -372,7 +377,7 @@ class OneTimeStepFcNetwork(nn.Module):
         super().__init__()
         self.fast = fast
         first, original = fast.network[0], network.network[0]
-        inputs = network.input_dim + (0 if network.input_embedding is None else network.input_embedding.out_features)
+        inputs = network.input_features
         self.x_weight = nn.Parameter(first.weight[:, :inputs].contiguous(), requires_grad=False)
         self.t_weight = nn.Parameter(original.weight.detach()[:, inputs:].clone(), requires_grad=False)
         self.bias = nn.Parameter(original.bias.detach().clone(), requires_grad=False)
@@ -383,12 +388,11 @@ class OneTimeStepFcNetwork(nn.Module):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         fast = self.fast
         one_step = x.dim() == 2 and x.shape[1] == fast.input_dim and t.numel() == x.shape[0]
-        if not (one_step and (t.stride(0) == 0 or bool((t == t.reshape(-1)[0]).all()))):
+        if not (one_step and one_time_step(t)):
             return fast(x, t)
         with torch.autocast(x.device.type, enabled=False):
             t = t.reshape(-1)[:1].reshape(1, 1).float()
-            features = fast.time_embedding(t) if fast.time_embedding is not None else t
-            bias = torch.addmm(self.bias, features, self.t_weight.t())[0]
+            bias = torch.addmm(self.bias, fast.time_features(t), self.t_weight.t())[0]
         inputs = x if fast.input_embedding is None else fast.input_embedding.with_input(x)
         h = self.first.product(inputs, self.x_weight, bias)  # a float32 bias: added before any rounding
         for layer in self.rest:

@@ -31,12 +31,43 @@ def test_onnxruntime_network_equals_eager_at_trained_activation_ranges(name):
     assert push_preactivations(network, layers(network), x, t) >= 0.99 * TARGET
     ort_network = onnxruntime_network(network, x, t)
     x2, t2 = torch.randn(5, *shape, generator=generator) * 3, torch.rand(5, 1, generator=generator)  # another batch
-    for xs, ts in ((x, t), (x2, t2)):
+    # a batch at one time step, as the samplers give (an FcNetwork's graph then takes the time folded into a bias)
+    one_step = [(x, t[:1].expand_as(t)), (x2, t2[3:4].repeat(5, 1))]
+    for xs, ts in ((x, t), (x2, t2), *one_step):
         with torch.no_grad():
             eager = network(xs, ts)
         out = ort_network(xs, ts)
         assert out.dtype == torch.float32 and out.shape == eager.shape and torch.isfinite(out).all()
-        assert float((out - eager).abs().max()) <= 1e-5 * max(1.0, float(eager.abs().max()))
+        scale = max(1.0, float(eager.abs().max()))
+        if ort_network.folded is not None:
+            # as the fast torch copy's folded first layer (tests/test_fast_network.py): the time term of +-200
+            # pre-activations is rounded once more, so judged against float64 it is as exact as eager float32
+            with torch.no_grad():
+                exact = copy.deepcopy(network).double()(xs.double(), ts.double())
+            assert float((out - exact).abs().max()) <= 1.5 * float((eager - exact).abs().max()) + 1e-6 * scale
+        else:
+            assert float((out - eager).abs().max()) <= 1e-5 * scale
+
+
+def test_an_fc_networks_onnxruntime_graph_takes_the_time_folded_into_the_first_layers_bias(monkeypatch):
+    """For a batch at one time step the session gets x and one row of bias (the time embedded once, in torch), and
+    its first product skips the time columns; a batch at several steps runs the same folded module in torch."""
+    from pyddpm.nets import FcNetwork
+
+    torch.manual_seed(0)
+    network = FcNetwork(2, 32, 3, "silu", "sinusoidal", input_embedding="fourier").eval()
+    x, t = torch.randn(64, 2) * 20, torch.full((64, 1), 0.3)
+    ort_network = onnxruntime_network(network, x, t)
+    inputs = {i.name: i.shape for i in ort_network.session.get_inputs()}
+    assert inputs == {"x_t": ["batch", 2], "time_bias": [1, 32]}
+    assert ort_network.folded.x_weight.shape == (32, network.input_features) == (32, 2 + 32)
+    runs = []
+    monkeypatch.setattr(ort_network.session, "run", lambda *a, run=ort_network.session.run: runs.append(1) or run(*a))
+    with torch.no_grad():
+        for ts in (t, torch.rand(64, 1)):
+            assert float((ort_network(x, ts) - network(x, ts)).abs().max()) <= 1e-5 * max(
+                1.0, float(network(x, ts).abs().max()))
+    assert runs == [1]  # the one-step batch only
 
 
 def test_seeded_samples_on_onnxruntime_equal_torchs(chequerboard_model):

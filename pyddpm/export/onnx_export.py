@@ -32,10 +32,12 @@ def require_onnx():
     return onnx, onnxruntime
 
 
-def onnx_proto(module: nn.Module, args: tuple, input_names: list[str], output_name: str, dynamo: bool):
-    """The ONNX model of ``module`` with dim 0 of every input dynamic ("batch"), and the exporter that made it:
-    torch.export-based (``dynamo=True``) where it works, else (or with ``dynamo=False``) the deprecated
-    TorchScript-based one, with a warning naming why."""
+def onnx_proto(module: nn.Module, args: tuple, input_names: list[str], output_name: str, dynamo: bool,
+               static_inputs: tuple[str, ...] = ()):
+    """The ONNX model of ``module`` with dim 0 of every input but ``static_inputs`` dynamic ("batch"), and the
+    exporter that made it: torch.export-based (``dynamo=True``) where it works, else (or with ``dynamo=False``)
+    the deprecated TorchScript-based one, with a warning naming why."""
+    batch_inputs = [name not in static_inputs for name in input_names]
     onnx, _ = require_onnx()
     if dynamo:
         batch = torch.export.Dim("batch")
@@ -44,7 +46,7 @@ def onnx_proto(module: nn.Module, args: tuple, input_names: list[str], output_na
                 warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
                 program = torch.onnx.export(module, args, dynamo=True, input_names=input_names,
                                             output_names=[output_name], external_data=False, verbose=False,
-                                            dynamic_shapes=tuple({0: batch} for _ in args))
+                                            dynamic_shapes=tuple({0: batch} if b else None for b in batch_inputs))
             return program.model_proto, DYNAMO
         except Exception as err:  # noqa: BLE001 - any failure of the new exporter falls back to the old one
             root = err
@@ -58,7 +60,8 @@ def onnx_proto(module: nn.Module, args: tuple, input_names: list[str], output_na
         for category in (FutureWarning, DeprecationWarning, torch.jit.TracerWarning):
             warnings.simplefilter("ignore", category)
         torch.onnx.export(module, args, buffer, dynamo=False, input_names=input_names, output_names=[output_name],
-                          dynamic_axes={name: {0: "batch"} for name in input_names}, opset_version=17)
+                          dynamic_axes={name: {0: "batch"} for name, b in zip(input_names, batch_inputs) if b},
+                          opset_version=17)
     return onnx.load_from_string(buffer.getvalue()), FALLBACK
 
 

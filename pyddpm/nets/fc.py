@@ -146,12 +146,21 @@ class FcNetwork(nn.Module):
         layers.append(nn.Linear(num_hidden, input_dim))
         self.network = nn.Sequential(*layers)
 
+    @property
+    def input_features(self) -> int:
+        """How many of the first layer's inputs are x and its input features; the time features follow them."""
+        return self.input_dim + (0 if self.input_embedding is None else self.input_embedding.out_features)
+
+    def time_features(self, t: torch.Tensor) -> torch.Tensor:
+        """The first layer's time inputs for t of shape (batch, 1): t itself, or its sinusoidal embedding."""
+        return self.time_embedding(t) if self.time_embedding is not None else t
+
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """eps_hat for x of shape (batch, input_dim) and t of shape (batch, 1)."""
         if x.dim() != 2 or x.shape[1] != self.input_dim:
             raise ValueError(f"FcNetwork expects x of shape (batch, {self.input_dim}), got {tuple(x.shape)}")
         t = t.reshape(x.shape[0], 1).to(x.dtype)
-        features = self.time_embedding(t).to(x.dtype) if self.time_embedding is not None else t
+        features = self.time_features(t).to(x.dtype)
         if self.input_embedding is None:
             return self.network(torch.cat([x, features], dim=1))
         return self.network(torch.cat([x, self.input_embedding(x), features], dim=1))
