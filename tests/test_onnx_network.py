@@ -68,6 +68,12 @@ def test_an_fc_networks_onnxruntime_graph_takes_the_time_folded_into_the_first_l
             assert float((ort_network(x, ts) - network(x, ts)).abs().max()) <= 1e-5 * max(
                 1.0, float(network(x, ts).abs().max()))
     assert runs == [1]  # the one-step batch only
+    # made for a batch at several steps, the session is still checked against torch (on that batch at one step)
+    runs.clear()
+    monkeypatch.setattr(onnx_module.OnnxRuntimeNetwork, "__call__", lambda self, xs, ts, call=(
+        onnx_module.OnnxRuntimeNetwork.__call__): runs.append(fast_module.one_time_step(ts)) or call(self, xs, ts))
+    onnxruntime_network(network, x, torch.rand(64, 1))
+    assert runs == [True]
 
 
 def test_seeded_samples_on_onnxruntime_equal_torchs(chequerboard_model):
