@@ -365,6 +365,25 @@ def one_time_step(t: Tensor) -> bool:
     return t.numel() > 0 and (t.stride(0) == 0 or bool((t == t.reshape(-1)[0]).all()))
 
 
+class FirstLayerTimeBias(nn.Module):
+    """``time_bias(t)``: an FcNetwork's first-layer bias plus its time columns times the time features of t, (rows
+    of t, hidden), in float32 from the network's own weights. With it the first layer's pre-activation is the
+    product over x and its input features only, plus this: one row for a batch at one time step. ``time_features``
+    is the FcNetwork's (or its copy's) ``time_features``."""
+
+    def __init__(self, network: FcNetwork, time_features):
+        super().__init__()
+        first = network.network[0]
+        self.t_weight = nn.Parameter(first.weight.detach()[:, network.input_features:].float().clone(),
+                                     requires_grad=False)
+        self.bias = nn.Parameter(first.bias.detach().float().clone(), requires_grad=False)
+        self.time_features = time_features
+
+    def forward(self, t: Tensor) -> Tensor:
+        with torch.autocast(t.device.type, enabled=False):
+            return torch.addmm(self.bias, self.time_features(t.reshape(-1, 1).float()), self.t_weight.t())
+
+
 class OneTimeStepFcNetwork(nn.Module):
     """An FcNetwork's fast copy (``fast``, its first layer a OneDNNLinear) that, for a batch at one time step (as
     the samplers' are), folds the time into the first layer: the time embedding is computed for one row, and the
@@ -376,11 +395,9 @@ class OneTimeStepFcNetwork(nn.Module):
     def __init__(self, fast: FcNetwork, network: FcNetwork):
         super().__init__()
         self.fast = fast
-        first, original = fast.network[0], network.network[0]
-        inputs = network.input_features
-        self.x_weight = nn.Parameter(first.weight[:, :inputs].contiguous(), requires_grad=False)
-        self.t_weight = nn.Parameter(original.weight.detach()[:, inputs:].clone(), requires_grad=False)
-        self.bias = nn.Parameter(original.bias.detach().clone(), requires_grad=False)
+        first = fast.network[0]
+        self.x_weight = nn.Parameter(first.weight[:, :network.input_features].contiguous(), requires_grad=False)
+        self.time_bias = FirstLayerTimeBias(network, fast.time_features)
         self.first = first
         self.rest = list(fast.network)[1:]  # the layers after the first (a plain list: slicing the Sequential
         # on every call made the bf16 forward 1.7x slower)
@@ -390,9 +407,7 @@ class OneTimeStepFcNetwork(nn.Module):
         one_step = x.dim() == 2 and x.shape[1] == fast.input_dim and t.numel() == x.shape[0]
         if not (one_step and one_time_step(t)):
             return fast(x, t)
-        with torch.autocast(x.device.type, enabled=False):
-            t = t.reshape(-1)[:1].reshape(1, 1).float()
-            bias = torch.addmm(self.bias, fast.time_features(t), self.t_weight.t())[0]
+        bias = self.time_bias(t.reshape(-1)[:1])[0]
         inputs = x if fast.input_embedding is None else fast.input_embedding.with_input(x)
         h = self.first.product(inputs, self.x_weight, bias)  # a float32 bias: added before any rounding
         for layer in self.rest:

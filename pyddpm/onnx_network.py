@@ -28,23 +28,18 @@ AGREEMENT = 1e-4  # |onnxruntime - torch| <= AGREEMENT x max(1, |torch|) on the 
 
 class TimeFoldedFcNetwork(nn.Module):
     """An FcNetwork as ``(x, time_bias) -> eps_hat``, for onnxruntime: the first layer's time columns times the
-    time features, plus its bias, come in as ``time_bias`` (``time_bias(t)``, one row for a batch at one time step,
-    as the samplers' are), so the graph embeds the time for no row and its first product skips the time columns
-    (32 of the default toy network's 66 inputs), as ``fast_network.OneTimeStepFcNetwork`` does in torch."""
+    time features, plus its bias, come in as ``time_bias`` (``self.time_bias(t)``, a
+    ``fast_network.FirstLayerTimeBias``: one row for a batch at one time step, as the samplers' are), so the graph
+    embeds the time for no row and its first product skips the time columns (32 of the default toy network's 66
+    inputs), as ``fast_network.OneTimeStepFcNetwork`` does in torch."""
 
     def __init__(self, network: FcNetwork):
         super().__init__()
-        first, inputs = network.network[0], network.input_features
         self.input_embedding = network.input_embedding
-        self.x_weight = nn.Parameter(first.weight.detach()[:, :inputs].clone(), requires_grad=False)
-        self.t_weight = nn.Parameter(first.weight.detach()[:, inputs:].clone(), requires_grad=False)
-        self.bias = nn.Parameter(first.bias.detach().clone(), requires_grad=False)
+        self.x_weight = nn.Parameter(network.network[0].weight.detach()[:, :network.input_features].clone(),
+                                     requires_grad=False)
+        self.time_bias = fast_network_module.FirstLayerTimeBias(network, network.time_features)
         self.rest = nn.Sequential(*list(network.network)[1:])
-        self.time_features = network.time_features
-
-    def time_bias(self, t: Tensor) -> Tensor:
-        """The first layer's bias plus its time columns times the time features of t, (rows of t, hidden)."""
-        return torch.addmm(self.bias, self.time_features(t.reshape(-1, 1).float()), self.t_weight.t())
 
     def forward(self, x: Tensor, time_bias: Tensor) -> Tensor:
         inputs = x if self.input_embedding is None else self.input_embedding.with_input(x)
