@@ -8,9 +8,9 @@ Sampling, per network and batch, each a loop of --steps reverse steps, medians o
     diffusers          the eager network and diffusers' DDPMScheduler.step (when diffusers is installed)
     pyddpm --eager     pyddpm's samplers with the network as trained (the default until this benchmark)
     pyddpm fp32        pyddpm's default: the fused update around the network on the runtime that measures faster
-                       (runtime="auto": pyddpm.fast_network's copy in torch, or the network in onnxruntime)
-    pyddpm fp32 --runtime torch   the same with pyddpm.fast_network in torch (oneDNN, channels-last) always
-    pyddpm bf16        pyddpm.fast_network with --precision bf16
+                       (runtime="auto": pyddpm.accel.fast_network's copy in torch, or the network in onnxruntime)
+    pyddpm fp32 --runtime torch   the same with pyddpm.accel.fast_network in torch (oneDNN, channels-last) always
+    pyddpm bf16        pyddpm.accel.fast_network with --precision bf16
     pyddpm's network alone   the chosen network's forward; the loop's overhead over it is the median ratio of
                        --overhead-pairs adjacent pairs of runs (A B, B A, ...), with a ~95% interval
     onnxruntime        pyddpm's own step.onnx (network and update) in onnxruntime, numpy noise
@@ -22,7 +22,7 @@ Training, per network: optimizer steps of pyddpm's Trainer (data path, loss, bac
 
 Trained runs (``pyddpm-train``) for the networks can be given with --toy-run/--unet-run/--ddpm-unet-run; otherwise
 the benchmark trains short runs itself (cached in runs/bench_cpu). Pin the threads (--threads) and run nothing else.
-Like pyddpm's command-line tools, the process keeps freed memory for reuse (``pyddpm.memory``), for all candidates.
+Like pyddpm's command-line tools, the process keeps freed memory for reuse (``pyddpm.accel.memory``), for all candidates.
 """
 from __future__ import annotations
 
@@ -45,11 +45,12 @@ from pyddpm import DDPM
 from pyddpm.cli.train import main as train_main
 from pyddpm.config import TrainConfig
 from pyddpm.export import export_run
-from pyddpm.fast_network import native_bf16
-from pyddpm import samplers
-from pyddpm.memory import keep_freed_memory
-from pyddpm.onnx_network import SPIN_SECONDS, OnnxRuntimeNetwork
-from pyddpm.samplers import ddpm_sample, loop_network
+from pyddpm.accel.fast_network import native_bf16
+from pyddpm.accel import runtime as samplers
+from pyddpm.accel.memory import keep_freed_memory
+from pyddpm.accel.onnx_network import SPIN_SECONDS, OnnxRuntimeNetwork
+from pyddpm.accel import loop_network
+from pyddpm.samplers import ddpm_sample
 from pyddpm.store import load_model
 from pyddpm.train import Trainer
 
@@ -286,8 +287,8 @@ def main() -> None:
     if min(args.threads, args.repeats, args.steps, args.overhead_pairs) < 1:
         p.error("--threads, --repeats, --steps and --overhead-pairs must be positive")
     torch.set_num_threads(args.threads)
-    kept = keep_freed_memory()  # as pyddpm's command-line tools do (pyddpm.memory), for every candidate alike
-    print(f"glibc malloc keeps freed memory (pyddpm.memory): {kept}", flush=True)
+    kept = keep_freed_memory()  # as pyddpm's command-line tools do (pyddpm.accel.memory), for every candidate alike
+    print(f"glibc malloc keeps freed memory (pyddpm.accel.memory): {kept}", flush=True)
     # The timed loops are --steps long; a full T-step loop passes the threshold of runtime="auto", so the benchmark
     # lets it choose as it would for the whole loop.
     samplers.AUTO_FROM_SECONDS = 0.0

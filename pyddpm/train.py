@@ -26,7 +26,7 @@ from .config import TrainConfig, run_config
 from .data import DataTransform, describe_training_data, load_training_data, to_data_space
 from .diffusion import DDPM, low_t_timesteps
 from .ema import EMA
-from .fast_network import check_precision_hardware, training_network
+from .accel import check_precision_hardware, training_network
 from .store import (CHECKPOINT_FILE, CONFIG_FILE, CheckpointError, architecture, build_model, load_weights,
                     optimizer_tensors, read_checkpoint, remove_temporaries, restore_optimizer, save_checkpoint,
                     write_atomic, write_json)

@@ -188,7 +188,7 @@ def test_an_unknown_precision_is_refused_by_argparse_before_any_work(ws, capsys,
 @pytest.mark.parametrize("script,flag", [("train", "--precision bf16"), ("train", "--amp"),
                                          ("sample", "--precision bf16"), ("eval", "--precision bf16")])
 def test_bf16_on_a_cpu_without_bf16_arithmetic_is_refused_before_any_work(ws, capsys, monkeypatch, script, flag):
-    monkeypatch.setattr("pyddpm.fast_network.native_bf16", lambda device: False)
+    monkeypatch.setattr("pyddpm.accel.fast_network.native_bf16", lambda device: False)
     argv = TINY + ["--out", "new"] if script == "train" else ["R", "--out", "s.npy" if script == "sample" else "e.json"]
     line = refused_with_nothing_written(ws, capsys, script, [*argv, *flag.split()], flag)
     assert "no bfloat16 arithmetic" in line and "AVX512-BF16 or AMX" in line

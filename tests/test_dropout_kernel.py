@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-import pyddpm.fast_network as fast_module
+import pyddpm.accel.fast_network as fast_module
 from pyddpm import _C
-from pyddpm.fast_network import FastDropout
+from pyddpm.accel.fast_network import FastDropout
 from pyddpm.philox import philox4x32_10
 
 SEED = 2**40 + 12345  # both key words non-zero

@@ -1,4 +1,4 @@
-"""FastConv (pyddpm.fast_network) and pyddpm._C's 3 x 3 convolution against the convolution computed in float64
+"""FastConv (pyddpm.accel.fast_network) and pyddpm._C's 3 x 3 convolution against the convolution computed in float64
 on the same fresh random inputs. Both fast ways sum the same products as the convolution in another order, so
 each output is judged against the sum of the absolute values of its terms, |x| * |w| + |b|: within 16 x 2^-24
 of it (oneDNN's own float32 convolution measured 4 x 2^-24 here, the dense product and the kernel 1.5-4 x 2^-24;
@@ -12,7 +12,7 @@ from torch import nn
 
 from activation_range import TARGET, all_but_the_output_layer, push_preactivations
 from pyddpm import _C
-from pyddpm.fast_network import FastConv, FastUpsampleConv, PackedConv, fast_network, native_bf16, onednn_available
+from pyddpm.accel.fast_network import FastConv, FastUpsampleConv, PackedConv, fast_network, native_bf16, onednn_available
 from pyddpm.nets.unet import ExerciseUNet
 from pyddpm.nets.unet_ddpm import DDPMUNet, UpsampleConv
 

@@ -1,4 +1,4 @@
-"""pyddpm.fast_network against the networks' own eager float32 forward, at trained activation ranges, and the
+"""pyddpm.accel.fast_network against the networks' own eager float32 forward, at trained activation ranges, and the
 samplers on it against the samplers on the eager network (same seed).
 
 Tolerances. float32 fast path: the same function with another summation order (oneDNN instead of MKL; channels-
@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from activation_range import NETWORKS, TARGET, push_preactivations
-from pyddpm import fast_network as fast_module
+from pyddpm.accel import fast_network as fast_module
 from pyddpm.data import toy_distribution
-from pyddpm.fast_network import FastLogSigmoid, fast_network, native_bf16
+from pyddpm.accel.fast_network import FastLogSigmoid, fast_network, native_bf16
 from pyddpm.nets import FcNetwork
 from pyddpm.samplers import ddim_sample, ddpm_sample
 
@@ -125,7 +125,7 @@ def test_an_fc_networks_fast_copy_folds_one_time_step_into_its_first_layer():
 def test_the_ddpm_unet_runs_channels_last_with_fused_group_norms():
     """Every GroupNorm is pyddpm's kernel, fused with the SiLU after it, and every convolution sees channels-last
     maps, the one-channel stem's output included (torch would return it in NCHW)."""
-    from pyddpm.fast_network import FastGroupNorm, FastResidualBlock, channels_last_output
+    from pyddpm.accel.fast_network import FastGroupNorm, FastResidualBlock, channels_last_output
     from pyddpm.nets.unet_ddpm import ResidualBlock, SelfAttention
 
     network, x, t = pushed("unet-ddpm")
@@ -301,7 +301,7 @@ def test_the_fast_copy_is_reused_until_the_weights_change(chequerboard_model, mo
     monkeypatch.setattr(fast_module, "native_bf16", lambda device: True)  # (what is cached, on any CPU)
 
     model = copy.deepcopy(chequerboard_model)
-    from pyddpm.samplers import sampling_network
+    from pyddpm.accel import sampling_network
     first = sampling_network(model)
     assert sampling_network(model) is first
     assert sampling_network(model, "bf16") is not first
@@ -319,7 +319,7 @@ def test_training_network_has_the_eager_gradients_at_trained_activation_ranges(n
     """The training copy (FastLogSigmoid's own backward, channels-last, oneDNN's Linear: on any CPU here) gives
     the network's loss and gradients to float32 rounding: |diff| <= 1e-4 x max(1, |eager|) per tensor (sums over
     the batch and the feature maps in another order; measured ~1e-6)."""
-    from pyddpm.fast_network import training_network
+    from pyddpm.accel.fast_network import training_network
 
     monkeypatch.setattr(fast_module, "onednn_linear_wins", lambda: True)
 
@@ -343,7 +343,7 @@ def test_training_network_has_the_eager_gradients_at_trained_activation_ranges(n
 def test_a_training_copy_has_the_networks_state_dict(name, monkeypatch):
     """Checkpoints of a run trained on the fast copy load into the network as built, and back: the same names,
     shapes and values (the copy's modules keep their Parameters' names; the channels-last stem is a hook)."""
-    from pyddpm.fast_network import training_network
+    from pyddpm.accel.fast_network import training_network
 
     monkeypatch.setattr(fast_module, "onednn_linear_wins", lambda: True)  # (oneDNN Linears, on any CPU)
     monkeypatch.setattr(fast_module, "native_bf16", lambda device: True)  # (the names, on any CPU)
@@ -358,7 +358,7 @@ def test_fast_dropout_drops_p_and_scales_the_rest():
     """FastDropout keeps each element with probability 1 - p (binomial: within 5 standard errors over 10^6
     elements), scales the kept ones by 1 / (1 - p) so the mean is kept, passes gradients through the same mask,
     and is the identity in eval mode."""
-    from pyddpm.fast_network import FastDropout
+    from pyddpm.accel.fast_network import FastDropout
 
     torch.manual_seed(0)
     drop = FastDropout(nn.Dropout(0.1))
@@ -403,7 +403,7 @@ def test_bf16_training_tracks_fp32(tmp_path):
 def test_a_network_in_training_samples_through_the_same_fast_copies():
     """The Trainer's copy (trainable oneDNN Linears) gives the same fast sampling networks as the network itself,
     in float32 and in bf16 (inference oneDNN Linears with bfloat16 weights)."""
-    from pyddpm.fast_network import training_network
+    from pyddpm.accel.fast_network import training_network
 
     network, x, t = pushed("fc-silu")
     training = training_network(network, "cpu")
@@ -465,7 +465,7 @@ def test_bf16_is_refused_on_a_cpu_without_bf16_arithmetic(monkeypatch, chequerbo
     """Where bfloat16 is emulated (an AVX2-only CPU: 8-12x slower), every bf16 door is one ValueError naming
     the flag, before any work; float32 runs as ever."""
     from pyddpm.config import TrainConfig
-    from pyddpm.fast_network import training_network
+    from pyddpm.accel.fast_network import training_network
     from pyddpm.train import Trainer
 
     monkeypatch.setattr(fast_module, "native_bf16", lambda device: torch.device(device).type != "cpu")
@@ -489,7 +489,7 @@ def test_the_training_copys_attention_attends_in_float32_under_bf16(monkeypatch)
     q, k, v gradients are within one bfloat16 rounding of the float64 attention of the same bfloat16 values (2^-8
     |ref|, plus 1e-4 of the tensor's largest value for float32's sums), and no further from it than SDPA's own
     bfloat16 kernel. Logits up to ~+-30, as in a trained network's sharp attention."""
-    from pyddpm.fast_network import TrainableSelfAttention, training_network
+    from pyddpm.accel.fast_network import TrainableSelfAttention, training_network
     from pyddpm.nets.unet_ddpm import SelfAttention
 
     network = NETWORKS["unet-ddpm"][0]()

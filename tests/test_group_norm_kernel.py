@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyddpm import _C
-from pyddpm.fast_network import FastGroupNorm, native_bf16
+from pyddpm.accel.fast_network import FastGroupNorm, native_bf16
 
 SHAPES = [(32, 32, 28, 28, 32), (4, 96, 14, 14, 32), (3, 6, 5, 7, 3), (1, 128, 7, 7, 32), (2, 8, 1, 1, 4)]
 
@@ -150,7 +150,7 @@ def test_trainable_group_norm_has_the_float64_gradients(shape, silu, dtype):
     float32 gradients within 2e-6 of the largest (sums of ~10^4 products in float blocks, then float64; measured
     ~3e-7), bfloat16 input gradients within 2^-7 of the largest (one bfloat16 rounding of each, ~2^-9, and of the
     saved input; measured 0.2%), weight and bias gradients (float32 sums) within 1e-5."""
-    from pyddpm.fast_network import TrainableGroupNorm
+    from pyddpm.accel.fast_network import TrainableGroupNorm
 
     norm, x = norm_and_input(*shape, seed=21, mean=3.0)
     x = x.to(dtype).requires_grad_(True)
@@ -172,7 +172,7 @@ def test_the_bfloat16_backward_is_the_float32_backward_rounded_by_torch(shape, s
     """As the forward: on the same (bfloat16) values of x and dL/dy the two backwards compute the same floats, and
     the bfloat16 one rounds dL/dx as torch's .bfloat16() does, bit for bit (the weight and bias gradients are
     float32 sums either way)."""
-    from pyddpm.fast_network import TrainableGroupNorm
+    from pyddpm.accel.fast_network import TrainableGroupNorm
 
     norm, x = norm_and_input(*shape, seed=23, mean=1.0)
     grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(24)).bfloat16()

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import pyddpm.fast_network as fast_module
+import pyddpm.accel.fast_network as fast_module
 from pyddpm import _C
-from pyddpm.fast_network import FastLogSigmoid
+from pyddpm.accel.fast_network import FastLogSigmoid
 
 FLOAT32_ULPS = 3 * 2.0 ** -23
 

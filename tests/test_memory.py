@@ -1,4 +1,4 @@
-"""pyddpm.memory: glibc's malloc keeps freed blocks for reuse in pyddpm's command-line tools."""
+"""pyddpm.accel.memory: glibc's malloc keeps freed blocks for reuse in pyddpm's command-line tools."""
 import ctypes
 import platform
 import sys

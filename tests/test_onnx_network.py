@@ -1,4 +1,4 @@
-"""The samplers' onnxruntime runtime (``pyddpm.onnx_network``, ``samplers.loop_network``) against torch: the network
+"""The samplers' onnxruntime runtime (``pyddpm.accel.onnx_network``, ``accel.loop_network``) against torch: the network
 at trained activation ranges, seeded samples of a trained model, and the choice ``runtime="auto"`` makes.
 
 Tolerances are those of the fast torch copy (tests/test_fast_network.py), for the same reason: onnxruntime
@@ -12,13 +12,15 @@ import pytest
 import torch
 
 from activation_range import NETWORKS, TARGET, push_preactivations
-from pyddpm import DDPM, samplers
-from pyddpm import fast_network as fast_module
-from pyddpm import onnx_network as onnx_module
+from pyddpm import DDPM
+from pyddpm.accel import runtime as samplers
+from pyddpm.accel import fast_network as fast_module
+from pyddpm.accel import onnx_network as onnx_module
 from pyddpm.export.onnx_export import ExportError
 from pyddpm.nets import DDPMUNet
-from pyddpm.onnx_network import OnnxRuntimeNetwork, onnxruntime_network
-from pyddpm.samplers import ddim_sample, ddpm_sample, loop_network, sampling_network
+from pyddpm.accel.onnx_network import OnnxRuntimeNetwork, onnxruntime_network
+from pyddpm.accel import loop_network, sampling_network
+from pyddpm.samplers import ddim_sample, ddpm_sample
 
 
 @pytest.mark.parametrize("name", NETWORKS)
@@ -137,7 +139,7 @@ def timed_as(monkeypatch, torch_seconds: float, ort_seconds: float) -> list[str]
                          ids=["2x faster", "6% faster", "4% faster: within the margin", "slower"])
 def test_auto_takes_the_runtime_that_measures_faster(chequerboard_model, monkeypatch, torch_seconds, ort_seconds,
                                                      chosen):
-    """onnxruntime where it measures faster than torch by more than samplers.ONNXRUNTIME_MARGIN (5%)."""
+    """onnxruntime where it measures faster than torch by more than accel.runtime.ONNXRUNTIME_MARGIN (5%)."""
     model = copy.deepcopy(chequerboard_model)
     calls = timed_as(monkeypatch, torch_seconds, ort_seconds)
     x, t_in = torch.randn(64, 2), model.time_input(model.T, 64)
@@ -207,7 +209,7 @@ def test_the_onnxruntime_runtime_is_refused_on_cuda(chequerboard_model):
 
 
 def test_a_training_copy_samples_on_torch_without_a_warning(chequerboard_model, monkeypatch):
-    from pyddpm.fast_network import training_network
+    from pyddpm.accel.fast_network import training_network
 
     monkeypatch.setattr(fast_module, "onednn_linear_wins", lambda: True)  # (oneDNN Linears, on any CPU)
     model = copy.deepcopy(chequerboard_model)
@@ -225,7 +227,7 @@ def test_a_training_copy_samples_on_torch_without_a_warning(chequerboard_model, 
 def test_bracketed_timing_times_the_first_before_and_after_the_second(monkeypatch):
     """On a machine that slows down steadily, the first's two medians average to the second's when both do the
     same work; it rests SPIN_SECONDS before timing the first again."""
-    from pyddpm import onnx_network
+    from pyddpm.accel import onnx_network
     order, rests, clock = [], [], iter(range(1000))
     monkeypatch.setattr(onnx_network.time, "perf_counter", lambda: next(clock) ** 2 / 1e4)  # a slowing machine
     monkeypatch.setattr(onnx_network.time, "sleep", rests.append)

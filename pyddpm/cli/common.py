@@ -8,8 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..fast_network import PRECISIONS, check_precision_hardware
-from ..samplers import RUNTIMES, check_runtime_options
+from ..accel import PRECISIONS, RUNTIMES, check_precision_hardware, check_runtime_options
 
 DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
 

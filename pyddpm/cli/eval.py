@@ -28,7 +28,7 @@ from ..evaluate.frechet import gaussian_statistics, quality_metrics
 from ..evaluate.likelihood import pixels_to_model, variational_bound
 from ..evaluate.plots import plot_toy_samples, save_image_grid
 from ..evaluate.toy import toy_metrics
-from ..memory import keep_freed_memory
+from ..accel import keep_freed_memory
 from ..samplers import generate_samples
 from ..schedules import VARIANCES
 from ..schema import MAX_SAMPLES, MAX_SEED, MAX_T

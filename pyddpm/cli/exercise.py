@@ -26,7 +26,7 @@ from ..course import (COURSE_DATA_SCALE, COURSE_NETWORKS, CourseFileError, check
                       course_state_dict, import_config, load_course_weights, read_state_dict)
 from ..data import DataTransform, canonical_name, is_toy, load_images, to_data_space, toy_distribution
 from ..data.mnist import DataError
-from ..memory import keep_freed_memory
+from ..accel import keep_freed_memory
 from ..samplers import generate_samples
 from ..schema import MAX_EPOCHS, MAX_NUM_TRAIN, MAX_SAMPLES, MAX_SEED
 from .common import check_float, check_int, check_output_file, pick_device

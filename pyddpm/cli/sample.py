@@ -12,7 +12,7 @@ from ..data import is_toy, toy_distribution
 from ..diffusion import DDPM
 from ..evaluate.report import sampler_label
 from ..evaluate.plots import describe_run, plot_frames, plot_toy_samples, save_image_grid
-from ..memory import keep_freed_memory
+from ..accel import keep_freed_memory
 from ..samplers import BACKENDS, generate_samples, sample_trajectory, trajectory_steps
 from ..schedules import VARIANCES
 from ..schema import MAX_SAMPLES, MAX_SEED, MAX_T

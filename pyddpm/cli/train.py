@@ -21,8 +21,7 @@ from ..config import (IMAGE_DEFAULTS, LEGACY_SETTINGS, LR_SCHEDULES, NET_DEFAULT
 from ..data import canonical_name, data_config_entries, is_toy
 from ..diffusion import DDPM
 from ..evaluate.report import metrics_table, write_run_report, write_sample_grid
-from ..fast_network import PRECISIONS
-from ..memory import keep_freed_memory
+from ..accel import PRECISIONS, keep_freed_memory
 from ..nets import NETWORKS
 from ..nets.fc import ACTIVATIONS, INPUT_EMBEDDINGS, MAX_INPUT_FREQUENCIES, TIME_EMBEDDINGS
 from ..schedules import SCHEDULES, VARIANCES

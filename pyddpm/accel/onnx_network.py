@@ -4,7 +4,7 @@ onnxruntime session on the loop's own tensors, with pyddpm's noise and fused upd
 onnxruntime fuses the whole graph between the matrix products and convolutions, where torch runs one kernel per
 op: on a 2-core AMD EPYC it runs the DDPM U-Net's forward ~1.3x faster than pyddpm's fast torch copy, the exercise
 U-Net ~1.6x slower (``benchmarks/bench_cpu.py``). The samplers pick it by measurement (``runtime="auto"``,
-``pyddpm.samplers.loop_network``). Only the network moves: the noise is Philox as ever, so a seed gives the same
+``pyddpm.accel.loop_network``). Only the network moves: the noise is Philox as ever, so a seed gives the same
 samples, within float32 rounding of another summation order.
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from . import fast_network as fast_network_module
-from .export.modules import stable_for_export
-from .export.onnx_export import ExportError, onnx_proto, require_onnx
-from .nets.fc import FcNetwork
+from ..export.modules import stable_for_export
+from ..export.onnx_export import ExportError, onnx_proto, require_onnx
+from ..nets.fc import FcNetwork
 
 INPUT_NAMES = ["x_t", "t_in"]
 FOLDED_INPUT_NAMES = ["x_t", "time_bias"]

@@ -44,11 +44,11 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from .nets.fc import FcNetwork
-from .nets.rewrite import replace_modules
-from .nets.unet_ddpm import ResidualBlock, SelfAttention, UpsampleConv
+from ..nets.fc import FcNetwork
+from ..nets.rewrite import replace_modules
+from ..nets.unet_ddpm import ResidualBlock, SelfAttention, UpsampleConv
 
-from .ops import _C, _DTYPE_CODES  # pyddpm._C (None when not built: GroupNorm stays ATen's) and its dtype codes
+from ..ops import _C, _DTYPE_CODES  # pyddpm._C (None when not built: GroupNorm stays ATen's) and its dtype codes
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # the GroupNorm kernels' dtypes
 
