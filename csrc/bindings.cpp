@@ -6,10 +6,12 @@
 // dtype the CPU kernel lacks, counts that are negative or overflow (int64, the Philox counter), null
 // pointers, a seed >= 2^63.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <initializer_list>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "conv3x3.h"
 #include "dropout.h"
@@ -77,38 +79,52 @@ pyddpm::PhiloxArgs philox_args(uint64_t seed, uint32_t step, uint64_t sample_off
   return pyddpm::PhiloxArgs{seed, step, sample_offset};
 }
 
+// The coefficients of a reverse step from its kRowWidth numbers (a, b, sigma, c, p, q, lo, hi, h_0..h_2).
+pyddpm::StepCoef step_coef(const std::vector<float>& row, bool clip) {
+  if (row.size() != static_cast<size_t>(pyddpm::kRowWidth))
+    throw std::invalid_argument("coef must hold " + std::to_string(pyddpm::kRowWidth) + " numbers, got " +
+                                std::to_string(row.size()));
+  return pyddpm::schedule_row(row.data(), clip);
+}
+
+// The history buffers from their pointers (0 to kMaxHistory of them, none null when there is work).
+pyddpm::History history_of(const std::vector<uintptr_t>& pointers, int64_t total) {
+  if (pointers.size() > static_cast<size_t>(pyddpm::kMaxHistory))
+    throw std::invalid_argument("at most " + std::to_string(pyddpm::kMaxHistory) +
+                                " history buffers, got " + std::to_string(pointers.size()));
+  pyddpm::History h;
+  h.count = static_cast<int>(pointers.size());
+  for (int m = 0; m < h.count; ++m) {
+    if (total > 0 && pointers[m] == 0) throw std::invalid_argument("a history buffer is a null pointer");
+    h.p[m] = reinterpret_cast<float*>(pointers[m]);
+  }
+  return h;
+}
+
 void reverse_step(int device, int dtype, uintptr_t out, uintptr_t x_t, uintptr_t eps_hat,
-                  uintptr_t noise, int64_t batch, int64_t numel_per_sample, float a, float b,
-                  float sigma, bool clip, float c, float p, float q, float lo, float hi,
+                  uintptr_t noise, int64_t batch, int64_t numel_per_sample,
+                  const std::vector<float>& coef, bool clip, const std::vector<uintptr_t>& history,
                   uint64_t seed, uint32_t step, uint64_t sample_offset, uintptr_t stream,
                   int num_threads) {
   check_common(device, dtype, out, batch, numel_per_sample);
   if (batch * numel_per_sample > 0 && (x_t == 0 || eps_hat == 0))
     throw std::invalid_argument("x_t and eps_hat must not be null pointers");
-  pyddpm::StepCoef coef;
-  coef.a = a;
-  coef.b = b;
-  coef.sigma = sigma;
-  coef.clip = clip;
-  coef.c = c;
-  coef.p = p;
-  coef.q = q;
-  coef.lo = lo;
-  coef.hi = hi;
+  const pyddpm::StepCoef k = step_coef(coef, clip);
+  const pyddpm::History hist = history_of(history, batch * numel_per_sample);
   const pyddpm::PhiloxArgs rng = philox_args(seed, step, sample_offset);
   py::gil_scoped_release release;
   if (device == kCpu) {
     pyddpm::reverse_step_cpu(reinterpret_cast<float*>(out), reinterpret_cast<const float*>(x_t),
                              reinterpret_cast<const float*>(eps_hat),
-                             reinterpret_cast<const float*>(noise), batch, numel_per_sample, coef,
-                             rng, num_threads);
+                             reinterpret_cast<const float*>(noise), batch, numel_per_sample, k, rng,
+                             num_threads, hist);
     return;
   }
 #if defined(PYDDPM_WITH_CUDA)
   pyddpm::reverse_step_cuda(reinterpret_cast<void*>(out), reinterpret_cast<const void*>(x_t),
                             reinterpret_cast<const void*>(eps_hat),
                             reinterpret_cast<const void*>(noise), static_cast<pyddpm::DType>(dtype),
-                            batch, numel_per_sample, coef, rng, stream);
+                            batch, numel_per_sample, k, rng, stream, hist);
 #else
   (void)stream;
 #endif
@@ -116,7 +132,8 @@ void reverse_step(int device, int dtype, uintptr_t out, uintptr_t x_t, uintptr_t
 
 void reverse_step_scheduled(int device, int dtype, uintptr_t x_t, uintptr_t eps_hat, int64_t batch,
                             int64_t numel_per_sample, uintptr_t table, uintptr_t steps,
-                            uintptr_t index, int64_t rows, bool clip, uint64_t seed,
+                            uintptr_t index, int64_t rows, bool clip,
+                            const std::vector<uintptr_t>& history, uint64_t seed,
                             uint64_t sample_offset, uintptr_t stream, int num_threads) {
   check_common(device, dtype, x_t, batch, numel_per_sample);
   if (batch * numel_per_sample > 0 && eps_hat == 0)
@@ -126,19 +143,20 @@ void reverse_step_scheduled(int device, int dtype, uintptr_t x_t, uintptr_t eps_
   const pyddpm::Schedule sched{reinterpret_cast<const float*>(table),
                                reinterpret_cast<const int64_t*>(steps),
                                reinterpret_cast<const int64_t*>(index), rows};
+  const pyddpm::History hist = history_of(history, batch * numel_per_sample);
   const pyddpm::PhiloxArgs rng = philox_args(seed, 0, sample_offset);
   py::gil_scoped_release release;
   if (device == kCpu) {
     pyddpm::reverse_step_scheduled_cpu(reinterpret_cast<float*>(x_t),
                                        reinterpret_cast<const float*>(eps_hat), batch,
-                                       numel_per_sample, sched, clip, rng, num_threads);
+                                       numel_per_sample, sched, clip, rng, num_threads, hist);
     return;
   }
 #if defined(PYDDPM_WITH_CUDA)
   pyddpm::reverse_step_scheduled_cuda(reinterpret_cast<void*>(x_t),
                                       reinterpret_cast<const void*>(eps_hat),
                                       static_cast<pyddpm::DType>(dtype), batch, numel_per_sample,
-                                      sched, clip, rng, stream);
+                                      sched, clip, rng, stream, hist);
 #else
   (void)stream;
 #endif
@@ -292,22 +310,25 @@ PYBIND11_MODULE(_C, m) {
       "How this module was built: version, CUDA (requested/built/version/archs), OpenMP, compiler.");
 
   m.def("reverse_step", &reverse_step,
-        "out = a*x_t + b*eps_hat [+ c*clamp(p*x_t + q*eps_hat, lo, hi)] [+ sigma*z] on raw pointers "
-        "(device 0 = cpu, 1 = cuda; dtype 0/1/2 = float32/float16/bfloat16). z is read from noise "
-        "when it is not 0, else drawn from Philox(seed, sample_offset + sample, step).",
+        "out = a*x_t + b*eps_hat [+ c*d + sum_k h_k*H_k] [+ sigma*z], d = p*x_t + q*eps_hat (clamped "
+        "to [lo, hi] when clip), the K float32 history buffers H shifted in place (H_0 <- d), on raw "
+        "pointers (device 0 = cpu, 1 = cuda; dtype 0/1/2 = float32/float16/bfloat16). coef: a, b, "
+        "sigma, c, p, q, lo, hi, h_0, h_1, h_2. z is read from noise when it is not 0, else drawn "
+        "from Philox(seed, sample_offset + sample, step).",
         py::arg("device"), py::arg("dtype"), py::arg("out"), py::arg("x_t"), py::arg("eps_hat"),
-        py::arg("noise"), py::arg("batch"), py::arg("numel_per_sample"), py::arg("a"), py::arg("b"),
-        py::arg("sigma"), py::arg("clip"), py::arg("c"), py::arg("p"), py::arg("q"), py::arg("lo"),
-        py::arg("hi"), py::arg("seed"), py::arg("step"), py::arg("sample_offset"),
-        py::arg("stream"), py::arg("num_threads"));
+        py::arg("noise"), py::arg("batch"), py::arg("numel_per_sample"), py::arg("coef"),
+        py::arg("clip"), py::arg("history"), py::arg("seed"), py::arg("step"),
+        py::arg("sample_offset"), py::arg("stream"), py::arg("num_threads"));
   m.def("reverse_step_scheduled", &reverse_step_scheduled,
-        "x_t <- the reverse step of schedule row s = *index: table[s] = (a, b, sigma, c, p, q, lo, hi), "
-        "Philox step steps[s], noise always from Philox(seed, ...). The schedule is read where the "
-        "kernel runs, so one CUDA graph replays every step.",
+        "x_t <- the reverse step of schedule row s = *index (table[s]: reverse_step's coef), Philox "
+        "step steps[s], noise always from Philox(seed, ...), the history shifted in place. The "
+        "schedule is read where the kernel runs, so one CUDA graph replays every step.",
         py::arg("device"), py::arg("dtype"), py::arg("x_t"), py::arg("eps_hat"), py::arg("batch"),
         py::arg("numel_per_sample"), py::arg("table"), py::arg("steps"), py::arg("index"),
-        py::arg("rows"), py::arg("clip"), py::arg("seed"), py::arg("sample_offset"),
-        py::arg("stream"), py::arg("num_threads"));
+        py::arg("rows"), py::arg("clip"), py::arg("history"), py::arg("seed"),
+        py::arg("sample_offset"), py::arg("stream"), py::arg("num_threads"));
+  m.attr("ROW_WIDTH") = pyddpm::kRowWidth;
+  m.attr("MAX_HISTORY") = pyddpm::kMaxHistory;
   m.def("normal", &normal,
         "Fills out (batch x numel_per_sample) with the Philox normals of samples sample_offset + i "
         "at step.",

@@ -1,12 +1,15 @@
 """The fused reverse step: the Python face of pyddpm._C and the plain-torch reference beside it.
 
-One reverse step of Algorithm 2 (DDPM) or DDIM is affine in (x_t, eps_hat, z) with per-step scalars:
+One step of every sampler (Algorithm 2, DDIM, DPM-Solver++ 2M/3M/SDE, UniPC; ``pyddpm.solvers``) is affine in
+(x, eps_hat, z) and K <= 3 history buffers H_k of earlier data predictions, with per-step scalars:
 
-    x_{t-1} = a x_t + b eps_hat [+ c clamp(p x_t + q eps_hat, lo, hi)] + sigma z
+    d = p x + q eps_hat  (clamped to [lo, hi] with clip)
+    x_next = a x + b eps_hat [+ c d + sum_k h_k H_k] + sigma z,   then H <- (d, H_0, ..., H_{K-2})
 
+(the c d term only with clip or history: without either it is Algorithm 2's and DDIM's step).
 ``reverse_step`` computes it in one kernel call (float32 on CPU; float32, float16, bfloat16 on CUDA;
-float32 math), with z either given or drawn inside the kernel from the counter-based Philox rule of
-``pyddpm.philox``. It is registered as the torch.library custom ops ``pyddpm::reverse_step`` (new
+float32 math and float32 history), with z either given or drawn inside the kernel from the counter-based
+Philox rule of ``pyddpm.philox``. It is registered as the torch.library custom ops ``pyddpm::reverse_step`` (new
 tensor), ``pyddpm::reverse_step_out`` (writes ``out``), ``pyddpm::reverse_step_`` (in place) and
 ``pyddpm::reverse_step_scheduled``, so torch.compile(fullgraph=True), export and fake tensors see it; plain
 eager calls on plain tensors launch the kernel directly (same kernel, no dispatcher overhead), which CUDA
@@ -27,7 +30,7 @@ import torch
 from torch import Tensor
 
 from . import philox
-from .schedules import StepCoefficients
+from .schedules import MAX_HISTORY, StepCoefficients
 
 try:
     from . import _C
@@ -72,23 +75,25 @@ def _f32(value: float) -> float:
     return math.ldexp(round(math.ldexp(value, -exponent)), exponent)
 
 
-_COEF_FIELDS = ("a", "b", "sigma", "c", "p", "q", "lo", "hi")
+_COEF_FIELDS = ("a", "b", "sigma", "c", "p", "q", "lo", "hi", "h_0", "h_1", "h_2")
+ROW_WIDTH = len(_COEF_FIELDS)  # csrc/reverse_step.h kRowWidth
 
 
 def _coefficient_list(coef) -> list[float]:
-    """[a, b, sigma, c, p, q, lo, hi] after checking they are finite numbers representable in float32.
-    (The kernels round them to float32; the reference rounds them with _f32.)"""
+    """coef.row() (a, b, sigma, c, p, q, lo, hi, h_0, h_1, h_2) after checking they are finite numbers representable
+    in float32. (The kernels round them to float32; the reference rounds them with _f32.)"""
     if not isinstance(coef, StepCoefficients):
         raise TypeError(f"coef must be a pyddpm.ops.StepCoefficients, got {type(coef).__name__}")
     if not isinstance(coef.clip, bool):
         raise TypeError(f"coef.clip must be a bool, got {type(coef.clip).__name__}")
-    return _check_coefficient_values([coef.a, coef.b, coef.sigma, coef.c, coef.p, coef.q, coef.lo, coef.hi],
-                                     coef.clip)
+    if not isinstance(coef.h, tuple) or len(coef.h) > MAX_HISTORY:
+        raise ValueError(f"coef.h must be a tuple of at most {MAX_HISTORY} history coefficients, got {coef.h!r}")
+    return _check_coefficient_values(coef.row(), coef.clip)
 
 
 def _check_coefficient_values(values, clip) -> list[float]:
-    """[a, b, sigma, c, p, q, lo, hi] as floats after checking there are 8 finite numbers representable in float32
-    (lo <= hi when clipping); the check every entry runs, the registered ops included."""
+    """The 11 coefficients as floats after checking they are finite numbers representable in float32 (lo <= hi when
+    clipping); the check every entry runs, the registered ops included."""
     if not isinstance(clip, bool):
         raise TypeError(f"clip must be a bool, got {type(clip).__name__}")
     if not isinstance(values, (list, tuple)) or len(values) != len(_COEF_FIELDS):
@@ -117,7 +122,24 @@ def _check_tensor(name: str, t, like: Optional[Tensor]) -> None:
         raise ValueError(f"{name} must have the shape of x_t {tuple(like.shape)}, got {tuple(t.shape)}")
 
 
-def _check_step_args(x_t, eps_hat, coef, noise, seed, step, sample_offset):
+def _check_history(history, x_t: Tensor, values) -> list:
+    """The history buffers as a list after checking each is a float32 tensor shaped like x_t on its device, there
+    are at most MAX_HISTORY of them and no coefficient h_k != 0 lacks its buffer."""
+    if not isinstance(history, (list, tuple)) or len(history) > MAX_HISTORY:
+        raise ValueError(f"history must be a list of at most {MAX_HISTORY} tensors, got {history!r:.80}")
+    for k, h in enumerate(history):
+        _check_tensor(f"history[{k}]", h, None)
+        if h.device != x_t.device or h.dtype != torch.float32 or h.shape != x_t.shape:
+            raise ValueError(f"history[{k}] must be a float32 tensor of x_t's shape {tuple(x_t.shape)} on "
+                             f"{x_t.device}, got {h.dtype} {tuple(h.shape)} on {h.device}")
+    unused = [name for name, v in zip(_COEF_FIELDS[8 + len(history):], values[8 + len(history):]) if v != 0.0]
+    if unused:
+        raise ValueError(f"coef.{unused[0]} != 0 needs history buffer {unused[0][2:]}: pass history=[...] with "
+                         f"{int(unused[-1][2:]) + 1} tensors")
+    return list(history)
+
+
+def _check_step_args(x_t, eps_hat, coef, noise, seed, step, sample_offset, history=()):
     """Checks shared by the fused op and the reference; returns (coefficients, seed or -1, step, sample_offset)."""
     _check_tensor("x_t", x_t, None)
     if x_t.dim() < 1:
@@ -126,6 +148,7 @@ def _check_step_args(x_t, eps_hat, coef, noise, seed, step, sample_offset):
         raise ValueError(f"x_t must be a floating-point tensor, got {x_t.dtype}")
     _check_tensor("eps_hat", eps_hat, x_t)
     values = _coefficient_list(coef)
+    _check_history(history, x_t, values)
     if noise is not None:
         _check_tensor("noise", noise, x_t)
         if seed is not None:
@@ -147,19 +170,25 @@ def _check_fused(name: str, t: Tensor) -> None:
         raise ValueError(f"{name} must be contiguous; call .contiguous() first")
 
 
-def _check_no_partial_overlap(out: Tensor, inputs: dict) -> None:
-    """out may coincide with an input (same first element), but must not partially overlap one."""
-    lo, hi = out.data_ptr(), out.data_ptr() + out.numel() * out.element_size()
+def _overlaps(a: Tensor, b: Tensor) -> bool:
+    a_lo, b_lo = a.data_ptr(), b.data_ptr()
+    return a_lo < b_lo + b.numel() * b.element_size() and b_lo < a_lo + a.numel() * a.element_size()
+
+
+def _check_no_partial_overlap(out: Tensor, inputs: dict, history=()) -> None:
+    """out may coincide with an input (same first element), but must not partially overlap one; each history
+    buffer overlaps nothing else (it is read and written per element after the others are read)."""
     for name, t in inputs.items():
-        if t is None or t.numel() == 0:
-            continue
-        t_lo = t.data_ptr()
-        t_hi = t_lo + t.numel() * t.element_size()
-        if t_lo != lo and t_lo < hi and lo < t_hi:
+        if t is not None and t.numel() and out.numel() and t.data_ptr() != out.data_ptr() and _overlaps(out, t):
             raise ValueError(f"out partially overlaps {name}; use out=x_t for in place or a separate tensor")
+    others = [("out", out), *inputs.items()]
+    for k, h in enumerate(history):
+        for name, t in others + [(f"history[{j}]", history[j]) for j in range(k)]:
+            if t is not None and t.numel() and _overlaps(h, t):
+                raise ValueError(f"history[{k}] overlaps {name}; give each history buffer its own memory")
 
 
-def _check_kernel_args(out, x_t, eps_hat, noise, coef, clip, seed, step, sample_offset) -> list[float]:
+def _check_kernel_args(out, x_t, eps_hat, noise, history, coef, clip, seed, step, sample_offset) -> list[float]:
     """Everything the kernel relies on (seed -1: no seed), checked on every entry, the registered ops included, so
     a traced or exported graph re-run on new inputs never launches out of bounds; returns the coefficients."""
     _check_tensor("x_t", x_t, None)
@@ -171,6 +200,9 @@ def _check_kernel_args(out, x_t, eps_hat, noise, coef, clip, seed, step, sample_
             _check_tensor(name, t, x_t)
             _check_fused(name, t)
     values = _check_coefficient_values(coef, clip)
+    for k, h in enumerate(_check_history(history, x_t, values)):
+        if not h.is_contiguous():
+            raise ValueError(f"history[{k}] must be contiguous; call .contiguous() first")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     philox.check_counter_args(max(seed, 0), step, sample_offset, x_t.shape[0])
@@ -183,52 +215,60 @@ def _check_kernel_args(out, x_t, eps_hat, noise, coef, clip, seed, step, sample_
     return values
 
 
-def _launch(out: Tensor, x_t: Tensor, eps_hat: Tensor, noise: Optional[Tensor], coef: Sequence[float],
-            clip: bool, seed: int, step: int, sample_offset: int) -> None:
+def _launch(out: Tensor, x_t: Tensor, eps_hat: Tensor, noise: Optional[Tensor], history: Sequence[Tensor],
+            coef: Sequence[float], clip: bool, seed: int, step: int, sample_offset: int) -> None:
     """Runs the kernel after ``_check_kernel_args`` (seed -1: none); refuses an out that partially overlaps an
-    input."""
-    a, b, sigma, c, p, q, lo, hi = _check_kernel_args(out, x_t, eps_hat, noise, coef, clip, seed, step, sample_offset)
+    input and history buffers that overlap anything."""
+    values = _check_kernel_args(out, x_t, eps_hat, noise, history, coef, clip, seed, step, sample_offset)
     _require_extension(x_t.device)
     if out.numel() == 0:
         return
-    _check_no_partial_overlap(out, {"x_t": x_t, "eps_hat": eps_hat, "noise": noise})
+    _check_no_partial_overlap(out, {"x_t": x_t, "eps_hat": eps_hat, "noise": noise}, history)
     cuda = x_t.device.type == "cuda"
     with torch.cuda.device(x_t.device) if cuda else contextlib.nullcontext():
         _C.reverse_step(
             device=int(cuda), dtype=_DTYPE_CODES[x_t.dtype], out=out.data_ptr(), x_t=x_t.data_ptr(),
             eps_hat=eps_hat.data_ptr(), noise=0 if noise is None else noise.data_ptr(),
-            batch=x_t.shape[0], numel_per_sample=math.prod(x_t.shape[1:]), a=a, b=b, sigma=sigma, clip=clip,
-            c=c, p=p, q=q, lo=lo, hi=hi, seed=max(seed, 0), step=step, sample_offset=sample_offset,
+            batch=x_t.shape[0], numel_per_sample=math.prod(x_t.shape[1:]), coef=values, clip=clip,
+            history=[h.data_ptr() for h in history], seed=max(seed, 0), step=step, sample_offset=sample_offset,
             stream=torch.cuda.current_stream().cuda_stream if cuda else 0, num_threads=torch.get_num_threads())
 
 
 def _reverse_step_new(x_t: Tensor, eps_hat: Tensor, noise: Optional[Tensor], coef: Sequence[float], clip: bool,
                       seed: int, step: int, sample_offset: int) -> Tensor:
     out = torch.empty_like(x_t)
-    _launch(out, x_t, eps_hat, noise, coef, clip, seed, step, sample_offset)
+    _launch(out, x_t, eps_hat, noise, [], coef, clip, seed, step, sample_offset)
     return out
 
 
-def _reverse_step_into(x_t: Tensor, eps_hat: Tensor, noise: Optional[Tensor], out: Tensor, coef: Sequence[float],
-                       clip: bool, seed: int, step: int, sample_offset: int) -> None:
-    _launch(out, x_t, eps_hat, noise, coef, clip, seed, step, sample_offset)
+def _reverse_step_into(x_t: Tensor, eps_hat: Tensor, noise: Optional[Tensor], history: list[Tensor], out: Tensor,
+                       coef: Sequence[float], clip: bool, seed: int, step: int, sample_offset: int) -> None:
+    _launch(out, x_t, eps_hat, noise, history, coef, clip, seed, step, sample_offset)
 
 
-def _reverse_step_in_place(x_t: Tensor, eps_hat: Tensor, noise: Optional[Tensor], coef: Sequence[float],
-                           clip: bool, seed: int, step: int, sample_offset: int) -> None:
-    _launch(x_t, x_t, eps_hat, noise, coef, clip, seed, step, sample_offset)
+def _reverse_step_in_place(x_t: Tensor, eps_hat: Tensor, noise: Optional[Tensor], history: list[Tensor],
+                           coef: Sequence[float], clip: bool, seed: int, step: int, sample_offset: int) -> None:
+    _launch(x_t, x_t, eps_hat, noise, history, coef, clip, seed, step, sample_offset)
 
 
 _reverse_step_op = torch.library.custom_op("pyddpm::reverse_step", _reverse_step_new, mutates_args=())
 _reverse_step_out_op = torch.library.custom_op("pyddpm::reverse_step_out", _reverse_step_into,
-                                               mutates_args=("out",))
+                                               mutates_args=("out", "history"))
 _reverse_step_inplace_op = torch.library.custom_op("pyddpm::reverse_step_", _reverse_step_in_place,
-                                                   mutates_args=("x_t",))
+                                                   mutates_args=("x_t", "history"))
 
 
-def _check_fake(x_t: Tensor, others: dict, coef=None, seed: int = -1, step: int = 0, sample_offset: int = 0) -> None:
+def _check_fake(x_t: Tensor, others: dict, coef=None, seed: int = -1, step: int = 0, sample_offset: int = 0,
+                history=()) -> None:
     """The fake kernels' checks (torch._check, so symbolic shapes are checked as they are traced): the tensors of
-    ``others`` match x_t in device, dtype and shape; x_t's dtype suits its device; the scalars are in range."""
+    ``others`` match x_t in device, dtype and shape, the history buffers in device and shape (float32); x_t's dtype
+    suits its device; the scalars are in range."""
+    torch._check(len(history) <= MAX_HISTORY, lambda: f"at most {MAX_HISTORY} history buffers")
+    for h in history:
+        torch._check(h.device == x_t.device and h.dtype == torch.float32 and h.dim() == x_t.dim(),
+                     lambda: "history buffers must be float32 tensors of x_t's shape on its device")
+        for a, b in zip(h.shape, x_t.shape):
+            torch._check(a == b, lambda: "history buffers must have the shape of x_t")
     torch._check(x_t.dim() >= 1, lambda: "x_t must have a batch dimension (dim >= 1)")
     allowed = (torch.float32,) if x_t.device.type == "cpu" else tuple(_DTYPE_CODES)
     torch._check(x_t.device.type in ("cpu", "cuda") and x_t.dtype in allowed,
@@ -259,14 +299,14 @@ def _(x_t, eps_hat, noise, coef, clip, seed, step, sample_offset):
 
 
 @_reverse_step_out_op.register_fake
-def _(x_t, eps_hat, noise, out, coef, clip, seed, step, sample_offset):
-    _check_fake(x_t, {"eps_hat": eps_hat, "noise": noise, "out": out}, coef, seed, step, sample_offset)
+def _(x_t, eps_hat, noise, history, out, coef, clip, seed, step, sample_offset):
+    _check_fake(x_t, {"eps_hat": eps_hat, "noise": noise, "out": out}, coef, seed, step, sample_offset, history)
     return None
 
 
 @_reverse_step_inplace_op.register_fake
-def _(x_t, eps_hat, noise, coef, clip, seed, step, sample_offset):
-    _check_fake(x_t, {"eps_hat": eps_hat, "noise": noise}, coef, seed, step, sample_offset)
+def _(x_t, eps_hat, noise, history, coef, clip, seed, step, sample_offset):
+    _check_fake(x_t, {"eps_hat": eps_hat, "noise": noise}, coef, seed, step, sample_offset, history)
     return None
 
 
@@ -285,42 +325,46 @@ def _plain_eager(*tensors: Optional[Tensor]) -> bool:
 
 def reverse_step(x_t: Tensor, eps_hat: Tensor, coef: StepCoefficients, *, noise: Optional[Tensor] = None,
                  seed: Optional[int] = None, step: int = 0, sample_offset: int = 0,
-                 out: Optional[Tensor] = None) -> Tensor:
-    """x_{t-1} = a x_t + b eps_hat [+ c clamp(p x_t + q eps_hat, lo, hi)] + sigma z in one fused kernel call.
+                 out: Optional[Tensor] = None, history: Sequence[Tensor] = ()) -> Tensor:
+    """x_next = a x_t + b eps_hat [+ c d + sum_k h_k H_k] + sigma z in one fused kernel call (module docstring),
+    the history buffers ``history`` (float32, shaped like x_t; H_0 the latest data prediction) shifted in place.
 
     Dim 0 of x_t is the batch. If coef.sigma != 0, give exactly one of ``noise`` (a tensor like x_t) or
     ``seed`` (0 <= seed < 2**63): z is then drawn in the kernel from Philox for global sample index
     sample_offset + i at ``step`` (pyddpm.philox). ``out`` may be x_t (in place). All tensors must be
     contiguous, on one device, of one dtype (float32 on CPU; float32/float16/bfloat16 on CUDA).
     """
-    coefs, seed, step, sample_offset = _check_step_args(x_t, eps_hat, coef, noise, seed, step, sample_offset)
-    for name, t in (("x_t", x_t), ("eps_hat", eps_hat), ("noise", noise)):
-        if t is not None:
-            _check_fused(name, t)
-    if out is not None and out is not x_t:
-        _check_tensor("out", out, x_t)
-        _check_fused("out", out)
+    coefs = _coefficient_list(coef)
+    if isinstance(seed, int) and not isinstance(seed, bool) and seed < 0:
+        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+    seed = -1 if seed is None else seed
+    history = list(history) if isinstance(history, (list, tuple)) else history
+    _check_kernel_args(x_t if out is None else out, x_t, eps_hat, noise, history, coefs, coef.clip, seed, step,
+                       sample_offset)
     _require_extension(x_t.device)
-    args = (coefs, coef.clip, seed, step, sample_offset)
-    if _plain_eager(x_t, eps_hat, noise, out):
+    args = (coefs, coef.clip, seed, int(step), int(sample_offset))
+    if out is None and history:
+        out = torch.empty_like(x_t)
+    if _plain_eager(x_t, eps_hat, noise, out, *history):
         if out is None:
             return _reverse_step_new(x_t, eps_hat, noise, *args)
-        _launch(out, x_t, eps_hat, noise, *args)
-        torch.autograd.graph.increment_version(out)
+        _launch(out, x_t, eps_hat, noise, history, *args)
+        for t in (out, *history):
+            torch.autograd.graph.increment_version(t)
         return out
     if out is None:
         return _reverse_step_op(x_t, eps_hat, noise, *args)
     if out is x_t:
-        _reverse_step_inplace_op(x_t, eps_hat, noise, *args)
+        _reverse_step_inplace_op(x_t, eps_hat, noise, history, *args)
     else:
-        _reverse_step_out_op(x_t, eps_hat, noise, out, *args)
+        _reverse_step_out_op(x_t, eps_hat, noise, history, out, *args)
     return out
 
 
 class StepSchedule(NamedTuple):
-    """The steps of one sampling loop on a device, for ``reverse_step_scheduled``: row s of ``table`` holds
-    (a, b, sigma, c, p, q, lo, hi) of the s-th step taken and ``steps[s]`` its Philox step (the t of Alg. 2);
-    ``index`` (0-dim int64) is the row the next call uses."""
+    """The steps of one sampling loop on a device, for ``reverse_step_scheduled``: row s of ``table`` holds the
+    coefficient row (``StepCoefficients.row``) of the s-th step taken and ``steps[s]`` its Philox step (the t of
+    Alg. 2); ``index`` (0-dim int64) is the row the next call uses."""
     table: Tensor
     steps: Tensor
     index: Tensor
@@ -336,11 +380,12 @@ def step_schedule(coefs: Sequence[StepCoefficients], steps: Sequence[int], devic
     for step in steps:
         philox.check_counter_args(0, step, 0, 1)
     table = torch.tensor([_coefficient_list(c) for c in coefs], dtype=torch.float32, device=device)
+    table = table.reshape(len(coefs), ROW_WIDTH)
     return StepSchedule(table, torch.tensor(list(steps), dtype=torch.int64, device=device),
                         torch.zeros((), dtype=torch.int64, device=device), coefs[0].clip)
 
 
-def _check_schedule_args(x_t, eps_hat, table, steps, index, clip, seed, sample_offset) -> None:
+def _check_schedule_args(x_t, eps_hat, history, table, steps, index, clip, seed, sample_offset) -> None:
     """Everything the scheduled kernel relies on. The rows' Philox steps must be in [0, 2**32) and their
     coefficients finite: read from the device, except while a CUDA graph is being captured (no host read is
     allowed then; ``step_schedule`` checked every row when the schedule was built)."""
@@ -354,13 +399,16 @@ def _check_schedule_args(x_t, eps_hat, table, steps, index, clip, seed, sample_o
                            ("index", index, torch.int64)):
         if not isinstance(t, Tensor) or t.device != x_t.device or t.dtype != dtype or not t.is_contiguous():
             raise ValueError(f"schedule.{name} must be a contiguous {dtype} tensor on {x_t.device}")
-    if table.dim() != 2 or table.shape[1] != 8 or table.shape[0] < 1 or steps.shape != table.shape[:1]:
-        raise ValueError("schedule.table must have shape (K, 8) with K >= 1 and schedule.steps shape (K,)")
+    if table.dim() != 2 or table.shape[1] != ROW_WIDTH or table.shape[0] < 1 or steps.shape != table.shape[:1]:
+        raise ValueError(f"schedule.table must have shape (K, {ROW_WIDTH}) with K >= 1 and schedule.steps shape (K,)")
     if index.dim() != 0:
         raise ValueError("schedule.index must be a 0-dim tensor")
     if not isinstance(clip, bool):
         raise TypeError(f"schedule.clip must be a bool, got {type(clip).__name__}")
     philox.check_counter_args(seed, 0, sample_offset, x_t.shape[0])
+    for k, h in enumerate(_check_history(history, x_t, [0.0] * ROW_WIDTH)):
+        if not h.is_contiguous():
+            raise ValueError(f"history[{k}] must be contiguous; call .contiguous() first")
     if x_t.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return
     lo, hi = int(steps.min()), int(steps.max())
@@ -370,71 +418,90 @@ def _check_schedule_args(x_t, eps_hat, table, steps, index, clip, seed, sample_o
         raise ValueError("schedule.table must hold finite coefficients")
     if clip and not bool((table[:, 6] <= table[:, 7]).all()):
         raise ValueError("schedule.table: lo must be <= hi in every row")
+    if bool((table[:, 8 + len(history):] != 0).any()):
+        raise ValueError(f"schedule.table has history coefficients beyond its {len(history)} history buffers")
 
 
-def _reverse_step_scheduled_impl(x_t: Tensor, eps_hat: Tensor, table: Tensor, steps: Tensor, index: Tensor,
-                                 clip: bool, seed: int, sample_offset: int) -> None:
-    _check_schedule_args(x_t, eps_hat, table, steps, index, clip, seed, sample_offset)
+def _reverse_step_scheduled_impl(x_t: Tensor, eps_hat: Tensor, history: list[Tensor], table: Tensor, steps: Tensor,
+                                 index: Tensor, clip: bool, seed: int, sample_offset: int) -> None:
+    _check_schedule_args(x_t, eps_hat, history, table, steps, index, clip, seed, sample_offset)
     _require_extension(x_t.device)
     if x_t.numel() == 0:
         return
-    _check_no_partial_overlap(x_t, {"eps_hat": eps_hat})
+    _check_no_partial_overlap(x_t, {"eps_hat": eps_hat}, history)
     cuda = x_t.device.type == "cuda"
     with torch.cuda.device(x_t.device) if cuda else contextlib.nullcontext():
         _C.reverse_step_scheduled(
             device=int(cuda), dtype=_DTYPE_CODES[x_t.dtype], x_t=x_t.data_ptr(), eps_hat=eps_hat.data_ptr(),
             batch=x_t.shape[0], numel_per_sample=math.prod(x_t.shape[1:]), table=table.data_ptr(),
-            steps=steps.data_ptr(), index=index.data_ptr(), rows=table.shape[0], clip=clip, seed=seed,
+            steps=steps.data_ptr(), index=index.data_ptr(), rows=table.shape[0], clip=clip,
+            history=[h.data_ptr() for h in history], seed=seed,
             sample_offset=sample_offset, stream=torch.cuda.current_stream().cuda_stream if cuda else 0,
             num_threads=torch.get_num_threads())
 
 
 _reverse_step_scheduled_op = torch.library.custom_op("pyddpm::reverse_step_scheduled", _reverse_step_scheduled_impl,
-                                                     mutates_args=("x_t",))
+                                                     mutates_args=("x_t", "history"))
 
 
 @_reverse_step_scheduled_op.register_fake
-def _(x_t, eps_hat, table, steps, index, clip, seed, sample_offset):
-    _check_fake(x_t, {"eps_hat": eps_hat}, None, seed, 0, sample_offset)
+def _(x_t, eps_hat, history, table, steps, index, clip, seed, sample_offset):
+    _check_fake(x_t, {"eps_hat": eps_hat}, None, seed, 0, sample_offset, history)
     for name, t, dtype in (("table", table, torch.float32), ("steps", steps, torch.int64),
                            ("index", index, torch.int64)):
         torch._check(t.device == x_t.device and t.dtype == dtype,
                      lambda: f"schedule.{name} must be a {dtype} tensor on {x_t.device}")
     torch._check(table.dim() == 2 and steps.dim() == 1 and index.dim() == 0,
-                 lambda: "schedule.table must have shape (K, 8), schedule.steps (K,), schedule.index ()")
-    torch._check(table.shape[1] == 8, lambda: "schedule.table must have shape (K, 8)")
+                 lambda: f"schedule.table must have shape (K, {ROW_WIDTH}), schedule.steps (K,), schedule.index ()")
+    torch._check(table.shape[1] == ROW_WIDTH, lambda: f"schedule.table must have shape (K, {ROW_WIDTH})")
     torch._check(table.shape[0] == steps.shape[0], lambda: "schedule.steps must have one step per table row")
     return None
 
 
 def reverse_step_scheduled(x_t: Tensor, eps_hat: Tensor, schedule: StepSchedule, *, seed: int,
-                           sample_offset: int = 0) -> Tensor:
-    """x_t <- the reverse step of row ``schedule.index`` of the schedule, in place, with in-kernel Philox noise
-    (the registered op ``pyddpm::reverse_step_scheduled``; an index outside the rows leaves x_t as it is).
+                           sample_offset: int = 0, history: Sequence[Tensor] = ()) -> Tensor:
+    """x_t <- the reverse step of row ``schedule.index`` of the schedule, in place, with in-kernel Philox noise and
+    the history buffers shifted in place (the registered op ``pyddpm::reverse_step_scheduled``; an index outside
+    the rows leaves x_t and the history as they are).
 
     The row is read where the kernel runs and nothing waits for the host, so one CUDA graph holding the
     network, this call and ``schedule.index.add_(1)`` replays every step of a sampling loop. The same call
     with the row's coefficients to ``reverse_step`` gives the same bits.
     """
-    args = (x_t, eps_hat, schedule.table, schedule.steps, schedule.index, schedule.clip, seed, sample_offset)
+    history = list(history)
+    args = (x_t, eps_hat, history, schedule.table, schedule.steps, schedule.index, schedule.clip, seed,
+            sample_offset)
     _check_schedule_args(*args)
-    if _plain_eager(x_t, eps_hat, schedule.table, schedule.steps, schedule.index):
+    if _plain_eager(x_t, eps_hat, schedule.table, schedule.steps, schedule.index, *history):
         _reverse_step_scheduled_impl(*args)
-        torch.autograd.graph.increment_version(x_t)
+        for t in (x_t, *history):
+            torch.autograd.graph.increment_version(t)
     else:
         _reverse_step_scheduled_op(*args)
     return x_t
 
 
 def reverse_step_reference(x_t: Tensor, eps_hat: Tensor, coef: StepCoefficients, *, noise: Optional[Tensor] = None,
-                           seed: Optional[int] = None, step: int = 0, sample_offset: int = 0) -> Tensor:
-    """x_{t-1} of ``reverse_step`` in plain torch (the specification): float32 math, any device/layout, no out."""
-    values, seed, step, sample_offset = _check_step_args(x_t, eps_hat, coef, noise, seed, step, sample_offset)
-    a, b, sigma, c, p, q, lo, hi = (_f32(v) for v in values)
+                           seed: Optional[int] = None, step: int = 0, sample_offset: int = 0,
+                           history: Sequence[Tensor] = ()) -> Tensor:
+    """x_next of ``reverse_step`` in plain torch (the specification): float32 math, any device/layout, no out; the
+    history buffers shifted in place as the kernel does."""
+    values, seed, step, sample_offset = _check_step_args(x_t, eps_hat, coef, noise, seed, step, sample_offset,
+                                                        history)
+    a, b, sigma, c, p, q, lo, hi, *h = (_f32(v) for v in values)
     x, e = x_t.float(), eps_hat.float()
     v = a * x + b * e
-    if coef.clip:
-        v = v + c * (p * x + q * e).clamp(lo, hi)
+    if coef.clip or history:
+        d = p * x + q * e
+        if coef.clip:
+            d = d.clamp(lo, hi)
+        v = v + c * d
+        for h_k, buffer in zip(h, history):
+            v = v + h_k * buffer
+        for k in range(len(history) - 1, 0, -1):
+            history[k].copy_(history[k - 1])
+        if history:
+            history[0].copy_(d)
     if sigma != 0.0:
         if noise is not None:
             z = noise.float()

@@ -23,8 +23,9 @@ def check_variance(variance: str) -> str:
 
 
 class StepCoefficients(NamedTuple):
-    """One reverse step: x_{t-1} = a*x_t + b*eps_hat + c*clamp(p*x_t + q*eps_hat, lo, hi) + sigma*z.
-    The clamp term (clipped-x0 form) is used only when clip=True."""
+    """One reverse step of any sampler: x_next = a x + b eps_hat + c d + sum_k h_k H_k + sigma z, with the data
+    prediction d = p x + q eps_hat (clamped to [lo, hi] when clip) and the history H_k of earlier data predictions
+    (H_0 the latest). Without history (``h`` empty) the c d term is used only when clip=True: Algorithm 2 and DDIM."""
     a: float
     b: float
     sigma: float
@@ -34,6 +35,15 @@ class StepCoefficients(NamedTuple):
     q: float = 0.0
     lo: float = -1.0
     hi: float = 1.0
+    h: tuple[float, ...] = ()
+
+    def row(self) -> list[float]:
+        """[a, b, sigma, c, p, q, lo, hi, h_0, h_1, h_2]: the kernels' coefficient row (unused h_k are 0)."""
+        return [self.a, self.b, self.sigma, self.c, self.p, self.q, self.lo, self.hi,
+                *self.h, *[0.0] * (MAX_HISTORY - len(self.h))]
+
+
+MAX_HISTORY = 3  # history buffers a step can read (csrc/reverse_step.h kMaxHistory)
 
 
 def linear_betas(T: int, beta_1: float = 1e-4, beta_T: float = 2e-2) -> torch.Tensor:

@@ -187,9 +187,19 @@ def test_opcheck():
     ddpm = ops._coefficient_list(COEFS["ddpm"])
     for args in ((x, e, z, ddpm, False, -1, 0, 0), (x, e, None, clip, True, 7, 3, 2)):
         torch.library.opcheck(torch.ops.pyddpm.reverse_step.default, args)
-        torch.library.opcheck(torch.ops.pyddpm.reverse_step_.default, (x.clone(), *args[1:]))
+        torch.library.opcheck(torch.ops.pyddpm.reverse_step_.default, (x.clone(), *args[1:3], [], *args[3:]))
         torch.library.opcheck(torch.ops.pyddpm.reverse_step_out.default,
-                              (*args[:3], torch.empty_like(x), *args[3:]))
+                              (*args[:3], [], torch.empty_like(x), *args[3:]))
+    # a solver step with two history buffers, drawn noise, in place and into out
+    solver = ops._coefficient_list(ops.StepCoefficients(0.9, 0.0, 0.1, c=0.3, p=1.2, q=-0.4, h=(0.2, -0.1)))
+    history = [rand((3, 10), 27), rand((3, 10), 28)]
+    torch.library.opcheck(torch.ops.pyddpm.reverse_step_.default,
+                          (x.clone(), e, None, [h.clone() for h in history], solver, False, 5, 4, 0))
+    torch.library.opcheck(torch.ops.pyddpm.reverse_step_out.default,
+                          (x, e, None, [h.clone() for h in history], torch.empty_like(x), solver, False, 5, 4, 0))
+    schedule = ops.step_schedule([ops.StepCoefficients(0.9, 0.0, 0.1, c=0.3, p=1.2, q=-0.4, h=(0.2, -0.1))], [4])
+    torch.library.opcheck(torch.ops.pyddpm.reverse_step_scheduled.default,
+                          (x.clone(), e, [h.clone() for h in history], *schedule[:3], False, 5, 0))
     torch.library.opcheck(torch.ops.pyddpm.normal_noise.default, ([4, 5], 3, 1, 0, torch.device("cpu"), torch.float32))
 
 
@@ -311,3 +321,81 @@ def test_noise_independent_of_thread_count():
         torch.set_num_threads(threads)
     assert torch.equal(one, many)
     assert torch.equal(one, philox.philox_normal((64, 4099), 2, 3))
+
+
+# ---- the step with history buffers (the multistep solvers' step; pyddpm.solvers) ---------------------------------
+SOLVER_COEFS = {  # c d + sum h_k H_k with d = p x + q eps; 1-3 history buffers, with and without noise and clip
+    "2m": StepCoefficients(0.82, 0.0, 0.0, c=1.37, p=1.05, q=-0.31, h=(-0.44,)),
+    "3m-sde": StepCoefficients(0.61, 0.0, 0.27, c=1.9, p=1.2, q=-0.66, h=(-1.1, 0.35)),
+    "unipc3-clip": StepCoefficients(0.7, 0.05, 0.0, clip=True, c=0.9, p=2.0, q=-1.7, lo=-1.0, hi=1.0,
+                                    h=(0.4, -0.25, 0.08)),
+}
+
+
+def solver_inputs(name, shape, seed):
+    k = len(SOLVER_COEFS[name].h)
+    return rand(shape, seed), rand(shape, seed + 1), [rand(shape, seed + 2 + j) for j in range(k)]
+
+
+@pytest.mark.parametrize("shape", [(7, 2), (5, 3, 28, 28), (3, 1001)])
+@pytest.mark.parametrize("name", list(SOLVER_COEFS))
+def test_history_step_matches_reference_to_the_bit(shape, name):
+    """The kernel and the float32 reference do the same operations in the same order (csrc/reverse_step.h): equal
+    bits, for x_next and for every history buffer after the shift."""
+    coef = SOLVER_COEFS[name]
+    x, e, history = solver_inputs(name, shape, 40)
+    ref_history = [h.clone() for h in history]
+    want = ops.reverse_step_reference(x, e, coef, seed=11, step=7, history=ref_history)
+    got = ops.reverse_step(x.clone(), e, coef, seed=11, step=7, history=history)
+    assert torch.equal(got, want)
+    for h, r in zip(history, ref_history):
+        assert torch.equal(h, r)
+
+
+@pytest.mark.parametrize("name", list(SOLVER_COEFS))
+def test_history_step_against_float64(name):
+    """The float32 step against the same formula in float64 on fresh inputs of unit scale: within 8 float32 ulps of
+    the largest term (each of the <= 7 additions rounds once; coefficients are exact float32 inputs)."""
+    coef = SOLVER_COEFS[name]
+    x, e, history = solver_inputs(name, (64, 33), 50)
+    noise = rand((64, 33), 59)
+    old = [h.double() for h in history]
+    got = ops.reverse_step(x.clone(), e, coef, noise=noise if coef.sigma else None, history=history)
+    d = ops._f32(coef.p) * x.double() + ops._f32(coef.q) * e.double()
+    if coef.clip:
+        d = d.clamp(coef.lo, coef.hi)
+    want = ops._f32(coef.a) * x.double() + ops._f32(coef.b) * e.double() + ops._f32(coef.c) * d
+    for h_k, buffer in zip(coef.h, old):
+        want = want + ops._f32(h_k) * buffer
+    if coef.sigma:
+        want = want + ops._f32(coef.sigma) * noise.double()
+    scale = 8 * 2.0**-23 * float(max(want.abs().max(), d.abs().max()))
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=scale * 4)
+    torch.testing.assert_close(history[0].double(), d, rtol=0, atol=scale)
+    for new, previous in zip(history[1:], old):
+        assert torch.equal(new.double(), previous)  # the shift copies bits
+
+
+def test_history_step_noise_is_batch_invariant():
+    """Sample i's step (its noise and its history) depends only on (seed, sample_offset + i), not the batch split."""
+    coef = SOLVER_COEFS["3m-sde"]
+    x, e, history = solver_inputs("3m-sde", (12, 40), 60)
+    whole = [h.clone() for h in history]
+    want = ops.reverse_step(x.clone(), e, coef, seed=5, step=99, history=whole)
+    for lo, hi in ((0, 5), (5, 12)):
+        part = [h[lo:hi].clone() for h in history]
+        got = ops.reverse_step(x[lo:hi].clone(), e[lo:hi].contiguous(), coef, seed=5, step=99, sample_offset=lo,
+                               history=part)
+        assert torch.equal(got, want[lo:hi])
+        for h, w in zip(part, whole):
+            assert torch.equal(h, w[lo:hi])
+
+
+def test_history_step_in_place_updates_the_buffers_it_was_given():
+    coef = SOLVER_COEFS["2m"]
+    x, e, history = solver_inputs("2m", (4, 6), 70)
+    buffer, pointer = history[0], history[0].data_ptr()
+    version = buffer._version
+    out = ops.reverse_step(x, e, coef, out=x, history=history)
+    assert out is x and buffer.data_ptr() == pointer and buffer._version > version
+    torch.testing.assert_close(buffer, ops._f32(coef.p) * rand((4, 6), 70) + ops._f32(coef.q) * e)  # d of the old x

@@ -8,7 +8,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from pyddpm import ops
 
 CUDA = torch.cuda.is_available()
-COEF = [0.9, -0.1, 0.3, 0.0, 0.0, 0.0, -1.0, 1.0]  # a, b, sigma, c, p, q, lo, hi
+COEF = [0.9, -0.1, 0.3, 0.0, 0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 0.0]  # a, b, sigma, c, p, q, lo, hi, h_0..h_2
 X_SHAPE = (4, 6)
 
 
@@ -49,10 +49,11 @@ BAD_CALLS = {  # (x_t, eps_hat, noise, coef, clip, seed, step, sample_offset) ->
     "non-contiguous": ((x.t(), e.t(), z.t(), COEF, False, -1, 1, 0), "contiguous"),
     "smaller noise": ((x, e, z[:, :5], COEF, False, -1, 1, 0), "noise must have the shape"),
     "0-dim x_t": ((x[0, 0], e[0, 0], None, COEF, False, 3, 1, 0), "batch dimension"),
-    "7 coefficients": ((x, e, z, COEF[:7], False, -1, 1, 0), "8 numbers"),
+    "10 coefficients": ((x, e, z, COEF[:10], False, -1, 1, 0), "11 numbers"),
     "NaN coefficient": ((x, e, z, [float("nan")] + COEF[1:], False, -1, 1, 0), "coef.a must be finite"),
     "huge coefficient": ((x, e, z, COEF[:2] + [1e39] + COEF[3:], False, -1, 1, 0), "coef.sigma must be finite"),
-    "lo > hi": ((x, e, z, COEF[:6] + [1.0, -1.0], True, -1, 1, 0), "coef.lo must be <= coef.hi"),
+    "lo > hi": ((x, e, z, COEF[:6] + [1.0, -1.0] + COEF[8:], True, -1, 1, 0), "coef.lo must be <= coef.hi"),
+    "h_0 without history": ((x, e, z, COEF[:8] + [0.5, 0.0, 0.0], False, -1, 1, 0), "needs history buffer 0"),
     "noise and seed": ((x, e, z, COEF, False, 5, 1, 0), "either noise or seed"),
     "no noise": ((x, e, None, COEF, False, -1, 1, 0), "needs noise"),
     "seed -5": ((x, e, None, COEF, False, -5, 1, 0), "seed must be in"),
@@ -69,7 +70,9 @@ def test_registered_ops_refuse_bad_input_without_launching(spy, op, case):
     args, message = BAD_CALLS[case]
     args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
     if op == "reverse_step_out":
-        args = (*args[:3], torch.empty_like(args[0]), *args[3:])
+        args = (*args[:3], [], torch.empty_like(args[0]), *args[3:])
+    elif op == "reverse_step_":
+        args = (*args[:3], [], *args[3:])
     with pytest.raises((ValueError, TypeError, RuntimeError), match=message):
         getattr(torch.ops.pyddpm, op)(*args)
     assert spy.launches == 0
@@ -78,7 +81,33 @@ def test_registered_ops_refuse_bad_input_without_launching(spy, op, case):
 @pytest.mark.parametrize("out", [torch.empty(3, 6), torch.empty(X_SHAPE, dtype=torch.float64), torch.empty(6, 4).t()])
 def test_reverse_step_out_refuses_a_bad_out(spy, out):
     with pytest.raises(ValueError, match="out must"):
-        torch.ops.pyddpm.reverse_step_out(x, e, z, out, COEF, False, -1, 1, 0)
+        torch.ops.pyddpm.reverse_step_out(x, e, z, [], out, COEF, False, -1, 1, 0)
+    assert spy.launches == 0
+
+
+SOLVER = [0.9, 0.0, 0.0, 0.3, 1.2, -0.4, -1.0, 1.0, 0.2, -0.1, 0.0]
+BAD_HISTORY = {  # history buffers for a step with h_0, h_1 != 0 -> what the error names
+    "one buffer": ([torch.randn(X_SHAPE)], "needs history buffer 1"),
+    "float64 buffer": ([torch.randn(X_SHAPE), torch.randn(X_SHAPE).double()], "history\\[1\\] must be a float32"),
+    "smaller buffer": ([torch.randn(X_SHAPE), torch.randn(3, 6)], "history\\[1\\] must be a float32"),
+    "four buffers": ([torch.randn(X_SHAPE) for _ in range(4)], "at most 3"),
+    "non-contiguous": ([torch.randn(X_SHAPE), torch.randn(6, 4).t()], "contiguous"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_HISTORY))
+def test_history_is_checked_before_a_launch(spy, case):
+    history, message = BAD_HISTORY[case]
+    with pytest.raises((ValueError, TypeError, RuntimeError), match=message):
+        torch.ops.pyddpm.reverse_step_(x.clone(), e, None, history, SOLVER, False, 1, 1, 0)
+    assert spy.launches == 0
+
+
+def test_history_buffers_must_not_overlap(spy):
+    buffer = torch.randn(X_SHAPE)
+    for history, x_t in (([buffer, buffer], x.clone()), ([buffer, torch.randn(X_SHAPE)], buffer)):
+        with pytest.raises(ValueError, match="overlaps"):
+            torch.ops.pyddpm.reverse_step_(x_t, e, None, history, SOLVER, False, 1, 1, 0)
     assert spy.launches == 0
 
 
@@ -88,11 +117,11 @@ def test_the_checks_let_a_good_call_through():
     want = ops.reverse_step_reference(x, e, coef, noise=z)
     assert torch.equal(torch.ops.pyddpm.reverse_step(x, e, z, COEF, False, -1, 1, 0), want)
     got = x.clone()
-    torch.ops.pyddpm.reverse_step_(got, e, z, COEF, False, -1, 1, 0)
+    torch.ops.pyddpm.reverse_step_(got, e, z, [], COEF, False, -1, 1, 0)
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("case", ["smaller eps_hat", "float64 eps_hat", "7 coefficients", "step 2**40", "seed -5"])
+@pytest.mark.parametrize("case", ["smaller eps_hat", "float64 eps_hat", "10 coefficients", "step 2**40", "seed -5"])
 def test_fake_kernels_check_too(case):
     """Tracing (fake tensors, as torch.compile and export see the op) fails on the same input."""
     args, _ = BAD_CALLS[case]
@@ -122,7 +151,7 @@ def test_scheduled_step_refuses_philox_steps_out_of_range(spy, steps):
     with pytest.raises(ValueError, match=r"Philox steps in \[0, 2\*\*32\)"):
         ops.reverse_step_scheduled(x.clone(), e, s, seed=1)
     with pytest.raises(ValueError, match=r"Philox steps in \[0, 2\*\*32\)"):
-        torch.ops.pyddpm.reverse_step_scheduled(x.clone(), e, s.table, s.steps, s.index, False, 1, 0)
+        torch.ops.pyddpm.reverse_step_scheduled(x.clone(), e, [], s.table, s.steps, s.index, False, 1, 0)
     assert spy.launches == 0
 
 
@@ -132,7 +161,7 @@ def test_scheduled_op_refuses_a_bad_schedule(spy, bad):
     s = schedule([3, 2])
     table, steps, index, eps = s.table, s.steps, s.index, e
     if bad == "table shape":
-        table = table[:, :7].contiguous()
+        table = table[:, :8].contiguous()
     elif bad == "table dtype":
         table = table.double()
     elif bad == "steps length":
@@ -145,7 +174,7 @@ def test_scheduled_op_refuses_a_bad_schedule(spy, bad):
         table = table.clone()
         table[1, 0] = float("nan")
     with pytest.raises(ValueError, match="schedule|eps_hat"):
-        torch.ops.pyddpm.reverse_step_scheduled(x.clone(), eps, table, steps, index, False, 1, 0)
+        torch.ops.pyddpm.reverse_step_scheduled(x.clone(), eps, [], table, steps, index, False, 1, 0)
     assert spy.launches == 0
 
 
@@ -153,7 +182,7 @@ def test_scheduled_op_equals_the_public_call():
     s = schedule([3, 2])
     want = ops.reverse_step(x, e, ops.StepCoefficients(*COEF[:3]), seed=9, step=3)
     got = x.clone()
-    torch.ops.pyddpm.reverse_step_scheduled(got, e, s.table, s.steps, s.index, False, 9, 0)
+    torch.ops.pyddpm.reverse_step_scheduled(got, e, [], s.table, s.steps, s.index, False, 9, 0)
     assert torch.equal(got, want)
 
 

@@ -152,13 +152,14 @@ def test_fuzz_reverse_step():
 @pytest.mark.parametrize("kwargs", [
     dict(device=2), dict(device=-1), dict(dtype=3), dict(dtype=1), dict(batch=-1), dict(numel_per_sample=-5),
     dict(out=0), dict(x_t=0), dict(eps_hat=0), dict(batch=2**62, numel_per_sample=4), dict(seed=2**63),
-    dict(numel_per_sample=2**35), dict(step=2**32), dict(seed=-1), dict(a="x"),
+    dict(numel_per_sample=2**35), dict(step=2**32), dict(seed=-1), dict(coef=[1.0] * 8), dict(coef=["x"] * 11),
+    dict(history=[0]), dict(history=[1] * 4),
 ])
 def test_raw_binding_rejects_bad_arguments(kwargs):
     x = torch.randn(4, 3)
     args = dict(device=0, dtype=0, out=x.data_ptr(), x_t=x.data_ptr(), eps_hat=x.data_ptr(), noise=0, batch=4,
-                numel_per_sample=3, a=1.0, b=0.5, sigma=1.0, clip=False, c=0.0, p=0.0, q=0.0, lo=-1.0, hi=1.0,
-                seed=1, step=1, sample_offset=0, stream=0, num_threads=1)
+                numel_per_sample=3, coef=[1.0, 0.5, 1.0, 0.0, 0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 0.0], clip=False,
+                history=[], seed=1, step=1, sample_offset=0, stream=0, num_threads=1)
     args.update(kwargs)
     with pytest.raises((TypeError, ValueError, RuntimeError)):
         ops._C.reverse_step(**args)

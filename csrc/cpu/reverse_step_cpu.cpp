@@ -200,24 +200,55 @@ void for_each_noise_block(int64_t batch, int64_t n, const PhiloxArgs& rng, int n
   }
 }
 
-// out[j] = step_element(x[j], eps[j], z[j]) for j < len; z == nullptr: no noise term.
-template <bool kClip, bool kNoise>
-void affine(float* out, const float* x, const float* eps, const float* z, int64_t len,
-            const StepCoef& coef) {
+// out[j] = step_element(x[j], eps[j], z[j]) for j < len, with the history hist.p[m][j] read and shifted in
+// place (m < K); z == nullptr: no noise term.
+template <bool kClip, bool kNoise, int K>
+void affine(float* out, const float* x, const float* eps, const float* z, const History& hist,
+            int64_t len, const StepCoef& coef) {
   const StepCoef k = coef;  // a local copy: no store to out can alias it, so it stays in registers
+  float* h0 = K > 0 ? hist.p[0] : nullptr;
+  float* h1 = K > 1 ? hist.p[1] : nullptr;
+  float* h2 = K > 2 ? hist.p[2] : nullptr;
   PYDDPM_IVDEP
-  for (int64_t j = 0; j < len; ++j)
-    out[j] = step_element(x[j], eps[j], kNoise ? z[j] : 0.f, k, kClip, kNoise);
+  for (int64_t j = 0; j < len; ++j) {
+    float H[K > 0 ? K : 1];
+    if (K > 0) H[0] = h0[j];
+    if (K > 1) H[1] = h1[j];
+    if (K > 2) H[2] = h2[j];
+    out[j] = step_element(x[j], eps[j], kNoise ? z[j] : 0.f, k, kClip, kNoise, K, H);
+    if (K > 0) h0[j] = H[0];
+    if (K > 1) h1[j] = H[1];
+    if (K > 2) h2[j] = H[2];
+  }
 }
 
-void affine_dispatch(float* out, const float* x, const float* eps, const float* z, int64_t len,
-                     const StepCoef& k) {
+template <int K>
+void affine_history(float* out, const float* x, const float* eps, const float* z, const History& hist,
+                    int64_t len, const StepCoef& k) {
   if (k.clip) {
-    if (z) affine<true, true>(out, x, eps, z, len, k);
-    else affine<true, false>(out, x, eps, z, len, k);
+    if (z) affine<true, true, K>(out, x, eps, z, hist, len, k);
+    else affine<true, false, K>(out, x, eps, z, hist, len, k);
   } else {
-    if (z) affine<false, true>(out, x, eps, z, len, k);
-    else affine<false, false>(out, x, eps, z, len, k);
+    if (z) affine<false, true, K>(out, x, eps, z, hist, len, k);
+    else affine<false, false, K>(out, x, eps, z, hist, len, k);
+  }
+}
+
+// The history pointers of hist advanced by `start` elements.
+History history_at(const History& hist, int64_t start) {
+  History at = hist;
+  for (int m = 0; m < hist.count; ++m) at.p[m] = hist.p[m] + start;
+  return at;
+}
+
+void affine_dispatch(float* out, const float* x, const float* eps, const float* z, const History& hist,
+                     int64_t start, int64_t len, const StepCoef& k) {
+  const History at = history_at(hist, start);
+  switch (hist.count) {
+    case 0: return affine_history<0>(out + start, x + start, eps + start, z, at, len, k);
+    case 1: return affine_history<1>(out + start, x + start, eps + start, z, at, len, k);
+    case 2: return affine_history<2>(out + start, x + start, eps + start, z, at, len, k);
+    default: return affine_history<3>(out + start, x + start, eps + start, z, at, len, k);
   }
 }
 
@@ -225,13 +256,13 @@ void affine_dispatch(float* out, const float* x, const float* eps, const float* 
 
 void reverse_step_cpu(float* out, const float* x, const float* eps, const float* noise,
                       int64_t batch, int64_t numel_per_sample, const StepCoef& coef,
-                      const PhiloxArgs& rng, int num_threads) {
+                      const PhiloxArgs& rng, int num_threads, const History& history) {
   const int64_t total = batch * numel_per_sample;
   if (total == 0) return;
   if (coef.sigma != 0.f && noise == nullptr) {
     for_each_noise_block(batch, numel_per_sample, rng, num_threads,
                          [&](int64_t start, int64_t len, const float* z) {
-                           affine_dispatch(out + start, x + start, eps + start, z, len, coef);
+                           affine_dispatch(out, x, eps, z, history, start, len, coef);
                          });
     return;
   }
@@ -241,20 +272,20 @@ void reverse_step_cpu(float* out, const float* x, const float* eps, const float*
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt != 1)
   for (int64_t w = 0; w < blocks; ++w) {
     const int64_t start = w * kBlock;
-    affine_dispatch(out + start, x + start, eps + start, z ? z + start : nullptr,
+    affine_dispatch(out, x, eps, z ? z + start : nullptr, history, start,
                     std::min(kBlock, total - start), coef);
   }
 }
 
 void reverse_step_scheduled_cpu(float* x, const float* eps, int64_t batch, int64_t numel_per_sample,
                                 const Schedule& sched, bool clip, const PhiloxArgs& rng,
-                                int num_threads) {
+                                int num_threads, const History& history) {
   const int64_t s = *sched.index;
   if (s < 0 || s >= sched.rows) return;
   PhiloxArgs at_step = rng;
   at_step.step = static_cast<uint32_t>(sched.steps[s]);
-  reverse_step_cpu(x, x, eps, nullptr, batch, numel_per_sample, schedule_row(sched.table + 8 * s, clip),
-                   at_step, num_threads);
+  reverse_step_cpu(x, x, eps, nullptr, batch, numel_per_sample,
+                   schedule_row(sched.table + kRowWidth * s, clip), at_step, num_threads, history);
 }
 
 void normal_cpu(float* out, int64_t batch, int64_t numel_per_sample, const PhiloxArgs& rng,

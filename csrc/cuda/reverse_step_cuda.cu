@@ -61,10 +61,24 @@ __device__ __forceinline__ int64_t grid_stride() {
   return static_cast<int64_t>(gridDim.x) * blockDim.x;
 }
 
+// step_element for element j with its history (float32, read and shifted in place).
+__device__ __forceinline__ float step_with_history(float x, float eps, float z, const StepCoef& k,
+                                                   bool noise, const History& hist, int64_t j) {
+  float H[kMaxHistory];
+#pragma unroll
+  for (int m = 0; m < kMaxHistory; ++m)
+    if (m < hist.count) H[m] = hist.p[m][j];
+  const float v = step_element(x, eps, z, k, k.clip, noise, hist.count, H);
+#pragma unroll
+  for (int m = 0; m < kMaxHistory; ++m)
+    if (m < hist.count) hist.p[m][j] = H[m];
+  return v;
+}
+
 // Noise from a tensor (z != nullptr) or none. vec: every pointer 16-byte aligned.
 template <typename T>
 __global__ void affine_kernel(T* out, const T* x, const T* eps, const T* z, int64_t total,
-                              StepCoef k, bool vec) {
+                              StepCoef k, bool vec, History hist) {
   constexpr int N = 16 / sizeof(T);
   const bool noise = z != nullptr;
   int64_t done = 0;
@@ -76,14 +90,15 @@ __global__ void affine_kernel(T* out, const T* x, const T* eps, const T* z, int6
       load<T, N>(eps + v * N, ev);
       if (noise) load<T, N>(z + v * N, zv);
 #pragma unroll
-      for (int l = 0; l < N; ++l) o[l] = step_element(xv[l], ev[l], zv[l], k, k.clip, noise);
+      for (int l = 0; l < N; ++l)
+        o[l] = step_with_history(xv[l], ev[l], zv[l], k, noise, hist, v * N + l);
       store<T, N>(out + v * N, o);
     }
     done = packs * N;
   }
   for (int64_t j = done + thread_index(); j < total; j += grid_stride()) {
     const float zv = noise ? to_float(z[j]) : 0.f;
-    out[j] = from_float<T>(step_element(to_float(x[j]), to_float(eps[j]), zv, k, k.clip, noise));
+    out[j] = from_float<T>(step_with_history(to_float(x[j]), to_float(eps[j]), zv, k, noise, hist, j));
   }
 }
 
@@ -99,11 +114,11 @@ struct PhiloxParams {
 // noise; otherwise the caller launches it only when sigma != 0.
 template <typename T, bool kNormalOnly>
 __global__ void philox_kernel(T* out, const T* x, const T* eps, PhiloxParams P, StepCoef k,
-                              bool vec, Schedule sched) {
+                              bool vec, Schedule sched, History hist) {
   if (sched.index != nullptr) {
     const int64_t s = *sched.index;
     if (s < 0 || s >= sched.rows) return;
-    k = schedule_row(sched.table + 8 * s, k.clip);
+    k = schedule_row(sched.table + kRowWidth * s, k.clip);
     P.step = static_cast<uint32_t>(sched.steps[s]);
   }
   const bool noise = kNormalOnly || k.sigma != 0.f;
@@ -129,7 +144,8 @@ __global__ void philox_kernel(T* out, const T* x, const T* eps, PhiloxParams P, 
         load<T, 4>(x + base, xv);
         load<T, 4>(eps + base, ev);
 #pragma unroll
-        for (int l = 0; l < 4; ++l) o[l] = step_element(xv[l], ev[l], z[l], k, k.clip, noise);
+        for (int l = 0; l < 4; ++l)
+          o[l] = step_with_history(xv[l], ev[l], z[l], k, noise, hist, base + l);
       }
       store<T, 4>(out + base, o);
     } else {
@@ -139,8 +155,8 @@ __global__ void philox_kernel(T* out, const T* x, const T* eps, PhiloxParams P, 
         if (l < lanes) {
           const int64_t j = base + l;
           out[j] = from_float<T>(kNormalOnly ? z[l]
-                                             : step_element(to_float(x[j]), to_float(eps[j]), z[l],
-                                                            k, k.clip, noise));
+                                             : step_with_history(to_float(x[j]), to_float(eps[j]),
+                                                                 z[l], k, noise, hist, j));
         }
       }
     }
@@ -201,7 +217,8 @@ PhiloxParams philox_params(int64_t batch, int64_t n, const PhiloxArgs& rng) {
 
 template <typename T>
 void launch_step(void* out_, const void* x_, const void* eps_, const void* noise_, int64_t batch,
-                 int64_t n, const StepCoef& coef, const PhiloxArgs& rng, cudaStream_t stream) {
+                 int64_t n, const StepCoef& coef, const PhiloxArgs& rng, cudaStream_t stream,
+                 const History& hist) {
   T* out = static_cast<T*>(out_);
   const T* x = static_cast<const T*>(x_);
   const T* eps = static_cast<const T*>(eps_);
@@ -213,13 +230,13 @@ void launch_step(void* out_, const void* x_, const void* eps_, const void* noise
     const bool vec = n % 4 == 0 && aligned(out, pack) && aligned(x, pack) && aligned(eps, pack);
     const int64_t work = batch * P.groups;
     philox_kernel<T, false>
-        <<<grid_for(work), kThreads, 0, stream>>>(out, x, eps, P, coef, vec, Schedule{});
+        <<<grid_for(work), kThreads, 0, stream>>>(out, x, eps, P, coef, vec, Schedule{}, hist);
   } else {
     const T* z = coef.sigma != 0.f ? noise : nullptr;
     const bool vec = aligned(out, 16) && aligned(x, 16) && aligned(eps, 16) && aligned(z, 16);
     const int64_t per_thread = vec ? 16 / sizeof(T) : 1;
     const int64_t work = (total + per_thread - 1) / per_thread;
-    affine_kernel<T><<<grid_for(work), kThreads, 0, stream>>>(out, x, eps, z, total, coef, vec);
+    affine_kernel<T><<<grid_for(work), kThreads, 0, stream>>>(out, x, eps, z, total, coef, vec, hist);
   }
   check_launch();
 }
@@ -232,13 +249,13 @@ void launch_normal(void* out_, int64_t batch, int64_t n, const PhiloxArgs& rng,
   const bool vec = n % 4 == 0 && aligned(out, 4 * sizeof(T));
   philox_kernel<T, true>
       <<<grid_for(batch * P.groups), kThreads, 0, stream>>>(out, nullptr, nullptr, P, StepCoef{},
-                                                           vec, Schedule{});
+                                                           vec, Schedule{}, History{});
   check_launch();
 }
 
 template <typename T>
 void launch_scheduled(void* x_, const void* eps_, int64_t batch, int64_t n, const Schedule& sched,
-                      bool clip, const PhiloxArgs& rng, cudaStream_t stream) {
+                      bool clip, const PhiloxArgs& rng, cudaStream_t stream, const History& hist) {
   T* x = static_cast<T*>(x_);
   const T* eps = static_cast<const T*>(eps_);
   const PhiloxParams P = philox_params(batch, n, rng);
@@ -247,7 +264,7 @@ void launch_scheduled(void* x_, const void* eps_, int64_t batch, int64_t n, cons
   StepCoef clip_only;
   clip_only.clip = clip;
   philox_kernel<T, false>
-      <<<grid_for(batch * P.groups), kThreads, 0, stream>>>(x, x, eps, P, clip_only, vec, sched);
+      <<<grid_for(batch * P.groups), kThreads, 0, stream>>>(x, x, eps, P, clip_only, vec, sched, hist);
   check_launch();
 }
 
@@ -255,21 +272,21 @@ void launch_scheduled(void* x_, const void* eps_, int64_t batch, int64_t n, cons
 
 void reverse_step_cuda(void* out, const void* x, const void* eps, const void* noise, DType dtype,
                        int64_t batch, int64_t numel_per_sample, const StepCoef& coef,
-                       const PhiloxArgs& rng, uintptr_t stream) {
+                       const PhiloxArgs& rng, uintptr_t stream, const History& history) {
   if (batch * numel_per_sample == 0) return;
   with_storage_type(dtype, [&](auto type) {
     launch_step<typename decltype(type)::type>(out, x, eps, noise, batch, numel_per_sample, coef, rng,
-                                               reinterpret_cast<cudaStream_t>(stream));
+                                               reinterpret_cast<cudaStream_t>(stream), history);
   });
 }
 
 void reverse_step_scheduled_cuda(void* x, const void* eps, DType dtype, int64_t batch,
                                  int64_t numel_per_sample, const Schedule& sched, bool clip,
-                                 const PhiloxArgs& rng, uintptr_t stream) {
+                                 const PhiloxArgs& rng, uintptr_t stream, const History& history) {
   if (batch * numel_per_sample == 0) return;
   with_storage_type(dtype, [&](auto type) {
     launch_scheduled<typename decltype(type)::type>(x, eps, batch, numel_per_sample, sched, clip, rng,
-                                                    reinterpret_cast<cudaStream_t>(stream));
+                                                    reinterpret_cast<cudaStream_t>(stream), history);
   });
 }
 
