@@ -31,7 +31,7 @@ from pyddpm.data import Chequerboard, DataTransform, load_images, to_data_space
 from pyddpm.evaluate.plots import plot_forward_process, plot_frames, save_image_grid
 from pyddpm.evaluate.toy import toy_metrics
 from pyddpm.nets import ExerciseUNet
-from pyddpm.samplers import generate_samples, sample_trajectory, trajectory_steps
+from pyddpm.samplers import generate_samples, plan_for, sample_trajectory, trajectory_steps
 
 BUDGET = os.environ.get("PYDDPM_TUTORIAL_BUDGET", "small")
 STEPS = {"tiny": 20, "small": 3000, "full": 20000}[BUDGET]  # optimizer steps per toy fit
@@ -104,7 +104,7 @@ exercise_model = fit(DDPM(FcNetwork(2, 64), T=1000), x0, STEPS)
 x = exercise_model.sample((5, 2), seed=0)
 print("five samples in model space:", x.tolist())
 data_config = toy_config["data"]
-keep = trajectory_steps(exercise_model, 8)
+keep = trajectory_steps(plan_for(exercise_model), 8)
 frames = sample_trajectory(exercise_model, data_config, 2000, keep, seed=0)
 plot_frames(frames, data_config, OUT / "trajectory.png",
             f"reverse process — chequerboard, exercise network, data scale 2 — Algorithm 2, T = 1000, {STEPS} steps")
@@ -139,7 +139,8 @@ score(stronger, 64.0, "256x4 SiLU sinusoidal, 64")
 #
 # Images are dequantised (x = (pixel + u) / 255, u ~ U(0, 1)) and mapped to [-1, 1]; the U-Net sees the
 # flat 784-vector and t. A few hundred steps on a CPU give blobs; the README's figure took 30 epochs. For a
-# quick look we sample with DDIM (Song et al.) in 20 steps instead of all 1000 (`pyddpm-sample --steps 20`).
+# quick look we sample with DPM-Solver++(2M) (Lu et al. 2022) in 10 network calls instead of all 1000
+# (`pyddpm-sample --sampler dpm++2m --steps 10`).
 
 # %%
 try:
@@ -162,9 +163,9 @@ if images is not None:
           "(a sum over 784 pixels: predicting 0 scores 784)")
     mnist_config = {"name": "mnist", "shape": [784], "center": 0.5, "scale": 2.0, "image_shape": [1, 28, 28],
                     "value_range": [0.0, 1.0]}
-    grid = generate_samples(unet.eval(), mnist_config, 16, seed=0, steps=20)
+    grid = generate_samples(unet.eval(), mnist_config, 16, seed=0, sampler="dpm++2m", steps=10)
     save_image_grid(grid.reshape(-1, 1, 28, 28), OUT / "mnist.png",
-                    title=f"mnist, exercise U-Net, data scale 2 — DDIM, 20 steps — after {MNIST_STEPS} steps")
+                    title=f"mnist, exercise U-Net, data scale 2 — dpm++2m, 10 NFE — after {MNIST_STEPS} steps")
     print("wrote", OUT / "mnist.png")
 
 # %% [markdown]

@@ -149,11 +149,13 @@ class DDPM(nn.Module):
     forward = negative_elbo
 
     # ----- Algorithm 2 --------------------------------------------------------------------------
-    def sample(self, shape, seed: int | None = None, backend: str = "fused", **kwargs) -> torch.Tensor:
-        """x_0 ~ p_theta by Algorithm 2; see ``pyddpm.samplers.ddpm_sample`` for the options."""
-        from .samplers import ddpm_sample
+    def sample(self, shape, seed: int | None = None, backend: str = "fused", sampler: str = "ddpm",
+               steps: int | None = None, **kwargs) -> torch.Tensor:
+        """x_0 ~ p_theta by Algorithm 2 (the network called T times, t = T..1), or by ``sampler`` with ``steps``
+        network calls (e.g. ``sampler="dpm++2m", steps=10``); see ``pyddpm.samplers.sample`` for the options."""
+        from .samplers import sample
 
-        return ddpm_sample(self, shape, seed=seed, backend=backend, **kwargs)
+        return sample(self, shape, sampler, steps, seed=seed, backend=backend, **kwargs)
 
     def step_coefficients(self, variance: str | None = None, clip: bool = False) -> list[StepCoefficients]:
         """Per-step coefficients of x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps_hat) / sqrt(alpha_t) + sigma_t z

@@ -246,3 +246,55 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
         optimizer.load_state_dict({"state": state, "param_groups": settings["param_groups"]})
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"the optimizer state does not match the model: {err}") from None
+
+
+STEPS_FILE = "steps.json"  # a run's tuned time steps (pyddpm.step_tuning)
+
+
+def write_tuned_timesteps(run_dir: str | os.PathLike, sampler: str, timesteps: list[int], record: dict) -> Path:
+    """Add the tuned ``timesteps`` of ``sampler`` (with ``record``: how they were chosen) to the run's steps.json."""
+    path = Path(run_dir) / STEPS_FILE
+    entries = _read_steps_file(path)
+    entries[f"{sampler}/{len(timesteps)}"] = {"sampler": sampler, "timesteps": [int(t) for t in timesteps],
+                                              "weights_sha256": _weights_digest(run_dir), **record}
+    write_json(path, entries)
+    return path
+
+
+def tuned_timesteps(run_dir: str | os.PathLike) -> dict[tuple[str, int], list[int]]:
+    """{(sampler, NFE): time steps} stored for the run's current weights (entries tuned for other weights, e.g.
+    before a resumed run trained on, are left out); {} when there are none."""
+    path = Path(run_dir) / STEPS_FILE
+    digest = _weights_digest(run_dir) if path.is_file() else None
+    out = {}
+    for key, entry in _read_steps_file(path).items():
+        if entry.get("weights_sha256") == digest:
+            out[entry["sampler"], len(entry["timesteps"])] = entry["timesteps"]
+    return out
+
+
+def _weights_digest(run_dir) -> str | None:
+    """The checkpoint's recorded tensor checksum (its safetensors metadata), or None without a readable one."""
+    path = Path(run_dir) / CHECKPOINT_FILE
+    try:
+        return read_safetensors_metadata(path.read_bytes()).get(CHECKSUM_KEY)
+    except (OSError, ValueError):
+        return None
+
+
+def _read_steps_file(path: Path) -> dict:
+    """The entries of a steps.json, each checked (sampler a string, time steps decreasing positive ints); a file
+    that is not such JSON raises CheckpointError naming it."""
+    if not path.is_file():
+        return {}
+    try:
+        entries = json.loads(path.read_text())
+        for entry in entries.values():
+            ts = entry["timesteps"]
+            if not (isinstance(entry["sampler"], str) and ts and all(isinstance(t, int) and t >= 1 for t in ts)
+                    and all(a > b for a, b in zip(ts, ts[1:]))):
+                raise ValueError(entry)
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise CheckpointError(f"{path} is not a steps file pyddpm wrote ({err!r:.80}); delete it to sample with "
+                              "the default spacing") from None
+    return entries

@@ -153,7 +153,10 @@ NONSENSE = {
     "--beta-1 0.5": ("train", ["--beta-1", "0.5", "--beta-T", "0.1"], "--beta-T"),
     "--eta 1e30": ("sample", ["--steps", "5", "--eta", "1e30"], "[0, 1]"),
     "--eta nan": ("sample", ["--steps", "5", "--eta", "nan"], "[0, 1]"),
-    "--eta 0.5": ("sample", ["--eta", "0.5"], "--steps"),
+    "--eta 0.5": ("sample", ["--eta", "0.5"], "--eta applies to --sampler ddim"),
+    "--sampler ddpm --steps 5": ("sample", ["--sampler", "ddpm", "--steps", "5"], "Algorithm 2"),
+    "--order 2 ddim": ("sample", ["--sampler", "ddim", "--order", "2"], "--order applies to --sampler unipc"),
+    "--sampler dpm++3m --steps 2": ("sample", ["--sampler", "dpm++3m", "--steps", "2"], "order 3"),
     "--steps 11": ("sample", ["--steps", "11"], "at most 10"),  # T of the run
     "--seed -3": ("sample", ["--seed", "-3"], ">= 0"),
     "--batch-size 0": ("sample", ["--batch-size", "0"], "positive"),

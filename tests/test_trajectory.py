@@ -9,7 +9,7 @@ from pyddpm.cli.sample import main as sample_main
 from pyddpm.cli.train import main as train_main
 from pyddpm.data import DataTransform, TwoGaussians
 from pyddpm.evaluate.plots import plot_forward_process
-from pyddpm.samplers import ddpm_sample, generate_samples, sample_trajectory, trajectory_steps
+from pyddpm.samplers import ddpm_sample, generate_samples, plan_for, sample_trajectory, trajectory_steps
 from pyddpm.store import save_checkpoint
 
 DATA = {"name": "two-gaussians", "shape": [2], "center": 0.5, "scale": 2.0}
@@ -33,14 +33,15 @@ def test_callback_sees_every_step_and_ends_at_the_output(backend):
     assert not torch.equal(seen[0][1], seen[1][1])
 
 
-@pytest.mark.parametrize("steps", [None, 5])
-def test_trajectory_last_frame_equals_the_samplers_output(steps):
+@pytest.mark.parametrize("sampler, steps", [("ddpm", None), ("ddim", 5), ("unipc", 5)])
+def test_trajectory_last_frame_equals_the_samplers_output(sampler, steps):
     model = tiny_model()
-    keep = trajectory_steps(model, 4, steps)
+    plan = plan_for(model, sampler, steps)
+    keep = trajectory_steps(plan, 4)
     assert keep[0] == 12 and keep[-1] == 0 and len(keep) == 4
-    frames = sample_trajectory(model, DATA, 9, keep, seed=5, steps=steps)
+    frames = sample_trajectory(model, DATA, 9, keep, seed=5, plan=plan)
     assert list(frames) == keep
-    expected = generate_samples(model, DATA, 9, seed=5, steps=steps)
+    expected = generate_samples(model, DATA, 9, seed=5, sampler=sampler, steps=steps)
     torch.testing.assert_close(frames[0], expected, rtol=0, atol=0)
 
 

@@ -9,6 +9,11 @@ from pathlib import Path
 import torch
 
 from ..accel import PRECISIONS, RUNTIMES, check_precision_hardware, check_runtime_options
+from ..diffusion import DDPM
+from ..samplers import plan_for
+from ..schedules import VARIANCES
+from ..solvers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, SPACINGS, resolve_sampler
+from ..store import tuned_timesteps
 
 DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
 
@@ -104,6 +109,53 @@ def check_float(flag: str, value: float | None, lo: float, hi: float, *, hi_open
         else:
             bound = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
         raise ValueError(f"{flag} must be {bound}, got {value}")
+
+
+def add_sampler_flags(p, variance: bool = True) -> None:
+    """--sampler, --steps, --spacing, --order, --eta (and --variance): which sampler draws a DDPM's samples
+    (``pyddpm.solvers``)."""
+    p.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help=f"ddpm (Algorithm 2, all T steps), ddim, dpm++2m, dpm++3m, sde-dpm++2m or unipc (default "
+                        f"{DEFAULT_SAMPLER} with {DEFAULT_STEPS} network calls, measured to match Algorithm 2's "
+                        "quality; docs/solvers.md)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"network calls (NFE) of the sampler; alone: the default sampler with that many "
+                        f"(default {DEFAULT_STEPS}; --sampler ddpm: T)")
+    p.add_argument("--spacing", choices=SPACINGS, default=None,
+                   help="time steps of a few-step sampler: trailing (T, T - T/N, ...), uniform (T..1, DDIM's "
+                        "original), leading, logsnr (uniform in log-SNR) (default: the run's tuned steps where "
+                        "pyddpm-train stored them, else trailing)")
+    p.add_argument("--order", type=int, default=None, help="UniPC's order, 1 to 3 (default 3)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="DDIM's eta in [0, 1]: 0 = deterministic, 1 = the DDPM posterior's variance (default 0)")
+    if variance:
+        p.add_argument("--variance", choices=VARIANCES, default=None,
+                       help="Algorithm 2's reverse variance sigma_t^2 (default: the run's, normally beta)")
+
+
+def sampler_options(args, model, variance_is_the_samplers: bool = True) -> dict:
+    """``generate_samples``' sampler keywords for the flags of ``add_sampler_flags``, checked against ``model``
+    (a one-line ValueError naming the flag; {} for a baseline, which refuses them itself). Without --spacing, the
+    run's tuned time steps for that sampler and NFE are used where pyddpm-train stored them (``steps.json``). Where
+    --variance also sets something else (pyddpm-eval's bound), it reaches only Algorithm 2."""
+    check_float("--eta", args.eta, 0.0, 1.0)
+    sampler, steps = resolve_sampler(args.sampler, args.steps)
+    if not isinstance(model, DDPM):
+        given = [f for f, v in (("--sampler", args.sampler), ("--steps", args.steps), ("--spacing", args.spacing),
+                                ("--order", args.order), ("--eta", args.eta),
+                                ("--variance", args.variance if variance_is_the_samplers else None)) if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} set the DDPM's sampler; this run's {type(model).__name__} "
+                             "samples in one pass: leave them out")
+        return {}
+    variance = args.variance if variance_is_the_samplers or sampler == "ddpm" else None
+    options = dict(sampler=sampler, steps=steps, spacing=args.spacing, order=args.order, eta=args.eta or 0.0,
+                   variance=variance, clip=getattr(args, "clip", False))
+    plan_for(model, **options)  # every check, before any work
+    tuned = tuned_timesteps(args.run_dir).get((sampler, steps))
+    if tuned and args.spacing is None and args.order is None:
+        options.update(steps=None, timesteps=tuned)
+    return options
 
 
 def add_sampling_network_flags(p) -> None:

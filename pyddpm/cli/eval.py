@@ -29,11 +29,13 @@ from ..evaluate.likelihood import pixels_to_model, variational_bound
 from ..evaluate.plots import plot_toy_samples, save_image_grid
 from ..evaluate.toy import toy_metrics
 from ..accel import keep_freed_memory
-from ..samplers import generate_samples
+from ..evaluate.report import sampler_label
+from ..samplers import generate_samples, plan_for
 from ..schedules import VARIANCES
 from ..schema import MAX_SAMPLES, MAX_SEED, MAX_T
 from ..store import CheckpointError, load_model, write_json
-from .common import add_sampling_network_flags, check_int, check_output_file, pick_device, sampling_network_options
+from .common import (add_sampler_flags, add_sampling_network_flags, check_int, check_output_file, pick_device,
+                     sampler_options, sampling_network_options)
 
 EVAL_FILE = "eval.json"
 GRID_IMAGES = 100
@@ -42,13 +44,6 @@ GRID_IMAGES = 100
 def samples_to_pixels(samples: torch.Tensor) -> torch.Tensor:
     """Data-space samples in [0, 1] -> uint8 pixels floor(255 x), the inverse of the dequantisation (k + u) / 255."""
     return (samples * 255).floor().clamp(0, 255).to(torch.uint8)
-
-
-def sampler_name(model, steps: int | None) -> str:
-    """How ``model`` draws samples: DDIM or Algorithm 2 for a DDPM, one pass for a baseline."""
-    if not isinstance(model, DDPM):
-        return f"{type(model).__name__}, one pass"
-    return f"DDIM {steps} steps" if steps else f"DDPM (Alg. 2) {model.T} steps"
 
 
 def model_entry(config: dict) -> dict:
@@ -61,15 +56,16 @@ def model_entry(config: dict) -> dict:
 def draw_samples(model, config: dict, args) -> tuple[torch.Tensor, dict]:
     """``args.num`` samples in data space and how they were drawn (sampler, variance, seed, seconds)."""
     start = time.perf_counter()
+    sampler = sampler_options(args, model, variance_is_the_samplers=False)
+    plan = plan_for(model, **sampler) if isinstance(model, DDPM) else None
     samples = generate_samples(model, config["data"], args.num, seed=args.seed, batch_size=args.batch_size,
-                               steps=args.steps, variance=args.variance, progress=True,
-                               **sampling_network_options(args, args.device))
+                               progress=True, **sampler, **sampling_network_options(args, args.device))
     seconds = time.perf_counter() - start
     if args.save_samples:
         np.save(args.save_samples, samples.numpy())
     variance = args.variance or model.variance if isinstance(model, DDPM) else None
-    return samples, {"num_samples": args.num, "sampler": sampler_name(model, args.steps),
-                     "variance": variance, "seed": args.seed, "precision": args.precision,
+    return samples, {"num_samples": args.num, "sampler": sampler_label(model, plan),
+                     "nfe": plan.nfe if plan else 1, "variance": variance, "seed": args.seed, "precision": args.precision,
                      "fast_network": not args.eager,
                      "sampling_seconds": round(seconds, 2), "seconds_per_sample": seconds / args.num}
 
@@ -223,8 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="VAE runs: the larger K of the IWAE bound, reported beside K = 1 (the ELBO) (default 100)")
     p.add_argument("--batch-size", type=int, default=256,
                    help="images per network call, bound and sampling (default 256)")
-    p.add_argument("--steps", type=int, default=None, metavar="K",
-                   help="sample with DDIM in K steps instead of Algorithm 2's T steps")
+    add_sampler_flags(p, variance=False)
     p.add_argument("--variance", choices=VARIANCES, default=None,
                    help="sigma_t^2 of p_theta for the bound and the sampler (default: the run's)")
     p.add_argument("--seed", type=int, default=0,
@@ -263,12 +258,12 @@ def main(argv=None) -> int:
             check_output_file(args.save_samples, "--save-samples", (".npy",))
         keep_freed_memory()
         model, config = load_model(args.run_dir, args.device)
-        ddpm_only = [flag for flag in ("t_samples", "steps", "variance") if getattr(args, flag) is not None]
+        ddpm_only = [flag for flag in ("t_samples", "steps", "variance", "sampler", "spacing", "order", "eta")
+                     if getattr(args, flag) is not None]
         if ddpm_only and not isinstance(model, DDPM):
             raise ValueError(f"--{ddpm_only[0].replace('_', '-')} applies to DDPM runs; {args.run_dir} is a "
                              f"{config['model']['name']} run")
-        if isinstance(model, DDPM):
-            check_int("--steps", args.steps, 1, model.T)
+        sampler_options(args, model, variance_is_the_samplers=False)  # every sampler check, before any work
         toy = is_toy(config["data"]["name"])
         if args.num is None:
             args.num = 5000 if toy else 1000

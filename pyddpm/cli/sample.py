@@ -13,12 +13,11 @@ from ..diffusion import DDPM
 from ..evaluate.report import sampler_label
 from ..evaluate.plots import describe_run, plot_frames, plot_toy_samples, save_image_grid
 from ..accel import keep_freed_memory
-from ..samplers import BACKENDS, generate_samples, sample_trajectory, trajectory_steps
-from ..schedules import VARIANCES
+from ..samplers import BACKENDS, generate_samples, plan_for, sample_trajectory, trajectory_steps
 from ..schema import MAX_SAMPLES, MAX_SEED, MAX_T
 from ..store import CheckpointError, load_model
-from .common import (add_sampling_network_flags, check_float, check_int, check_output_file, pick_device,
-                     sampling_network_options)
+from .common import (add_sampler_flags, add_sampling_network_flags, check_int, check_output_file, pick_device,
+                     sampler_options, sampling_network_options)
 
 SUFFIXES = (".npy", ".png")
 
@@ -37,18 +36,16 @@ def save_samples(samples: torch.Tensor, data_config: dict, path: str | Path, tit
         save_image_grid(samples.reshape(-1, *data_config["image_shape"]), path, title=title)
 
 
-def write_trajectory(model, config: dict, path: str | Path, args, network_options: dict) -> None:
+def write_trajectory(model, config: dict, path: str | Path, args, sampler: dict, network_options: dict) -> None:
     """The reverse process from x_T to x_0 of ``args.num`` samples (at most 16 drawn for images), at ``args.frames``
-    steps, as one row of panels (.png) or an animation (.gif), the network evaluated as ``network_options`` say
-    (``sampling_network_options``)."""
+    of the sampler's steps, as one row of panels (.png) or an animation (.gif), the sampler and network as
+    ``sampler`` and ``network_options`` say (``sampler_options``, ``sampling_network_options``)."""
     num = args.num if is_toy(config["data"]["name"]) else min(args.num, 16)
     frames = args.frames or (8 if str(path).lower().endswith(".png") else 40)
-    keep = trajectory_steps(model, frames, args.steps)
-    trajectory = sample_trajectory(model, config["data"], num, keep, seed=args.seed, steps=args.steps,
-                                   eta=args.eta, variance=args.variance, clip=args.clip, backend=args.backend,
-                                   graph=args.graph, **network_options)
-    title = (f"reverse process, {num} samples — {describe_run(config)} — "
-             f"{sampler_label(model, args.steps, args.eta, args.variance)}, seed {args.seed}")
+    plan = plan_for(model, **sampler)
+    trajectory = sample_trajectory(model, config["data"], num, trajectory_steps(plan, frames), seed=args.seed,
+                                   plan=plan, backend=args.backend, graph=args.graph, **network_options)
+    title = f"reverse process, {num} samples — {describe_run(config)} — {sampler_label(model, plan)}, seed {args.seed}"
     plot_frames(trajectory, config["data"], path, title)
 
 
@@ -59,11 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="noise seed; sample i depends only on (seed, i) (default 0)")
     p.add_argument("--out", default="samples.png", help="output file: .npy (data space) or .png (default samples.png)")
     p.add_argument("--batch-size", type=int, default=10000, help="samples per batch (default 10000)")
-    p.add_argument("--steps", type=int, default=None, help="use DDIM with this many steps instead of all T")
-    p.add_argument("--eta", type=float, default=0.0,
-                   help="DDIM eta in [0, 1]: 0 = deterministic, 1 = the DDPM posterior's variance (default 0)")
-    p.add_argument("--variance", choices=VARIANCES, default=None,
-                   help="reverse variance sigma_t^2 (default: the run's, normally beta)")
+    add_sampler_flags(p)
     p.add_argument("--clip", action="store_true", help="clamp the x0 estimate to [-1, 1] at every step")
     p.add_argument("--backend", choices=BACKENDS, default="fused",
                    help="fused C++/CUDA step or the plain-torch reference (default fused)")
@@ -87,9 +80,6 @@ def main(argv=None) -> int:
         check_int("--seed", args.seed, 0, MAX_SEED)
         check_int("--batch-size", args.batch_size, 1)
         check_int("--steps", args.steps, 1, MAX_T)
-        check_float("--eta", args.eta, 0.0, 1.0)
-        if args.eta != 0 and args.steps is None:
-            raise ValueError("--eta applies to DDIM only: give --steps K as well")
         check_output_file(args.out, "--out", SUFFIXES)
         if args.trajectory:
             check_output_file(args.trajectory, "--trajectory", (".png", ".gif"))
@@ -97,17 +87,15 @@ def main(argv=None) -> int:
         network_options = sampling_network_options(args, device)
         keep_freed_memory()
         model, config = load_model(args.run_dir, device)
-        if isinstance(model, DDPM):  # a baseline refuses DDPM sampler flags in generate_samples
-            check_int("--steps", args.steps, 1, model.T)
+        sampler = sampler_options(args, model)
+        plan = plan_for(model, **sampler) if isinstance(model, DDPM) else None
         samples = generate_samples(model, config["data"], args.num, seed=args.seed, batch_size=args.batch_size,
-                                   backend=args.backend, steps=args.steps, eta=args.eta,
-                                   variance=args.variance, clip=args.clip, progress=True, graph=args.graph,
+                                   backend=args.backend, progress=True, graph=args.graph, **sampler,
                                    **network_options)
         save_samples(samples, config["data"], args.out,
-                     title=f"{describe_run(config)} — {sampler_label(model, args.steps, args.eta, args.variance)}, "
-                           f"seed {args.seed}")
+                     title=f"{describe_run(config)} — {sampler_label(model, plan)}, seed {args.seed}")
         if args.trajectory:
-            write_trajectory(model, config, args.trajectory, args, network_options)
+            write_trajectory(model, config, args.trajectory, args, sampler, network_options)
             print(f"wrote the trajectory to {args.trajectory}")
     except (CheckpointError, ValueError, RuntimeError) as err:
         print(f"pyddpm-sample: error: {err}", file=sys.stderr)

@@ -12,7 +12,8 @@ import torch
 
 from ..data import is_toy, load_images, to_data_space, toy_distribution
 from ..diffusion import DDPM
-from ..samplers import generate_samples
+from ..samplers import generate_samples, plan_for
+from ..solvers import resolve_sampler
 from ..store import write_json
 from .plots import describe_run, plot_forward_process, plot_loss, plot_toy_samples, save_image_grid
 from .toy import toy_metrics
@@ -22,14 +23,15 @@ BASELINE_OBJECTIVES = {"flow": "negative log-likelihood (nats)", "vae": "negativ
 FORWARD_POINTS = 2000  # toy points in forward.png (images: 16)
 
 
-def sampler_label(model, steps: int | None = 0, eta: float = 0.0, variance: str | None = None) -> str:
-    """How samples were drawn, for figure titles: Algorithm 2 with T steps and sigma_t^2, DDIM, or a baseline's
-    one pass."""
+def sampler_label(model, plan=None) -> str:
+    """How samples were drawn, for titles and reports: the sampler and its network calls (NFE), Algorithm 2 with
+    sigma_t^2, or a baseline's one pass."""
     if not isinstance(model, DDPM):
         return f"{type(model).__name__}, one pass"
-    if steps and steps < model.T:
-        return f"DDIM, {steps} steps" + (f", eta {eta:g}" if eta else "")
-    return f"Algorithm 2, T = {model.T}, sigma_t^2 = {variance or model.variance}"
+    if plan is None or plan.sampler == "ddpm":
+        return f"Algorithm 2, {model.T} NFE, sigma_t^2 = {plan.variance if plan else model.variance}"
+    spacing = "tuned steps" if plan.spacing == "model" else f"{plan.spacing} spacing"
+    return f"{plan.label()}, {spacing}" + (", stochastic" if plan.stochastic else "")
 
 
 def run_sampling_options(model, config: dict) -> dict:
@@ -40,21 +42,31 @@ def run_sampling_options(model, config: dict) -> dict:
     return {"precision": train.get("precision", "fp32"), "fast": train.get("fast", True)}
 
 
+def default_plan(model, steps: int = 0):
+    """The plan a run's own pictures and metrics sample with: pyddpm's default sampler (``pyddpm.solvers``) with
+    ``steps`` network calls (0: its default count); None for a baseline."""
+    if not isinstance(model, DDPM):
+        return None
+    sampler, calls = resolve_sampler(None, min(steps, model.T) or None)
+    return plan_for(model, sampler, calls)
+
+
 def write_sample_grid(model, config: dict, path: Path, num: int, seed: int, steps: int = 0, when: str = "") -> float:
-    """A PNG grid of ``num`` images from ``model`` by DDIM with ``steps`` steps (0: all T steps of Algorithm 2; a
-    baseline samples in one pass), the same seed every time so grids are comparable, titled with the run, the sampler and ``when``; returns the
-    seconds it took."""
+    """A PNG grid of ``num`` images from ``model`` by ``default_plan(model, steps)`` (a baseline samples in one
+    pass), the same seed every time so grids are comparable, titled with the run, the sampler and ``when``; returns
+    the seconds it took."""
     was_training = model.training
     start = time.perf_counter()
     model.eval()
+    plan = default_plan(model, steps)
     try:
-        steps = min(steps, model.T) if isinstance(model, DDPM) else 0
-        images = generate_samples(model, config["data"], num, seed=seed, steps=steps or None, progress=steps == 0,
+        sampler = {"sampler": plan.sampler, "steps": plan.nfe} if plan else {}
+        images = generate_samples(model, config["data"], num, seed=seed, **sampler,
                                   **run_sampling_options(model, config))
     finally:
         model.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)
-    title = f"{describe_run(config)} — {sampler_label(model, steps)}, seed {seed}" + (f" — {when}" if when else "")
+    title = f"{describe_run(config)} — {sampler_label(model, plan)}, seed {seed}" + (f" — {when}" if when else "")
     save_image_grid(images.reshape(-1, *config["data"]["image_shape"]), path, title=title)
     return time.perf_counter() - start
 
@@ -97,6 +109,8 @@ def metrics_table(metrics: dict, config: dict) -> str:
             truth = f"floor {show(metrics['energy_distance_floor'])}"
         rows.append((key, show(metrics[key]), truth, meaning))
     head = f"{describe_run(config)}: {metrics.get('num_samples', '')} samples".rstrip(": ")
+    if "sampler" in metrics:
+        head += f" by {metrics['sampler']}"
     if not rows:  # images: the bound and the Frechet distance need pyddpm-eval
         lines = [f"{describe_run(config)}: trained {metrics['steps']} steps in {metrics['train_seconds']:.0f} s"]
         if "sampling_seconds" in metrics:
@@ -137,14 +151,17 @@ def write_run_report(run_dir: Path, model, config: dict, timing: dict, metrics_c
         return metrics
     model.eval()
     start = time.perf_counter()
+    plan = default_plan(model)
+    sampler = {"sampler": plan.sampler, "steps": plan.nfe} if plan else {}
     samples = generate_samples(model, config["data"], train["num_samples"], seed=train["seed"], progress=True,
-                               **run_sampling_options(model, config))
+                               **sampler, **run_sampling_options(model, config))
     seconds = time.perf_counter() - start
     distribution = toy_distribution(config["data"]["name"])
     metrics = toy_metrics(distribution, samples, seed=train["seed"] + 1)
-    metrics.update(steps=timing["steps"], sampling_seconds=round(seconds, 2))
+    metrics.update(steps=timing["steps"], sampling_seconds=round(seconds, 2), sampler=sampler_label(model, plan),
+                   nfe=plan.nfe if plan else 1)
     write_json(run_dir / "metrics.json", metrics)
     plot_toy_samples(distribution, samples, run_dir / "samples.png",
-                     title=f"{describe_run(config)} — {sampler_label(model)}, seed {train['seed']}, "
+                     title=f"{describe_run(config)} — {sampler_label(model, plan)}, seed {train['seed']}, "
                            f"after step {timing['steps']}")
     return metrics
