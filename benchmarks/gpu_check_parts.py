@@ -39,7 +39,7 @@ import torch.nn.functional as F
 import pyddpm
 from pyddpm import DDPM, ops
 from pyddpm.nets import build_network
-from pyddpm.samplers import capture_step, ddpm_sample, step_runner
+from pyddpm.samplers import capture_step, ddpm_sample, plan_for, run_plan, step_runner
 
 EPOCH_IMAGES = 60_000
 EPOCHS = 100
@@ -307,30 +307,33 @@ def ddpm_scheduler(T: int):
     return scheduler
 
 
-def _graph_replay(model: DDPM, shape, repeats: int) -> dict:
-    """ms per replay of one captured whole step (pyddpm.samplers.step_runner) and ms per capture."""
-    timesteps = list(range(model.T, 0, -1))
-    coefs = model.step_coefficients()
+def _graph_replay(model: DDPM, shape, repeats: int, plan=None) -> dict:
+    """ms per replay of one captured whole call of ``plan`` (default Algorithm 2; pyddpm.samplers.step_runner, history
+    buffers included) and ms per capture; on the CPU (dry mode) the same step function runs uncaptured, so its
+    arithmetic and the schedule's advance are checked against the eager loop."""
+    plan = plan or plan_for(model)
     captures, replays = [], []
+    cuda = model.beta.device.type == "cuda"
     with torch.no_grad():
         for _ in range(repeats):
             x = ops.normal_noise(shape, seed=0, device=model.beta.device)
-            step = step_runner(model, x, timesteps, [coefs[t - 1] for t in timesteps], seed=0)
+            history = [torch.zeros(shape, device=x.device) for _ in range(plan.history)]
+            step = step_runner(model, x, plan, seed=0, history=history)
             _sync(x.device)
             t0 = time.perf_counter()
-            graph = capture_step(step)
+            call = capture_step(step).replay if cuda else step
             _sync(x.device)
             t1 = time.perf_counter()
-            for _ in timesteps:  # exactly T replays: the schedule has T rows
-                graph.replay()
+            for _ in plan.timesteps:  # exactly one replay per call: the schedule has that many rows
+                call()
             _sync(x.device)
             captures.append(t1 - t0)
-            replays.append((time.perf_counter() - t1) / len(timesteps))
+            replays.append((time.perf_counter() - t1) / plan.nfe)
         if not torch.isfinite(x).all():
             raise RuntimeError("CUDA-graph sampling produced non-finite samples")
-        eager = ddpm_sample(model, shape, seed=0, graph=False)  # the same samples, step by step
+        eager = run_plan(model, shape, plan, seed=0, graph=False)  # the same samples, call by call
     return {"ms_per_step": statistics.median(replays) * 1e3, "capture_ms": statistics.median(captures) * 1e3,
-            "max_diff_vs_eager": (x - eager).abs().max().item()}
+            "max_diff_vs_eager": (x - eager).abs().max().item(), "sampler": plan.label()}
 
 
 def part_sampling(rec: Recorder, sizes: Sizes, device: torch.device) -> None:
@@ -391,6 +394,9 @@ def _sample_network(rec: Recorder, net: str, sizes: Sizes, device: torch.device)
     rec.cell(f"{net}/diffusers", with_diffusers, need_s=3, skip="diffusers not installed" if scheduler is None else None)
     rec.cell(f"{net}/pyddpm eager", lambda: pyddpm_loop(False), need_s=3)
     rec.cell(f"{net}/pyddpm graph", lambda: _graph_replay(model, shape, sizes.sample_repeats), need_s=3, skip=no_graph)
+    # a few-step solver's call (UniPC-3: three history buffers) captured whole; on the CPU its step function uncaptured
+    solver = plan_for(model, "unipc", min(10, model.T), order=3)
+    rec.cell(f"{net}/pyddpm solver graph", lambda: _graph_replay(model, shape, sizes.sample_repeats, solver), need_s=3)
     rec.cell(f"{net}/pyddpm graph end to end", lambda: pyddpm_loop(True), need_s=3, skip=no_graph)
 
 

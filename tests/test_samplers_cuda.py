@@ -6,7 +6,7 @@ import torch
 
 from pyddpm import DDPM, ops
 from pyddpm.nets import DDPMUNet, ExerciseUNet
-from pyddpm.samplers import ddim_sample, ddpm_sample, step_runner
+from pyddpm.samplers import ddim_sample, ddpm_sample, plan_for, run_plan, step_runner
 from pyddpm.samplers import generate_samples
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -50,28 +50,32 @@ def test_graph_replay_equals_eager_ddim(eta):
     torch.testing.assert_close(graphed, eager, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("variance, clip", [("beta", False), ("beta_tilde", True)])
-def test_the_captured_step_run_eagerly_equals_the_eager_loop_on_cpu(variance, clip):
-    """What the graph captures (time input from the device-side schedule, network, scheduled update, advance)
-    gives the eager loop's bits; on CUDA the same function is captured and replayed."""
+@pytest.mark.parametrize("sampler, options", [("ddpm", dict(variance="beta")), ("ddpm", dict(variance="beta_tilde", clip=True)),
+                                              ("ddim", dict(eta=1.0)), ("dpm++3m", {}), ("sde-dpm++2m", {}),
+                                              ("unipc", dict(order=3))])
+def test_the_captured_step_run_eagerly_equals_the_eager_loop_on_cpu(sampler, options):
+    """What the graph captures (time input from the device-side schedule, network, scheduled update with the history
+    buffers, advance) gives the eager loop's bits; on CUDA the same function is captured and replayed."""
     model = tiny_model(T=12)
-    eager = ddpm_sample(model, (3, 784), seed=9, sample_offset=5, variance=variance, clip=clip, graph=False)
+    plan = plan_for(model, sampler, None if sampler == "ddpm" else 5, **options)
+    eager = run_plan(model, (3, 784), plan, seed=9, sample_offset=5, graph=False)
     x = ops.normal_noise((3, 784), seed=9, sample_offset=5)
-    timesteps = list(range(model.T, 0, -1))
-    coefs = model.step_coefficients(variance, clip)
-    step = step_runner(model, x, timesteps, [coefs[t - 1] for t in timesteps], seed=9, sample_offset=5)
+    history = [torch.zeros_like(x) for _ in range(plan.history)]
+    step = step_runner(model, x, plan, seed=9, sample_offset=5, history=history)
     with torch.no_grad():
-        for _ in timesteps:
+        for _ in plan.timesteps:
             step()
     assert torch.equal(x, eager)
-    ddim = ddim_sample(model, (3, 784), 4, eta=1.0, seed=2, graph=False)
-    x = ops.normal_noise((3, 784), seed=2)
-    timesteps = model.ddim_timesteps(4)
-    step = step_runner(model, x, timesteps, model.ddim_coefficients(timesteps, 1.0), seed=2)
-    with torch.no_grad():
-        for _ in timesteps:
-            step()
-    assert torch.equal(x, ddim)
+
+
+@cuda
+@fused_cuda
+@pytest.mark.parametrize("sampler", ["dpm++2m", "sde-dpm++2m", "unipc"])
+def test_graph_replay_equals_eager_solvers(sampler):
+    model = tiny_model(device="cuda")
+    eager = model.sample((8, 784), seed=5, sampler=sampler, steps=10, graph=False)
+    graphed = model.sample((8, 784), seed=5, sampler=sampler, steps=10, graph=True)
+    torch.testing.assert_close(graphed, eager, rtol=0, atol=1e-5)
 
 
 def test_scheduled_step_equals_the_plain_fused_step_and_ignores_rows_out_of_range():
