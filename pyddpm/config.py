@@ -24,7 +24,7 @@ LEGACY_SETTINGS = {"input_embedding": "none", "low_t_share": 0.0}
 # settings of the DDPM and its networks, left out of a baseline run's config (``run_config(..., model=...)``)
 DDPM_SETTINGS = ("net", "hidden", "depth", "activation", "time_embedding", "input_embedding", "input_frequencies",
                  "input_max_period", "low_t_share", "low_t_range", "channels", "num_res_blocks", "dropout",
-                 "attention", "T", "schedule", "beta_1", "beta_T", "variance", "grid_steps")
+                 "attention", "T", "schedule", "beta_1", "beta_T", "variance", "grid_steps", "tune_steps")
 
 
 @dataclass
@@ -68,7 +68,8 @@ class TrainConfig:
     max_steps: int | None = None
     num_samples: int = 5000
     grid_samples: int = 64
-    grid_steps: int = 50
+    grid_steps: int = 0  # network calls of the default sampler for the per-epoch grids (0: its default count)
+    tune_steps: bool = False  # choose the default sampler's time steps for the trained weights (pyddpm.step_tuning)
     amp: bool | None = None
     compile: bool = False
     precision: str = "fp32"  # bf16: autocast training (unless amp says otherwise) and bf16 sampling

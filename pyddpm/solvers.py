@@ -72,10 +72,12 @@ class SolverPlan:
         return f"{self.sampler}, {self.nfe} NFE"
 
 
-def resolve_sampler(sampler: str | None, steps: int | None) -> tuple[str, int | None]:
+def resolve_sampler(sampler: str | None, steps: int | None, T: int | None = None) -> tuple[str, int | None]:
     """(sampler, steps) with the defaults filled in: neither given, ``DEFAULT_SAMPLER`` with ``DEFAULT_STEPS``
-    calls; only ``steps``, the default sampler with that many; only a sampler, Algorithm 2's T or the default
-    steps."""
+    calls (Algorithm 2 for a model of ``T`` <= that many steps: its T calls are already as few); only ``steps``,
+    the default sampler with that many; only a sampler, Algorithm 2's T or the default steps."""
+    if sampler is None and steps is None and T is not None and T <= DEFAULT_STEPS:
+        return "ddpm", None
     if sampler is None:
         return DEFAULT_SAMPLER, DEFAULT_STEPS if steps is None else steps
     return sampler, steps if steps is not None or sampler == "ddpm" else DEFAULT_STEPS

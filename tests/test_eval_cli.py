@@ -24,12 +24,13 @@ def test_toy_run(tmp_path, capsys):
     run = tmp_path / "toy"
     assert train_main(["--out", str(run), "--max-steps", "20", "--hidden", "16", "--depth", "2", "--batch-size", "100",
                        "--num-train", "1000", "--T", "20", "--num-samples", "100"]) == 0
-    assert eval_main([str(run), "--num", "300", "--steps", "10"]) == 0
+    assert eval_main([str(run), "--num", "300", "--sampler", "ddim", "--steps", "10"]) == 0
     out = capsys.readouterr().out
     assert "support fraction" in out and "energy distance" in out
     record = json.loads((run / "eval.json").read_text())
     samples = record["samples"]
-    assert samples["num_samples"] == 300 and samples["sampler"] == "DDIM 10 steps"
+    assert samples["num_samples"] == 300 and samples["sampler"] == "ddim, 10 NFE, trailing spacing"
+    assert samples["nfe"] == 10
     assert 0 <= samples["support_fraction"] <= 1 and samples["energy_distance_floor"] > 0
     assert (run / "eval.png").is_file()
 

@@ -99,6 +99,7 @@ def test_history_buffers_start_at_zero_for_every_batch(chequerboard_model):
 @pytest.mark.parametrize("given, want", [
     ((None, None), (DEFAULT_SAMPLER, DEFAULT_STEPS)), ((None, 7), (DEFAULT_SAMPLER, 7)), (("ddpm", None), ("ddpm", None)),
     (("ddim", None), ("ddim", DEFAULT_STEPS)), (("dpm++2m", 20), ("dpm++2m", 20)),
+    ((None, None, DEFAULT_STEPS), ("ddpm", None)),  # T <= the default's calls: Algorithm 2 is as few
 ])
 def test_defaults(given, want):
     assert resolve_sampler(*given) == want

@@ -139,7 +139,7 @@ def sampler_options(args, model, variance_is_the_samplers: bool = True) -> dict:
     run's tuned time steps for that sampler and NFE are used where pyddpm-train stored them (``steps.json``). Where
     --variance also sets something else (pyddpm-eval's bound), it reaches only Algorithm 2."""
     check_float("--eta", args.eta, 0.0, 1.0)
-    sampler, steps = resolve_sampler(args.sampler, args.steps)
+    sampler, steps = resolve_sampler(args.sampler, args.steps, getattr(model, "T", None))
     if not isinstance(model, DDPM):
         given = [f for f, v in (("--sampler", args.sampler), ("--steps", args.steps), ("--spacing", args.spacing),
                                 ("--order", args.order), ("--eta", args.eta),

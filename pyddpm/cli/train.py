@@ -20,7 +20,10 @@ from ..config import (IMAGE_DEFAULTS, LEGACY_SETTINGS, LR_SCHEDULES, NET_DEFAULT
                       network_settings)
 from ..data import canonical_name, data_config_entries, is_toy
 from ..diffusion import DDPM
-from ..evaluate.report import metrics_table, write_run_report, write_sample_grid
+from ..evaluate.report import (TUNING_SWEEPS, metrics_table, tuning_samples, worth_tuning, write_run_report,
+                               write_sample_grid)
+from ..solvers import DEFAULT_STEPS
+from ..step_tuning import most_calls
 from ..accel import PRECISIONS, keep_freed_memory
 from ..nets import NETWORKS
 from ..nets.fc import ACTIVATIONS, INPUT_EMBEDDINGS, MAX_INPUT_FREQUENCIES, TIME_EMBEDDINGS
@@ -163,8 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grid-samples", type=int, default=d.grid_samples,
                    help="images: samples in each epoch's grid and in the final samples.png (0: no grids)")
     g.add_argument("--grid-steps", type=int, default=d.grid_steps,
-                   help="images: DDIM steps for the per-epoch grids (0: all T steps); samples.png always uses "
-                        "Algorithm 2 with all T steps")
+                   help="images: network calls of the default sampler for the per-epoch grids (0: its default, "
+                        "as samples.png and the toy metrics use)")
+    g.add_argument("--tune-steps", action=argparse.BooleanOptionalAction, default=d.tune_steps,
+                   help="after training, choose the default sampler's time steps for the trained weights by "
+                        "measurement (pyddpm.step_tuning) and store them in steps.json, which pyddpm-sample uses "
+                        "(default off: on some runs the tuned steps measured worse than trailing spacing)")
     add_model_arguments(p)
     return p
 
@@ -335,8 +342,8 @@ def check_run_dir(out: Path, flag: str, resume: bool) -> None:
 
 
 def epoch_grid_writer(cfg: TrainConfig):
-    """The Trainer's end-of-epoch hook for image runs: ``grids/epoch_NNN.png`` of ``grid_samples`` EMA samples by
-    ``grid_steps``-step DDIM, the same seed every epoch; None when the run draws no grids."""
+    """The Trainer's end-of-epoch hook for image runs: ``grids/epoch_NNN.png`` of ``grid_samples`` EMA samples by the
+    default sampler with ``grid_steps`` calls, the same seed every epoch; None when the run draws no grids."""
     if is_toy(cfg.data) or cfg.grid_samples < 1:
         return None
 
@@ -349,9 +356,9 @@ def epoch_grid_writer(cfg: TrainConfig):
 
 
 class OtherWork:
-    """The Trainer's estimate of the run's work besides optimizer steps: the per-epoch grids still to draw and the
-    end-of-run sampling (all T steps), priced by one timed forward pass of the sampling network at the sampling
-    batch, measured once."""
+    """The Trainer's estimate of the run's work besides optimizer steps: the per-epoch grids still to draw, the
+    end-of-run step tuning and sampling (the default sampler's calls), priced by one timed forward pass of the
+    sampling network at the sampling batch, measured once."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -367,8 +374,10 @@ class OtherWork:
         grids = 0
         if not is_toy(self.cfg.data):
             epochs_left = trainer.total_steps // trainer.steps_per_epoch - trainer.step // trainer.steps_per_epoch
-            grids = max(epochs_left, 0) * min(self.cfg.grid_steps or model.T, model.T)
-        return self._forward_seconds * (grids + model.T)
+            grids = max(epochs_left, 0) * min(self.cfg.grid_steps or DEFAULT_STEPS, model.T)
+        tuning = most_calls(DEFAULT_STEPS, TUNING_SWEEPS) * tuning_samples(trainer.config) / self.batch \
+            if self.cfg.tune_steps and worth_tuning(model) else 0
+        return self._forward_seconds * (grids + DEFAULT_STEPS + tuning)
 
 
 def forward_seconds(model: DDPM, batch: int, shape) -> float:

@@ -13,8 +13,9 @@ import torch
 from ..data import is_toy, load_images, to_data_space, toy_distribution
 from ..diffusion import DDPM
 from ..samplers import generate_samples, plan_for
-from ..solvers import resolve_sampler
-from ..store import write_json
+from ..solvers import DEFAULT_STEPS, resolve_sampler
+from ..step_tuning import tune_timesteps
+from ..store import tuned_timesteps, write_json, write_tuned_timesteps
 from .plots import describe_run, plot_forward_process, plot_loss, plot_toy_samples, save_image_grid
 from .toy import toy_metrics
 
@@ -42,26 +43,63 @@ def run_sampling_options(model, config: dict) -> dict:
     return {"precision": train.get("precision", "fp32"), "fast": train.get("fast", True)}
 
 
-def default_plan(model, steps: int = 0):
+def default_plan(model, steps: int = 0, run_dir: Path | None = None):
     """The plan a run's own pictures and metrics sample with: pyddpm's default sampler (``pyddpm.solvers``) with
-    ``steps`` network calls (0: its default count); None for a baseline."""
+    ``steps`` network calls (0: its default count), on the run's tuned time steps where it has them; None for a
+    baseline."""
     if not isinstance(model, DDPM):
         return None
-    sampler, calls = resolve_sampler(None, min(steps, model.T) or None)
-    return plan_for(model, sampler, calls)
+    sampler, calls = resolve_sampler(None, min(steps, model.T) or None, model.T)
+    tuned = tuned_timesteps(run_dir).get((sampler, calls)) if run_dir is not None else None
+    return plan_for(model, sampler, timesteps=tuned) if tuned else plan_for(model, sampler, calls)
 
 
-def write_sample_grid(model, config: dict, path: Path, num: int, seed: int, steps: int = 0, when: str = "") -> float:
-    """A PNG grid of ``num`` images from ``model`` by ``default_plan(model, steps)`` (a baseline samples in one
-    pass), the same seed every time so grids are comparable, titled with the run, the sampler and ``when``; returns
-    the seconds it took."""
+def plan_options(plan) -> dict:
+    """``generate_samples``' keywords that draw by ``plan`` ({} for a baseline's None)."""
+    if plan is None:
+        return {}
+    if plan.spacing == "model":
+        return {"sampler": plan.sampler, "timesteps": list(plan.timesteps)}
+    return {"sampler": plan.sampler, "steps": plan.nfe, "spacing": plan.spacing}
+
+
+TUNING_SWEEPS = 2
+
+
+def worth_tuning(model) -> bool:
+    """Whether the default sampler's steps leave room to choose: T at least 10 times its calls."""
+    return model.T >= 10 * DEFAULT_STEPS
+
+
+def tuning_samples(config: dict) -> int:
+    """Samples a run's step tuning compares: 1,000 toy points or 64 images."""
+    return 1000 if is_toy(config["data"]["name"]) else 64
+
+
+def tune_run_steps(run_dir: Path, model, config: dict) -> dict | None:
+    """Choose the default sampler's time steps for the run's weights (``pyddpm.step_tuning``; 1,000 samples for
+    toy data, 64 images) and store them in the run's steps.json; the tuning's record, or None for a baseline."""
+    if not isinstance(model, DDPM):
+        return None
+    sampler, steps = resolve_sampler(None, None)
+    timesteps, record = tune_timesteps(model, sampler, min(steps, model.T), config["data"]["shape"],
+                                       num=tuning_samples(config), sweeps=TUNING_SWEEPS, progress=True,
+                                       **run_sampling_options(model, config))
+    write_tuned_timesteps(run_dir, sampler, timesteps, record)
+    return {"sampler": sampler, "timesteps": timesteps, **record}
+
+
+def write_sample_grid(model, config: dict, path: Path, num: int, seed: int, steps: int = 0, when: str = "",
+                      run_dir: Path | None = None) -> float:
+    """A PNG grid of ``num`` images from ``model`` by ``default_plan(model, steps, run_dir)`` (a baseline samples in
+    one pass), the same seed every time so grids are comparable, titled with the run, the sampler and ``when``;
+    returns the seconds it took."""
     was_training = model.training
     start = time.perf_counter()
     model.eval()
-    plan = default_plan(model, steps)
+    plan = default_plan(model, steps, run_dir)
     try:
-        sampler = {"sampler": plan.sampler, "steps": plan.nfe} if plan else {}
-        images = generate_samples(model, config["data"], num, seed=seed, **sampler,
+        images = generate_samples(model, config["data"], num, seed=seed, **plan_options(plan),
                                   **run_sampling_options(model, config))
     finally:
         model.train(was_training)
@@ -141,20 +179,21 @@ def write_run_report(run_dir: Path, model, config: dict, timing: dict, metrics_c
               ylabel=objective and f"{objective} per example")
     if isinstance(model, DDPM):
         write_forward_figure(run_dir, model, config, train["seed"])
+        if train.get("tune_steps", False) and worth_tuning(model):
+            tune_run_steps(run_dir, model, config)
     if not is_toy(config["data"]["name"]):
         metrics = dict(timing)
         if train["grid_samples"] > 0:
             seconds = write_sample_grid(model, config, run_dir / "samples.png", train["grid_samples"], train["seed"],
-                                        when=f"after step {timing['steps']}")
+                                        when=f"after step {timing['steps']}", run_dir=run_dir)
             metrics.update(sampling_seconds=round(seconds, 2), sampled_images=train["grid_samples"])
         write_json(run_dir / "metrics.json", metrics)
         return metrics
     model.eval()
     start = time.perf_counter()
-    plan = default_plan(model)
-    sampler = {"sampler": plan.sampler, "steps": plan.nfe} if plan else {}
+    plan = default_plan(model, run_dir=run_dir)
     samples = generate_samples(model, config["data"], train["num_samples"], seed=train["seed"], progress=True,
-                               **sampler, **run_sampling_options(model, config))
+                               **plan_options(plan), **run_sampling_options(model, config))
     seconds = time.perf_counter() - start
     distribution = toy_distribution(config["data"]["name"])
     metrics = toy_metrics(distribution, samples, seed=train["seed"] + 1)
