@@ -89,6 +89,12 @@ OUTPUT_PATHS = {
     "eval into a file's child": ("eval", ["R", "--out", "afile/e.json"], "--out", "is a file"),
     "eval onto a directory": ("eval", ["R", "--out", "adir"], "--out", "is a directory"),
     "eval samples into a file's child": ("eval", ["R", "--save-samples", "afile/x.npy"], "--save-samples", "is a file"),
+    # /proc refuses new files even to root, for whom os.access says every directory is writable
+    "train into /proc": ("train", TINY + ["--out", "/proc/x"], "--out", "not writable"),
+    "sample into /proc": ("sample", ["R", "--out", "/proc/x.npy"], "--out", "not writable"),
+    "eval into /proc": ("eval", ["R", "--out", "/proc/x.json"], "--out", "not writable"),
+    "export into /proc": ("export", ["R", "--out", "/proc/x"], "--out", "not writable"),
+    "export onto /proc": ("export", ["R", "--out", "/proc"], "--out", "not writable"),
 }
 
 

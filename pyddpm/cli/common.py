@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -46,12 +47,22 @@ def _existing_ancestor(path: Path) -> Path:
     return parent
 
 
+def _check_writable_dir(directory: Path, path: Path, flag: str) -> None:
+    """ValueError naming ``flag`` unless a file can be created in ``directory``, tried with a temporary file:
+    ``os.access`` says yes to root, and to file systems such as /proc that refuse new files."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        where = "" if directory == path else f": the directory {str(directory)!r}"
+        raise ValueError(f"{flag} {str(path)!r}{where} is not writable (a new file there: {e.strerror})") from None
+
+
 def _check_creatable(path: Path, flag: str) -> None:
     ancestor = _existing_ancestor(path)
     if not ancestor.is_dir():
         raise ValueError(f"{flag} {str(path)!r}: {str(ancestor)!r} is a file, not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {str(path)!r}: the directory {str(ancestor)!r} is not writable")
+    _check_writable_dir(ancestor, path, flag)
 
 
 def check_output_file(path: str | os.PathLike, flag: str = "--out", suffixes: tuple[str, ...] = ()) -> Path:
@@ -78,8 +89,7 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     if path.exists():
         if not path.is_dir():
             raise ValueError(f"{flag} {str(path)!r} is a file, not a directory")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise ValueError(f"{flag} {str(path)!r} is not writable")
+        _check_writable_dir(path, path, flag)
         return path
     _check_creatable(path, flag)
     return path
