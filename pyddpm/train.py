@@ -32,6 +32,14 @@ from .store import (CHECKPOINT_FILE, CONFIG_FILE, CheckpointError, architecture,
                     write_atomic, write_json)
 
 METRICS_CSV = "metrics.csv"
+DIVERGED_FACTOR = 10.0
+
+
+def loss_left_its_range(loss: float, start: float) -> bool:
+    """Whether a mean training loss rose more than ``DIVERGED_FACTOR`` times ``|start|`` (at least that many units)
+    above the session's first loss ``start``: the weights have diverged while still finite (a DDPM starts near D,
+    the L_simple of eps_hat = 0, so its loss never gets there while it learns)."""
+    return loss > start + DIVERGED_FACTOR * max(abs(start), 1.0)
 
 
 class TrainingDiverged(RuntimeError):
@@ -136,6 +144,7 @@ class Trainer:
         self.step = 0
         self.train_seconds = 0.0  # time spent in optimizer steps (not checkpoints or pictures), over all sessions
         self._saved_step: int | None = None  # the step of the checkpoint on disk (None: none written yet)
+        self._loss_start: float | None = None  # this session's first loss, the reference of loss_left_its_range
         if self.master and out.is_dir():  # left by a process killed while writing
             remove_temporaries(out, (CHECKPOINT_FILE, CONFIG_FILE, METRICS_CSV))
         if not resume and (out / CHECKPOINT_FILE).exists():
@@ -362,11 +371,16 @@ class Trainer:
         self._restart_clock()
 
     def _flush(self, bar, stop_requested: bool) -> bool:
-        """Check and log the losses since the last flush; stop on a non-finite one before anything is saved.
+        """Check and log the losses since the last flush; stop on a non-finite one, or a mean that left its range
+        (``loss_left_its_range``), before anything is saved.
         Returns whether to stop because a signal reached this process (under DDP: any process)."""
         losses = torch.stack(self._pending).float().cpu()
         self._pending.clear()
-        flags = torch.tensor([float(not torch.isfinite(losses).all()), float(stop_requested)])
+        finite = bool(torch.isfinite(losses).all())
+        if self._loss_start is None and finite:
+            self._loss_start = losses[0].item()
+        left = finite and loss_left_its_range(losses.mean().item(), self._loss_start)
+        flags = torch.tensor([float(not finite), float(stop_requested), float(left)])
         if self.world > 1:  # every rank flushes at the same steps, so all agree on stopping
             flags = flags.to(self.device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
@@ -375,6 +389,11 @@ class Trainer:
             bad = losses[~torch.isfinite(losses)]
             value = f"{bad[0].item()}" if len(bad) else "non-finite on another process"
             raise TrainingDiverged(f"the loss became {value} by step {self.step}; stopped. {self.kept_checkpoint()}")
+        if flags[2]:  # before the checkpoint of this step: the one on disk predates the rise
+            value = f"{losses.mean().item():.4g}" if left else "out of its range on another process"
+            raise TrainingDiverged(f"the loss rose to {value} by step {self.step}, from {self._loss_start:.4g} at "
+                                   f"this session's first step: the weights diverged; stopped. "
+                                   f"{self.kept_checkpoint()}")
         elapsed = time.perf_counter() - self._tick
         self.train_seconds += elapsed
         self._session_seconds += elapsed

@@ -251,6 +251,30 @@ def test_nan_is_an_error_that_says_what_is_on_disk(ws, capsys, monkeypatch, case
         assert tree(ws) == before
 
 
+def test_a_diverged_run_without_a_good_checkpoint_says_there_is_none(ws, capsys):
+    # lr 100 blows the weights up within the first steps while they stay finite (the loss ~1e24 at step 5)
+    line = refused(capsys, "train", TINY + ["--lr", "100", "--checkpoint-every", "5", "--max-steps", "40",
+                                            "--out", "new"], "rose to", "No checkpoint was written", "--lr")
+    assert "is kept" not in line and not (ws / "new" / CHECKPOINT_FILE).exists()
+
+
+def test_a_diverged_run_offers_the_checkpoint_from_before_the_loss_rose(ws, capsys, monkeypatch):
+    calls = []
+    original = DDPM.negative_elbo
+
+    def rising(self, x, t=None):  # finite weights that have diverged from step 8 on
+        calls.append(None)
+        return original(self, x, t) * (1e4 if len(calls) > 7 else 1.0)
+
+    monkeypatch.setattr(DDPM, "negative_elbo", rising)
+    line = refused(capsys, "train", TINY + ["--checkpoint-every", "5", "--max-steps", "40", "--out", "new"],
+                   "rose to", "by step 8", "(step 5)", "--resume")
+    assert "nothing to resume" not in line
+    assert read_checkpoint(ws / "new").state["step"] == 5
+    model, _ = load_model(ws / "new")
+    assert torch.isfinite(model.sample((64, 2), backend="torch")).all()
+
+
 def test_resume_applies_lr_clip_and_steps_and_refuses_other_changes(ws, capsys):
     run = ws / "R"
     before = tree(ws)
