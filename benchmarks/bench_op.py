@@ -6,7 +6,7 @@ the minimum traffic of a step: read x_t and eps_hat, write x_{t-1}, i.e. 3 tenso
     fused     pyddpm.ops.reverse_step(x, eps, coef, seed=..., step=t, out=x)   (in place, like the sampler)
     eager     pyddpm.ops.reverse_step_reference(x, eps, coef, noise=torch.randn_like(x))
     compiled  torch.compile of that reference (randn included; on CPU with inductor's fallback_random,
-              i.e. aten's randn, because inductor's own CPU randn is ~10x slower than aten's)
+              i.e. aten's randn, which is faster than inductor's own CPU randn)
 
 and the speed-ups eager/fused and compiled/fused. On CUDA it adds device-to-device copy bandwidth
 (x.copy_(y): 2 tensors of traffic) and fused bandwidth as a fraction of it.

@@ -230,7 +230,7 @@ def _compiled_cell(x, e, coef, time_it, repeats: int) -> dict:
 
 def part_op(rec: Recorder, sizes: Sizes, device: torch.device) -> None:
     """Fused reverse step vs copy bandwidth, the eager torch update and torch.compile (float32; half types at one size)."""
-    import bench_op  # its sizes, coefficients and timer (imported here: it imports torch._inductor, ~2 s)
+    import bench_op  # its sizes, coefficients and timer (imported here, where it is needed: it imports torch._inductor)
 
     cuda = device.type == "cuda"
     time_it, shapes = bench_op._timer(device), dict(bench_op.SIZES)

@@ -31,7 +31,7 @@ def tiny_export(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def chequerboard_model():
-    """A DDPM trained for 1500 steps on the Chequerboard (data scale 8): realistic weights, ~15 s."""
+    """A DDPM trained for 1500 steps on the Chequerboard (data scale 8): realistic weights, trained once per session."""
     torch.manual_seed(0)
     model = DDPM(FcNetwork(2, 128, num_layers=3, activation="silu", time_embedding="sinusoidal"), T=200)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)

@@ -382,7 +382,7 @@ class OtherWork:
 
 def forward_seconds(model: DDPM, batch: int, shape) -> float:
     """Seconds of one eps_theta evaluation on ``batch`` samples, as sampling runs it: the median of three timed
-    passes after a warm-up (one pass alone was seen 20x off on a busy CPU). Its input comes from a private
+    passes after a warm-up (one pass alone can be far off on a busy CPU). Its input comes from a private
     generator: the training's random stream (restored exactly on --resume) is not touched."""
     generator = torch.Generator(model.beta.device).manual_seed(0)
     x = torch.randn(batch, *shape, device=model.beta.device, generator=generator)
