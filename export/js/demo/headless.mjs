@@ -2,9 +2,12 @@
 // Run the demo page in headless Chromium (playwright-core) until it has sampled, and write what the page
 // exposes as window.pyddpmDemo ({state, message, shape, samples, msPerStep, ...}) as JSON.
 //
-//   node export/js/demo/headless.mjs "http://127.0.0.1:8000/js/demo/index.html?model=../../model/&num=500" \
+//   node export/js/demo/headless.mjs "http://127.0.0.1:8000/export/js/demo/index.html?model=/exported/&num=500" \
 //        --out result.json [--screenshot page.png] [--chromium /usr/bin/chromium] [--timeout-ms 120000]
-//   node export/js/demo/headless.mjs "http://127.0.0.1:8000/js/demo/index.html?num=500" --pick EXPORT_DIR --out ...
+//   node export/js/demo/headless.mjs "http://127.0.0.1:8000/export/js/demo/index.html?num=500" --pick exported/ --out ...
+//
+// with the repository root served as docs/export.md says (`python -m http.server 8000 --bind 127.0.0.1`) and
+// the export in exported/.
 //
 // --pick loads the export through the page's directory picker instead of a URL (then presses Sample).
 // The browser gets a fresh profile (user-data-dir) that is removed afterwards. Exit status 0 when the page
