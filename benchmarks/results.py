@@ -782,7 +782,7 @@ def render_mnist(page: Page) -> list[str]:
              + versus(by_name["fc-long"], by_name["unet-long"])
              + (f"; the classifier puts every sample of {', '.join(one_class)} into one class" if one_class else "")
              + f". The best Frechet distance here is {ratio:.0f}x its real-data floor: these are CPU-minute budgets "
-               "(the README's 46-minute U-Net run reaches 163 against a floor of 16).\n")
+               "(the 46-minute U-Net run in course.md reaches 163 against a floor of 16).\n")
     return L
 
 

@@ -76,7 +76,7 @@ class TrainConfig:
     fast: bool = True  # train and sample the network's fast copy (pyddpm.fast_network); False: as built
 
     def resolved_scale(self) -> float:
-        """The data scale: as given, else 64 for the toy sets (chosen by measurement, see README) and 2 for images."""
+        """The data scale: as given, else 64 for the toy sets (measured: docs/course.md) and 2 for images."""
         if self.data_scale is not None:
             return self.data_scale
         return TOY_DATA_SCALE if is_toy(self.data) else 2.0

@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fetch missing image files through torchvision into the data directory (nothing is "
                         "downloaded without this flag)")
     g.add_argument("--data-scale", type=float, default=None,
-                   help="the model sees (x - 0.5) * scale; default 64 for toy data (measured, see README), "
+                   help="the model sees (x - 0.5) * scale; default 64 for toy data (measured, see docs/course.md), "
                         "2 for images (the exercise's [-1, 1])")
     g.add_argument("--num-train", type=int, default=d.num_train,
                    help="toy data: training set size; images: use at most the first N training images")

@@ -25,7 +25,7 @@ from .onnx_export import ExportError
 
 @contextlib.contextmanager
 def _quiet_jit():
-    """Hides torch.jit's deprecation and tracer warnings (the README explains the deprecation once)."""
+    """Hides torch.jit's deprecation and tracer warnings (docs/export.md explains the deprecation once)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit\..* is deprecated")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
