@@ -7,9 +7,7 @@ Sampling, per network and batch, each a loop of --steps reverse steps, medians o
     course loop        the exercise's Algorithm 2: eager network, torch.randn and the update formula
     diffusers          the eager network and diffusers' DDPMScheduler.step (when diffusers is installed)
     pyddpm --eager     pyddpm's samplers with the network as trained (the default until this benchmark)
-    pyddpm fp32        pyddpm's default: the fused update around the network on the runtime that measures faster
-                       (runtime="auto": pyddpm.accel.fast_network's copy in torch, or the network in onnxruntime)
-    pyddpm fp32 --runtime torch   the same with pyddpm.accel.fast_network in torch (oneDNN, channels-last) always
+    pyddpm fp32        pyddpm's default: the fused update around the network's fast copy (pyddpm.accel)
     pyddpm bf16        pyddpm.accel.fast_network with --precision bf16
     pyddpm's network alone   the chosen network's forward; the loop's overhead over it is the median ratio of
                        --overhead-pairs adjacent pairs of runs (A B, B A, ...), with a ~95% interval
@@ -19,6 +17,13 @@ Training, per network: optimizer steps of pyddpm's Trainer (data path, loss, bac
 --eager (the default until this benchmark), the default fast network, and --precision bf16.
 
     python benchmarks/bench_cpu.py [--threads 2] [--repeats 5] [--nets toy,unet,unet-ddpm] [--json out.json]
+
+Levers (--levers): each pyddpm.accel lever's end-to-end gain, the time of the fast copy without that lever over the
+time with every lever, for float32 sampling (network and fused update) and training (pyddpm's Trainer), side by
+side in one run with the eager network; --write-docs puts the table, stamped with CPU, date and command, into
+docs/performance.md between its bench_cpu markers. The table in pyddpm/accel/levers.py quotes these gains.
+
+    python benchmarks/bench_cpu.py --levers --repeats 7 --write-docs
 
 Trained runs (``pyddpm-train``) for the networks can be given with --toy-run/--unet-run/--ddpm-unet-run; otherwise
 the benchmark trains short runs itself (cached in runs/bench_cpu). Pin the threads (--threads) and run nothing else.
@@ -31,6 +36,7 @@ import json
 import math
 import platform
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -45,11 +51,10 @@ from pyddpm import DDPM
 from pyddpm.cli.train import main as train_main
 from pyddpm.config import TrainConfig
 from pyddpm.export import export_run
-from pyddpm.accel.fast_network import native_bf16
-from pyddpm.accel import runtime as samplers
-from pyddpm.accel.memory import keep_freed_memory
-from pyddpm.accel.onnx_network import SPIN_SECONDS, OnnxRuntimeNetwork
-from pyddpm.accel import loop_network
+from pyddpm import ops
+from pyddpm.accel import fast_network, keep_freed_memory, levers_for, loop_network, native_bf16, training_network
+from pyddpm.accel.levers import CPU_CLASSES
+from pyddpm.nets import build_network
 from pyddpm.samplers import ddpm_sample
 from pyddpm.store import load_model
 from pyddpm.train import Trainer
@@ -98,6 +103,7 @@ def onnx_loop(run_dir: Path, shape, steps: int, threads: int, tmp: Path):
     return run
 
 
+SPIN_SECONDS = 0.3  # how long onnxruntime's threads spin on after a run, slowing what runs next on the cores
 BF16 = native_bf16("cpu")  # the bf16 rows: pyddpm refuses bf16 on a CPU without bfloat16 arithmetic
 SETTLE_SECONDS = 0.02  # the pause after each run (untimed)
 
@@ -106,7 +112,7 @@ def timed_rounds(candidates: dict, repeats: int, grad: bool = False, spinning=()
     """Seconds of each of ``repeats`` runs of each candidate after a warm-up (under torch.no_grad() unless
     ``grad``): the candidates run in turn, each round starting one candidate later, so that each is first in a
     round (where the threads wake up) equally often, with SETTLE_SECONDS between runs. After a candidate in
-    ``spinning`` (those that run onnxruntime) the next first runs untimed for onnxruntime_network's SPIN_SECONDS
+    ``spinning`` (those that run onnxruntime) the next first runs untimed for SPIN_SECONDS
     (0.3 s): onnxruntime's threads spin on after a run and slowed whichever candidate came next (the DDPM U-Net's
     torch forward 1.8x right after it, 1.3x 0.02 s after), and resting that long instead made every short loop
     after it ~7% slower (the toy network's 10 steps: its threads had gone to sleep)."""
@@ -172,7 +178,6 @@ def sampling_row(name: str, run_dir: Path, args, tmp: Path) -> dict:
     with torch.no_grad():
         chosen = loop_network(short, x, t_in, steps)
     choice_seconds = time.perf_counter() - start
-    runtime = "onnxruntime" if isinstance(chosen, OnnxRuntimeNetwork) else "torch"
 
     def network_alone():
         for _ in range(steps):
@@ -187,17 +192,29 @@ def sampling_row(name: str, run_dir: Path, args, tmp: Path) -> dict:
         "diffusers": None if scheduler is None else lambda: diffusers_loop(short, shape, scheduler),
         "pyddpm --eager": lambda: ddpm_sample(short, shape, seed=0, fast=False),
         "pyddpm fp32": lambda: ddpm_sample(short, shape, seed=0),
-        "pyddpm fp32 --runtime torch": lambda: ddpm_sample(short, shape, seed=0, runtime="torch"),
         "pyddpm bf16": (lambda: ddpm_sample(short, shape, seed=0, precision="bf16")) if BF16 else None,
         "pyddpm's network alone": fast_alone,
         "onnxruntime": onnx_loop(run_dir, shape, steps, args.threads, tmp / name),
     }
     candidates = {k: f for k, f in candidates.items() if f is not None}
-    spinning = {"onnxruntime"} | ({"pyddpm fp32", "pyddpm's network alone"} if runtime == "onnxruntime" else set())
-    ms = {k: 1e3 * v for k, v in interleaved(candidates, args.repeats, steps, spinning=spinning).items()}
+    ms = {k: 1e3 * v for k, v in interleaved(candidates, args.repeats, steps, spinning={"onnxruntime"}).items()}
     overhead = loop_overhead(fast_alone, candidates["pyddpm fp32"], args.overhead_pairs)
     return {"net": name, "label": NETS[name][0], "batch": batch, "ms_per_step": ms, "loop_overhead": overhead,
-            "runtime": runtime, "choice_seconds": choice_seconds}
+            "choice_seconds": choice_seconds}
+
+
+def training_seconds(trainers: dict, args) -> dict[str, float]:
+    """Median seconds per optimizer step of each Trainer, --train-steps steps a run, interleaved."""
+    steps = max(1, args.train_steps)
+    counter = {k: 0 for k in trainers}
+
+    def stepper(key):
+        def run():
+            for _ in range(steps):
+                trainers[key].train_step(counter[key])
+                counter[key] += 1
+        return run
+    return interleaved({k: stepper(k) for k in trainers}, args.repeats, steps, grad=True)
 
 
 def training_row(name: str, args, tmp: Path) -> dict:
@@ -211,18 +228,111 @@ def training_row(name: str, args, tmp: Path) -> dict:
     for key, extra in settings.items():
         cfg = TrainConfig(**{**base, "batch_size": batch, **extra})
         trainers[key] = Trainer(cfg, tmp / f"train-{name}-{len(trainers)}", torch.device("cpu"), resume=False)
-    steps = max(1, args.train_steps)
-    counter = {k: 0 for k in trainers}
-
-    def stepper(key):
-        def run():
-            for _ in range(steps):
-                trainers[key].train_step(counter[key])
-                counter[key] += 1
-        return run
-    seconds = interleaved({k: stepper(k) for k in trainers}, args.repeats, steps, grad=True)
+    seconds = training_seconds(trainers, args)
     return {"net": name, "label": label, "batch": batch,
             "examples_per_second": {k: batch / s for k, s in seconds.items()}}
+
+
+LEVER_NETS = {  # name: (network as bench_cpu trains it, sampling batch, training config)
+    "toy": (lambda: build_network("fc", input_dim=2, num_hidden=256, num_layers=4, activation="silu",
+                                  time_embedding="sinusoidal", input_embedding="fourier"), 5000, dict(net="fc")),
+    "unet": (lambda: build_network("unet"), 64, dict(data="mnist", net="unet")),
+    "unet-ddpm": (lambda: build_network("unet-ddpm", channels=[32, 64, 64], num_res_blocks=1), 32,
+                  dict(data="mnist", net="unet-ddpm", channels=[32, 64, 64], num_res_blocks=1)),
+}
+
+
+def sampling_loop(model: DDPM, network, shape, steps: int):
+    """``steps`` reverse steps of Algorithm 2 with ``network``: eps_theta, then pyddpm's fused update."""
+    coefs = model.step_coefficients()
+
+    def run():
+        x = torch.randn(shape)
+        for t in range(steps, 0, -1):
+            eps = network(x, model.time_input(t, 1).expand(shape[0], 1))  # as the samplers pass it
+            ops.reverse_step(x, eps.contiguous(), coefs[t - 1], seed=0, step=t, out=x)
+    return run
+
+
+def lever_rows(args, tmp: Path) -> list[dict]:
+    """Each lever's end-to-end gain: the time of the fast copy without it over the time with every lever, for
+    sampling (a loop of --steps steps, network and fused update) and training (pyddpm's Trainer steps: data path,
+    loss, backward, AdamW, EMA), float32, interleaved with the eager network. Untrained networks of the benched
+    shapes (the time does not depend on the weights)."""
+    rows = []
+    for name in args.nets:
+        factory, batch, train_cfg = LEVER_NETS[name]
+        torch.manual_seed(0)
+        network = factory().eval()
+        model = DDPM(network, T=args.steps).eval()
+        shape = (batch, *((2,) if name == "toy" else (784,)))
+        names = list(dict.fromkeys(lv.name for lv in levers_for(network, "fp32", "sample")))
+        copies = {"eager": network, "all levers": fast_network(network, "cpu"),
+                  **{f"without {n}": fast_network(network, "cpu", exclude=(n,)) for n in names}}
+        seconds = interleaved({k: sampling_loop(model, net, shape, args.steps) for k, net in copies.items()},
+                              args.repeats, args.steps)
+        rows.append({"net": name, "purpose": "sampling", "batch": batch, "ms": {k: 1e3 * v for k, v in
+                                                                               seconds.items()}})
+        print(json.dumps(rows[-1]), flush=True)
+        if args.no_training:
+            continue
+        _, _, _, train_batch = NETS[name]
+        names = list(dict.fromkeys(lv.name for lv in levers_for(network, "fp32", "train")))
+        trainers = {}
+        for key, exclude in {"eager": None, "all levers": (), **{f"without {n}": (n,) for n in names}}.items():
+            cfg = TrainConfig(**{**train_cfg, "batch_size": train_batch, "fast": False,
+                                 **({"data_dir": str(MNIST_DIR), "grid_samples": 0} if "data" in train_cfg else {})})
+            trainer = Trainer(cfg, tmp / f"levers-{name}-{len(trainers)}", torch.device("cpu"), resume=False)
+            if exclude is not None:
+                trainer.model.network = training_network(trainer.model.network, "cpu", "fp32", exclude)
+                trainer.optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=cfg.lr,
+                                                      weight_decay=cfg.weight_decay)
+            trainers[key] = trainer
+        seconds = training_seconds(trainers, args)
+        rows.append({"net": name, "purpose": "training", "batch": train_batch,
+                     "ms": {k: 1e3 * v for k, v in seconds.items()}})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def lever_table(rows: list[dict]) -> str:
+    """The levers' gains as a markdown table: per network and purpose, ms per step with every lever, and each lever's
+    gain (time without it / time with all), the eager network's for comparison."""
+    lines = ["| network, batch | purpose | ms per step, all levers | eager | lever: gain (without it / all) |",
+             "|---|---|---:|---:|---|"]
+    for r in rows:
+        ms, label = r["ms"], NETS[r["net"]][0]
+        gains = ", ".join(f"{k[len('without '):]} {ms[k] / ms['all levers']:.3f}x" for k in ms
+                          if k.startswith("without "))
+        lines.append(f"| {label}, {r['batch']} | {r['purpose']} | {ms['all levers']:.2f} | "
+                     f"{ms['eager'] / ms['all levers']:.2f}x slower | {gains or '(none)'} |")
+    return "\n".join(lines)
+
+
+def write_docs(text: str, args) -> None:
+    """``text`` stamped with CPU, date and command, between docs/performance.md's bench_cpu markers (the page's
+    other parts are written by hand)."""
+    page, begin, end = ROOT / "docs" / "performance.md", "<!-- bench_cpu:begin -->", "<!-- bench_cpu:end -->"
+    old = page.read_text() if page.exists() else f"# Performance\n\n{begin}\n{end}\n"
+    if begin not in old or end not in old:
+        old = old.rstrip("\n") + f"\n\n{begin}\n{end}\n"
+    stamp = (f"Generated by `python benchmarks/bench_cpu.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d')}: "
+             f"{cpu_name()}, torch {torch.__version__}, {args.threads} threads, medians of {args.repeats} "
+             "interleaved repeats.")
+    head, rest = old.split(begin, 1)
+    page.write_text(f"{head}{begin}\n{stamp}\n\n{text}\n{end}{rest.split(end, 1)[1]}")
+    print(f"wrote {page}")
+
+
+def cpu_name() -> str:
+    """The CPU's model name and its vector extensions as torch uses them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    flags = [name for name, (_, test) in CPU_CLASSES.items() if test() and name != "any"]
+    return f"{model} ({torch.backends.cpu.get_cpu_capability()}; {', '.join(flags) or 'no class'})"
 
 
 def print_tables(sampling: list[dict], training: list[dict], args) -> None:
@@ -248,8 +358,8 @@ def print_tables(sampling: list[dict], training: list[dict], args) -> None:
             print(f"| {label} | " + " | ".join(f"{r['ms_per_step'][slow] / r['ms_per_step'][fast]:.2f}x"
                                                if {slow, fast} <= r["ms_per_step"].keys() else "n/a"
                                                for r in sampling) + " |")
-        print("| runtime chosen by pyddpm fp32 (auto), its one-time cost | " + " | ".join(
-            f"{r['runtime']}, {r['choice_seconds']:.2f} s" for r in sampling) + " |")
+        print("| the fast copy's one-time cost | " + " | ".join(f"{r['choice_seconds']:.2f} s" for r in sampling)
+              + " |")
         print(f"| loop overhead over the chosen network's forward: median of {args.overhead_pairs} paired runs "
               "(~95% interval) | " + " | ".join(
                   "{median:+.1%} ({low:+.1%} to {high:+.1%})".format(**r["loop_overhead"]) for r in sampling) + " |")
@@ -279,8 +389,12 @@ def main() -> None:
     p.add_argument("--unet-run", default=None)
     p.add_argument("--ddpm-unet-run", default=None)
     p.add_argument("--json", default=None, help="also write the measurements to this JSON file")
+    p.add_argument("--levers", action="store_true",
+                   help="instead: each pyddpm.accel lever's end-to-end gain (the fast copy without it, side by side)")
+    p.add_argument("--write-docs", action="store_true",
+                   help="with --levers: write the table into docs/performance.md (between its bench_cpu markers)")
     args = p.parse_args()
-    nets = [n.strip() for n in args.nets.split(",") if n.strip()]
+    nets = args.nets = [n.strip() for n in args.nets.split(",") if n.strip()]
     unknown = [n for n in nets if n not in NETS]
     if unknown or not nets:
         p.error(f"--nets: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(NETS)}")
@@ -289,9 +403,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     kept = keep_freed_memory()  # as pyddpm's command-line tools do (pyddpm.accel.memory), for every candidate alike
     print(f"glibc malloc keeps freed memory (pyddpm.accel.memory): {kept}", flush=True)
-    # The timed loops are --steps long; a full T-step loop passes the threshold of runtime="auto", so the benchmark
-    # lets it choose as it would for the whole loop.
-    samplers.AUTO_FROM_SECONDS = 0.0
+    if args.levers:
+        with tempfile.TemporaryDirectory() as tmp:
+            table = lever_table(lever_rows(args, Path(tmp)))
+        print(f"\nCPU: {cpu_name()}, torch {torch.__version__}, {args.threads} threads, {args.steps}-step loops, "
+              f"medians of {args.repeats} interleaved repeats\n\n{table}")
+        if args.write_docs:
+            write_docs(table, args)
+        return
     given = {"toy": args.toy_run, "unet": args.unet_run, "unet-ddpm": args.ddpm_unet_run}
     runs = {n: trained_run(n, given[n]) for n in nets}
     sampling, training = [], []

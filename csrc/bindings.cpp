@@ -8,12 +8,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <initializer_list>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "conv3x3.h"
 #include "dropout.h"
 #include "group_norm.h"
 #include "log_sigmoid.h"
@@ -180,23 +178,11 @@ void normal(int device, int dtype, uintptr_t out, int64_t batch, int64_t numel_p
 #endif
 }
 
-void check_group_norm(int dtype, int64_t batch, int64_t hw, int64_t channels, int64_t groups) {
-  if (dtype != 0 && dtype != 2)
-    throw std::invalid_argument("group_norm_nhwc takes dtype 0 (float32) or 2 (bfloat16)");
-  if (batch < 0 || hw < 0 || channels < 1 || groups < 1 || channels % groups != 0)
-    throw std::invalid_argument("group_norm_nhwc needs batch, hw >= 0 and channels a positive multiple of "
-                                "groups");
-  if (hw > 0 && batch > INT64_MAX / hw / channels)
-    throw std::invalid_argument("batch * hw * channels overflows");
-}
-
+// The fast networks' kernels: their ops in pyddpm/accel/kernels.py check every argument (one check per op, run on
+// real and fake tensors alike); here the integers are only converted.
 void group_norm_nhwc(int dtype, uintptr_t x, uintptr_t add, uintptr_t y, uintptr_t gamma, uintptr_t beta,
                      int64_t batch, int64_t hw, int64_t channels, int64_t groups, double eps, bool silu,
                      uintptr_t mean, uintptr_t rstd, int num_threads) {
-  check_group_norm(dtype, batch, hw, channels, groups);
-  if (!(eps >= 0.0)) throw std::invalid_argument("eps must be >= 0");
-  if (batch * hw > 0 && (x == 0 || y == 0)) throw std::invalid_argument("x and y must not be null pointers");
-  if ((mean == 0) != (rstd == 0)) throw std::invalid_argument("give both mean and rstd, or neither");
   py::gil_scoped_release release;
   pyddpm::group_norm_nhwc_cpu(reinterpret_cast<const void*>(x), reinterpret_cast<const float*>(add),
                               reinterpret_cast<void*>(y), dtype == 2,
@@ -209,10 +195,6 @@ void group_norm_backward_nhwc(int dtype, uintptr_t x, uintptr_t grad_y, uintptr_
                               uintptr_t rstd, uintptr_t gamma, uintptr_t beta, int64_t batch, int64_t hw,
                               int64_t channels, int64_t groups, bool silu, uintptr_t grad_gamma,
                               uintptr_t grad_beta, int num_threads) {
-  check_group_norm(dtype, batch, hw, channels, groups);
-  if (batch * hw > 0 && (x == 0 || grad_y == 0 || grad_x == 0 || mean == 0 || rstd == 0 || gamma == 0 ||
-                         beta == 0 || grad_gamma == 0 || grad_beta == 0))
-    throw std::invalid_argument("group_norm_backward_nhwc: null pointer");
   py::gil_scoped_release release;
   pyddpm::group_norm_backward_nhwc_cpu(
       reinterpret_cast<const void*>(x), reinterpret_cast<const void*>(grad_y), reinterpret_cast<void*>(grad_x),
@@ -221,66 +203,25 @@ void group_norm_backward_nhwc(int dtype, uintptr_t x, uintptr_t grad_y, uintptr_
       silu, reinterpret_cast<float*>(grad_gamma), reinterpret_cast<float*>(grad_beta), num_threads);
 }
 
-void check_log_sigmoid(int dtype, int64_t n, std::initializer_list<uintptr_t> pointers) {
-  if (dtype != 0 && dtype != 2) throw std::invalid_argument("log_sigmoid takes dtype 0 (float32) or 2 (bfloat16)");
-  if (n < 0) throw std::invalid_argument("log_sigmoid: n must be >= 0");
-  for (uintptr_t pointer : pointers)
-    if (n > 0 && pointer == 0) throw std::invalid_argument("log_sigmoid: null pointer");
-}
-
 void log_sigmoid(int dtype, uintptr_t x, uintptr_t y, int64_t n, int num_threads) {
-  check_log_sigmoid(dtype, n, {x, y});
   py::gil_scoped_release release;
   pyddpm::log_sigmoid_cpu(reinterpret_cast<const void*>(x), reinterpret_cast<void*>(y), dtype == 2, n,
                           num_threads);
 }
 
 void log_sigmoid_backward(int dtype, uintptr_t x, uintptr_t grad_y, uintptr_t grad_x, int64_t n, int num_threads) {
-  check_log_sigmoid(dtype, n, {x, grad_y, grad_x});
   py::gil_scoped_release release;
   pyddpm::log_sigmoid_backward_cpu(reinterpret_cast<const void*>(x), reinterpret_cast<const void*>(grad_y),
                                    reinterpret_cast<void*>(grad_x), dtype == 2, n, num_threads);
 }
 
 void silu(int dtype, uintptr_t x, uintptr_t y, int64_t n, int num_threads) {
-  if (dtype != 0 && dtype != 2) throw std::invalid_argument("silu takes dtype 0 (float32) or 2 (bfloat16)");
-  if (n < 0) throw std::invalid_argument("silu: n must be >= 0");
-  if (n > 0 && (x == 0 || y == 0)) throw std::invalid_argument("silu: null pointer");
   py::gil_scoped_release release;
   pyddpm::silu_cpu(reinterpret_cast<const void*>(x), reinterpret_cast<void*>(y), dtype == 2, n, num_threads);
 }
 
-void silu_linear(int dtype, uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t y, int64_t rows,
-                 int64_t features, int64_t outs, int num_threads) {
-  if (dtype != 0 && dtype != 2) throw std::invalid_argument("silu_linear takes dtype 0 (float32) or 2 (bfloat16)");
-  if (rows < 0 || features < 1 || outs < 1 || outs > pyddpm::kSiluLinearMaxOuts)
-    throw std::invalid_argument("silu_linear needs rows >= 0, features >= 1 and 1 <= outs <= " +
-                                std::to_string(pyddpm::kSiluLinearMaxOuts));
-  if (rows > 0 && (x == 0 || weight == 0 || y == 0)) throw std::invalid_argument("silu_linear: null pointer");
-  py::gil_scoped_release release;
-  pyddpm::silu_linear_cpu(reinterpret_cast<const void*>(x), dtype == 2, reinterpret_cast<const float*>(weight),
-                          reinterpret_cast<const float*>(bias), reinterpret_cast<float*>(y), rows, features, outs,
-                          num_threads);
-}
-
-void conv3x3_nhwc(uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t y, int64_t batch, int64_t height,
-                  int64_t width, int64_t channels, int64_t out_channels, int num_threads) {
-  if (batch < 0 || height < 0 || width < 0 || channels < 1 || out_channels < 1)
-    throw std::invalid_argument("conv3x3_nhwc needs batch, height, width >= 0 and channels, out_channels >= 1");
-  if (batch * height * width > 0 && (x == 0 || weight == 0 || y == 0))
-    throw std::invalid_argument("conv3x3_nhwc: null pointer");
-  py::gil_scoped_release release;
-  pyddpm::conv3x3_nhwc_cpu(reinterpret_cast<const float*>(x), reinterpret_cast<const float*>(weight),
-                           reinterpret_cast<const float*>(bias), reinterpret_cast<float*>(y), batch, height, width,
-                           channels, out_channels, num_threads);
-}
-
 void dropout(int dtype, uintptr_t x, uintptr_t y, int64_t n, uint64_t seed, uint32_t threshold, float scale,
              int num_threads) {
-  if (dtype != 0 && dtype != 2) throw std::invalid_argument("dropout takes dtype 0 (float32) or 2 (bfloat16)");
-  if (n < 0) throw std::invalid_argument("dropout: n must be >= 0");
-  if (threshold > 65536) throw std::invalid_argument("dropout: threshold must be in [0, 65536]");
-  if (n > 0 && (x == 0 || y == 0)) throw std::invalid_argument("dropout: null pointer");
   py::gil_scoped_release release;
   pyddpm::dropout_cpu(reinterpret_cast<const void*>(x), reinterpret_cast<void*>(y), dtype == 2, n, seed, threshold,
                       scale, num_threads);
@@ -289,8 +230,8 @@ void dropout(int dtype, uintptr_t x, uintptr_t y, int64_t n, uint64_t seed, uint
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "pyddpm's fused reverse-step kernels (CPU, optional CUDA) and its CPU GroupNorm, LogSigmoid and "
-            "3 x 3 convolution and dropout, on raw pointers.";
+  m.doc() = "pyddpm's fused reverse-step kernels (CPU, optional CUDA) and its CPU GroupNorm, LogSigmoid, SiLU and "
+            "dropout, on raw pointers.";
   m.attr("__version__") = PYDDPM_VERSION;
 
   m.def("cuda_built", [] { return kWithCuda; }, "True if the CUDA kernels were compiled in.");
@@ -357,17 +298,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("silu", &silu,
         "y = x * sigmoid(x) elementwise over n values on the CPU (dtype 0/2 = float32/bfloat16; y may be x).",
         py::arg("dtype"), py::arg("x"), py::arg("y"), py::arg("n"), py::arg("num_threads"));
-  m.def("silu_linear", &silu_linear,
-        "y = silu(x) weight^T + bias on the CPU: x rows x features (dtype 0/2 = float32/bfloat16), weight outs x "
-        "features, bias outs (or 0) and y rows x outs in float32, outs <= 8 (bfloat16: silu(x) rounded to bfloat16).",
-        py::arg("dtype"), py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("y"), py::arg("rows"),
-        py::arg("features"), py::arg("outs"), py::arg("num_threads"));
-  m.attr("silu_linear_max_outs") = pyddpm::kSiluLinearMaxOuts;
-  m.def("conv3x3_nhwc", &conv3x3_nhwc,
-        "y = a 3 x 3 convolution, stride 1, zero padding 1, of a channels-last float32 map x on the CPU (weight in "
-        "(O, kh, kw, C) order; bias 0 for none).",
-        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("y"), py::arg("batch"), py::arg("height"),
-        py::arg("width"), py::arg("channels"), py::arg("out_channels"), py::arg("num_threads"));
   m.def("dropout", &dropout,
         "y = x * (scale or 0) elementwise over n values on the CPU (dtype 0/2 = float32/bfloat16), each element "
         "dropped when its 16-bit Philox word (seed, element index) is below threshold; the backward is the same "

@@ -1,6 +1,6 @@
 // Dropout with its mask drawn from Philox4x32-10 (philox.h) by element index, over n float32 or bfloat16
 // (bfloat16 = true) values on raw pointers (no libtorch), for the training networks' FastDropout
-// (pyddpm/fast_network.py): see cpu/dropout_cpu.cpp. The caller (pyddpm) checks the tensors: each pointer
+// (pyddpm/accel/kernels.py): see cpu/dropout_cpu.cpp. The caller (pyddpm) checks the tensors: each pointer
 // addresses n elements of that dtype in the same order.
 #pragma once
 

@@ -1,5 +1,5 @@
 // log sigmoid(x) and its backward, elementwise over n float32 or bfloat16 (bfloat16 = true) values on raw
-// pointers (no libtorch), for the fast networks' LogSigmoid (pyddpm/fast_network.py): see cpu/log_sigmoid_cpu.cpp.
+// pointers (no libtorch), for the fast networks' LogSigmoid (pyddpm/accel/kernels.py): see cpu/log_sigmoid_cpu.cpp.
 // The caller (pyddpm) checks the tensors: each pointer addresses n elements of that dtype in the same order.
 #pragma once
 

@@ -11,6 +11,7 @@ stay finite (bf16's spacing there is 1.0), and the samples are judged by what th
 fraction as float32 within 3 standard errors.
 """
 import copy
+import importlib
 import math
 import warnings
 
@@ -19,16 +20,26 @@ import torch
 from torch import nn
 
 from activation_range import NETWORKS, TARGET, push_preactivations
-from pyddpm.accel import fast_network as fast_module
+from pyddpm.accel import levers, linear
+from pyddpm.accel.elementwise import FastDropout, FastLogSigmoid
+from pyddpm.accel.fast_network import fast_network, native_bf16, training_network
+from pyddpm.accel.normalisation import FastGroupNorm, FastResidualBlock
 from pyddpm.data import toy_distribution
-from pyddpm.accel.fast_network import FastLogSigmoid, fast_network, native_bf16
 from pyddpm.nets import FcNetwork
 from pyddpm.samplers import ddim_sample, ddpm_sample
+
+fast_module = importlib.import_module("pyddpm.accel.fast_network")  # (the package's fast_network is the function)
 
 # pyddpm refuses bf16 on a CPU without bfloat16 arithmetic (test_bf16_is_refused_on_a_cpu_without_bf16_arithmetic):
 # the tests of what bf16 computes need one
 needs_native_bf16 = pytest.mark.skipif(not native_bf16("cpu"), reason="this CPU has no AVX512-BF16 or AMX: pyddpm "
                                        "refuses --precision bf16 on it")
+
+
+def cpu_class(monkeypatch, avx2_only: bool) -> None:
+    """Make this CPU count as AVX2 only (or not) for the levers' table."""
+    monkeypatch.setitem(levers.CPU_CLASSES, "AVX2 only", ("", lambda: avx2_only))
+    monkeypatch.setitem(levers.CPU_CLASSES, "not AVX2 only", ("", lambda: not avx2_only))
 
 
 def pushed(name: str, batch: int = 16):
@@ -71,25 +82,21 @@ def test_fp32_fast_network_equals_eager_at_trained_activation_ranges(name, one_s
 
 
 @pytest.mark.parametrize("name", ["fc-silu", "fc-relu", "unet"])
-@pytest.mark.parametrize("fusing", [True, False], ids=["avx512", "avx2"])
-def test_the_fast_path_really_rewrites_the_network(name, fusing, monkeypatch):
-    """The Linear layers run on oneDNN with ReLU fused into them, and the last SiLU with the last layer (two
-    outputs) as one SiluLinear; the other SiLUs are oneDNN's fused swish, except on x86 without AVX-512
-    (``onednn_linear_wins``), where pyddpm._C's SiLU runs in place on the product; either way the copy equals
-    eager."""
-    monkeypatch.setattr(fast_module, "onednn_linear_wins", lambda: fusing)
+@pytest.mark.parametrize("avx2_only", [False, True], ids=["avx512", "avx2"])
+def test_the_fast_path_really_rewrites_the_network(name, avx2_only, monkeypatch):
+    """The Linear layers run on oneDNN with ReLU fused into them; SiLUs are oneDNN's fused swish, except on x86
+    without AVX-512, where pyddpm::silu_ runs in place on the product; either way the copy equals eager."""
+    cpu_class(monkeypatch, avx2_only)
     network, x, t = pushed(name)
     fast = fast_network(network, "cpu")
     kinds = {type(m) for m in fast.modules()}
     if name.startswith("fc"):
-        assert fast_module.OneDNNLinear in kinds and nn.Linear not in kinds
-        assert nn.ReLU not in kinds and nn.SiLU not in kinds
-        assert (fast_module.SiluLinear in kinds) == (name == "fc-silu")
-        linears = [m for m in fast.modules() if type(m) is fast_module.OneDNNLinear]
-        silu = ("swish", False) if fusing else ("none", True)  # (oneDNN's activation, pyddpm._C's SiLU)
-        assert [(m.attr, m.kernel_silu) for m in linears] == (  # (the last SiLU is the SiluLinear's)
-            [("relu", False)] * (len(linears) - 1) + [("none", False)] if name == "fc-relu"
-            else [silu] * (len(linears) - 1) + [("none", False)])
+        assert linear.OneDNNLinear in kinds and nn.Linear not in kinds
+        linears = [m for m in fast.modules() if type(m) is linear.OneDNNLinear]
+        silu = ("swish", False) if not avx2_only else (None, True)  # (oneDNN's post-op, pyddpm::silu_)
+        assert [((m.post_op or (None,))[0], m.silu_kernel) for m in linears] == (
+            [("relu", False)] * (len(linears) - 1) + [(None, False)] if name == "fc-relu"
+            else [silu] * (len(linears) - 1) + [(None, False)])
         with torch.no_grad():
             eager = network(x, t)
             assert float((fast(x, t) - eager).abs().max()) <= 1e-5 * max(1.0, float(eager.abs().max()))
@@ -104,7 +111,7 @@ def test_an_fc_networks_fast_copy_folds_one_time_step_into_its_first_layer():
     steps takes the whole network (both equal eager: the test above)."""
     network, x, t = pushed("fc-silu")
     fast = fast_network(network, "cpu")
-    assert type(fast.network) is fast_module.OneTimeStepFcNetwork
+    assert type(fast.network) is linear.OneTimeStepFcNetwork
     rows = []
     fast.network.fast.time_embedding.register_forward_hook(lambda m, args, out: rows.append(out.shape[0]))
     with torch.no_grad():
@@ -115,7 +122,7 @@ def test_an_fc_networks_fast_copy_folds_one_time_step_into_its_first_layer():
     torch.manual_seed(3)
     for other in (FcNetwork(2, 16), FcNetwork(2, 32, 3, "silu", "sinusoidal", input_embedding="fourier")):
         fast = fast_network(other.eval(), "cpu")
-        assert type(fast.network) is fast_module.OneTimeStepFcNetwork
+        assert type(fast.network) is linear.OneTimeStepFcNetwork
         x, t = torch.randn(64, 2) * 20, torch.full((64, 1), 0.3)
         with torch.no_grad():
             eager = other(x, t)
@@ -125,15 +132,16 @@ def test_an_fc_networks_fast_copy_folds_one_time_step_into_its_first_layer():
 def test_the_ddpm_unet_runs_channels_last_with_fused_group_norms():
     """Every GroupNorm is pyddpm's kernel, fused with the SiLU after it, and every convolution sees channels-last
     maps, the one-channel stem's output included (torch would return it in NCHW)."""
-    from pyddpm.accel.fast_network import FastGroupNorm, FastResidualBlock, channels_last_output
+    from pyddpm.accel.convolution import channels_last_output
     from pyddpm.nets.unet_ddpm import ResidualBlock, SelfAttention
 
     network, x, t = pushed("unet-ddpm")
     fast = fast_network(network, "cpu")
     kinds = [type(m) for m in fast.modules()]
     assert FastGroupNorm in kinds and nn.GroupNorm not in kinds
-    # the SiLUs after GroupNorms are fused, and the time MLP's Linear fuses its own (oneDNN's or pyddpm._C's)
-    assert not any(type(m) is nn.SiLU for m in fast.modules())
+    # the SiLUs after GroupNorms are fused, and the time MLP's Linear fuses its own (oneDNN's or pyddpm::silu_;
+    # the module stays its ``activation`` for the fallback)
+    assert all(name.endswith(".activation") for name, m in fast.named_modules() if type(m) is nn.SiLU)
     assert kinds.count(FastResidualBlock) == [type(m) for m in network.modules()].count(ResidualBlock)
     norms = [m for m in fast.modules() if isinstance(m, FastGroupNorm)]
     attention = sum(1 for m in network.modules() if isinstance(m, SelfAttention))
@@ -142,7 +150,7 @@ def test_the_ddpm_unet_runs_channels_last_with_fused_group_norms():
     layouts = []
     hooks = [m.register_forward_pre_hook(lambda m, args: layouts.append(
         args[0].is_contiguous(memory_format=torch.channels_last))) for m in fast.modules()
-        if isinstance(m, (nn.Conv2d, fast_module.PackedConv))]
+        if isinstance(m, nn.Conv2d)]
     with torch.no_grad():
         fast(x, t)
     for h in hooks:
@@ -173,35 +181,81 @@ def test_fast_log_sigmoid_is_log_sigmoid_everywhere_with_finite_gradients():
     assert torch.allclose(x.grad.double(), torch.sigmoid(-x.detach().double()), atol=1e-6)
 
 
-def test_without_onednn_the_linears_stay_and_one_warning_says_so(monkeypatch):
+def test_without_onednns_private_linear_the_linears_stay(monkeypatch):
+    """torch.ops.mkldnn._linear_pointwise is a private entry point: missing (here: raising) at copy time, the
+    Linear levers do not apply and the copy computes the network's own function."""
     network, x, t = pushed("fc-silu")
-    monkeypatch.setattr(fast_module, "onednn_available", lambda dtype=torch.float32: False)
-    monkeypatch.setattr(fast_module, "_warned", set())
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        first, second = fast_network(network, "cpu"), fast_network(network, "cpu")
-    assert len([w for w in caught if "oneDNN" in str(w.message)]) == 1
-    assert nn.Linear in {type(m) for m in first.modules()}
+
+    def broken(*args):
+        raise RuntimeError("no oneDNN here")
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", broken)
+    assert not linear.onednn_linear_works()
+    fast = fast_network(network, "cpu")
+    assert nn.Linear in {type(m) for m in fast.modules()} and linear.OneDNNLinear not in {type(m) for m in fast.modules()}
     with torch.no_grad():
-        assert torch.equal(first(x, t), network(x, t)) and torch.equal(second(x, t), network(x, t))
+        assert torch.equal(fast(x, t), network(x, t))
 
 
-def test_without_onednn_bf16_the_linears_run_under_autocast_with_one_warning(monkeypatch):
-    """A torch build without oneDNN's bfloat16 (on a CPU with bfloat16 arithmetic): --precision bf16 is plain torch
-    autocast, and says so once."""
+@pytest.mark.parametrize("purpose", ["sample", "train"])
+def test_a_linear_whose_onednn_call_raises_falls_back_to_the_plain_module(purpose, monkeypatch):
+    """Made while oneDNN worked, a copy whose oneDNN Linear then raises runs F.linear from then on (one warning
+    per layer), and gives the network's function (to float32 rounding: oneDNN's sums, then torch's)."""
+    cpu_class(monkeypatch, avx2_only=False)  # (the training copy's oneDNN Linear, on any CPU)
     network, x, t = pushed("fc-silu")
-    monkeypatch.setattr(fast_module, "native_bf16", lambda device: True)
-    monkeypatch.setattr(fast_module, "onednn_available", lambda dtype=torch.float32: dtype == torch.float32)
-    monkeypatch.setattr(fast_module, "_warned", set())
+    network.requires_grad_(purpose == "train")
+    fast = fast_network(network, "cpu") if purpose == "sample" else training_network(network, "cpu")
+    kind = linear.OneDNNLinear if purpose == "sample" else linear.TrainableOneDNNLinear
+    assert kind in {type(m) for m in fast.modules()}
+
+    def broken(*args):
+        raise RuntimeError("oneDNN went away")
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", broken)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        first, second = fast_network(network, "cpu", "bf16"), fast_network(network, "cpu", "bf16")
-    assert len([w for w in caught if "oneDNN's bf16" in str(w.message)]) == 1
-    assert nn.Linear in {type(m) for m in first.modules()}
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        reference = network(x, t).float()
-    with torch.no_grad():
-        assert torch.equal(first(x, t), reference) and torch.equal(second(x, t), reference)
+        with torch.set_grad_enabled(purpose == "train"):
+            out, eager = fast(x, t), network(x, t)
+    layers = [m for m in fast.modules() if type(m) is kind]
+    assert len([w for w in caught if "oneDNN's Linear failed" in str(w.message)]) == len(layers)
+    assert not any(m.onednn for m in layers)
+    assert float((out - eager).abs().max()) <= 1e-5 * max(1.0, float(eager.abs().max()))
+
+
+@pytest.mark.parametrize("purpose", ["sample", "train"])
+def test_other_networks_are_the_users_own(purpose):
+    """No lever applies to a network that is not pyddpm's own class (a subclass included): the fast copy is the
+    network itself (under the bf16 wrapper at most), the training copy the network."""
+
+    class Counting(FcNetwork):
+        calls = 0
+
+        def forward(self, x, t):
+            Counting.calls += 1
+            return super().forward(x, t)
+
+    custom = nn.Sequential(nn.Linear(3, 3), nn.SiLU())
+    for network in (Counting(2, 16), custom):
+        assert levers.levers_for(network, "fp32", purpose) == []
+        if purpose == "train":
+            assert training_network(network, "cpu") is network
+        else:
+            assert fast_network(network, "cpu").network is network
+    fast_network(Counting(2, 16), "cpu")(torch.randn(4, 2), torch.rand(4, 1))
+    assert Counting.calls == 1
+
+
+def test_the_table_and_the_command_say_which_levers_a_network_gets(capsys):
+    """Each lever of the table names what it replaces, a CPU class, precisions, purposes, a gain and how it was
+    measured; ``python -m pyddpm.accel`` prints the ones a network gets here."""
+    from pyddpm.accel.__main__ import main
+
+    for lever in levers.LEVERS:
+        assert lever.replaces and lever.cpu in levers.CPU_CLASSES and lever.gain and lever.measured
+        assert set(lever.precisions) <= {"fp32", "bf16"} and set(lever.purposes) <= {"sample", "train"}
+    names = {lv.name for lv in levers.levers_for(NETWORKS["unet"][0](), "fp32", "sample")}
+    assert {"log-sigmoid-kernel", "channels-last"} <= names
+    assert main(["unet"]) == 0
+    out = capsys.readouterr().out
+    assert "log-sigmoid-kernel" in out and "channels-last" in out
 
 
 @needs_native_bf16
@@ -209,8 +263,7 @@ def test_without_onednn_bf16_the_linears_run_under_autocast_with_one_warning(mon
 def test_bf16_linears_are_onednn_with_bf16_weights_and_match_autocast(name):
     """The bf16 copy's Linears hold bfloat16 weights (rounded once, not on every call as autocast does) and give
     autocast's function: the same roundings of x and W, float32 sums; only a ReLU, GELU or tanh comes before the
-    last rounding to bfloat16 instead of after it (a SiLU comes after it, as pyddpm._C's kernel, and the last
-    SiLU and Linear run in float32 in one SiluLinear), so a layer's output differs by up to one bfloat16 spacing (2^-8
+    last rounding to bfloat16 instead of after it (a SiLU comes after it, as pyddpm::silu_), so a layer's output differs by up to one bfloat16 spacing (2^-8
     relative; here of pre-activations pushed to +-200) and the network's output by a few: within 1% of its scale
     for the FcNetworks (measured 0 to 0.2%), 5% for the DDPM U-Net, whose ~20 layers after its time MLP carry
     the differences of that MLP's +-200 activations (measured 2.5%)."""
@@ -219,9 +272,9 @@ def test_bf16_linears_are_onednn_with_bf16_weights_and_match_autocast(name):
     shape = NETWORKS[name][1]
     x, t = torch.randn(16, *shape, generator=generator), torch.rand(16, 1, generator=generator)
     fast = fast_network(network, "cpu", "bf16")
-    linears = [m for m in fast.modules() if isinstance(m, fast_module.OneDNNLinear)]
+    linears = [m for m in fast.modules() if isinstance(m, linear.OneDNNLinear)]
     assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
-    assert any(m.kernel_silu for m in linears) == (name in ("fc-silu", "unet-ddpm"))  # their SiLUs after a Linear
+    assert any(m.silu_kernel for m in linears) == (name in ("fc-silu", "unet-ddpm"))  # their SiLUs after a Linear
     assert nn.Linear not in {type(m) for m in fast.modules()}
     with torch.no_grad():
         out = fast(x, t)
@@ -243,7 +296,7 @@ def test_bf16_at_one_time_step_is_as_close_to_fp32_as_autocast(name):
     generator = torch.Generator().manual_seed(0)
     x, t = torch.randn(256, 2, generator=generator), torch.rand(1, 1, generator=generator).expand(256, 1)
     fast = fast_network(network, "cpu", "bf16")
-    assert type(fast.network) is fast_module.OneTimeStepFcNetwork
+    assert type(fast.network) is linear.OneTimeStepFcNetwork
     with torch.no_grad():
         fp32, out = network(x, t), fast(x, t)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -296,10 +349,9 @@ def test_precision_is_checked_and_needs_the_fast_path(chequerboard_model):
         ddpm_sample(chequerboard_model, (4, 2), seed=0, precision="bf16", fast=False)
 
 
-@pytest.mark.filterwarnings("ignore:pyddpm. oneDNN's bf16")  # (on a CPU without it)
 def test_the_fast_copy_is_reused_until_the_weights_change(chequerboard_model, monkeypatch):
     monkeypatch.setattr(fast_module, "native_bf16", lambda device: True)  # (what is cached, on any CPU)
-
+    monkeypatch.setattr(levers, "native_bf16", lambda device: True)
     model = copy.deepcopy(chequerboard_model)
     from pyddpm.accel import sampling_network
     first = sampling_network(model)
@@ -316,13 +368,10 @@ def test_the_fast_copy_is_reused_until_the_weights_change(chequerboard_model, mo
 
 @pytest.mark.parametrize("name", ["unet", "unet-ddpm", "fc-silu"])
 def test_training_network_has_the_eager_gradients_at_trained_activation_ranges(name, monkeypatch):
-    """The training copy (FastLogSigmoid's own backward, channels-last, oneDNN's Linear: on any CPU here) gives
+    """The training copy (pyddpm::log_sigmoid's backward, channels-last, oneDNN's Linear: on any CPU here) gives
     the network's loss and gradients to float32 rounding: |diff| <= 1e-4 x max(1, |eager|) per tensor (sums over
     the batch and the feature maps in another order; measured ~1e-6)."""
-    from pyddpm.accel.fast_network import training_network
-
-    monkeypatch.setattr(fast_module, "onednn_linear_wins", lambda: True)
-
+    cpu_class(monkeypatch, avx2_only=False)
     network, x, t = pushed(name)
     network.requires_grad_(True)
     fast = training_network(network, "cpu")
@@ -343,10 +392,9 @@ def test_training_network_has_the_eager_gradients_at_trained_activation_ranges(n
 def test_a_training_copy_has_the_networks_state_dict(name, monkeypatch):
     """Checkpoints of a run trained on the fast copy load into the network as built, and back: the same names,
     shapes and values (the copy's modules keep their Parameters' names; the channels-last stem is a hook)."""
-    from pyddpm.accel.fast_network import training_network
-
-    monkeypatch.setattr(fast_module, "onednn_linear_wins", lambda: True)  # (oneDNN Linears, on any CPU)
+    cpu_class(monkeypatch, avx2_only=False)  # (oneDNN Linears, on any CPU)
     monkeypatch.setattr(fast_module, "native_bf16", lambda device: True)  # (the names, on any CPU)
+    monkeypatch.setattr(levers, "native_bf16", lambda device: True)
     network, _, _ = pushed(name)
     for precision in ("fp32", "bf16"):
         copy_state = training_network(network, "cpu", precision).state_dict()
@@ -358,8 +406,6 @@ def test_fast_dropout_drops_p_and_scales_the_rest():
     """FastDropout keeps each element with probability 1 - p (binomial: within 5 standard errors over 10^6
     elements), scales the kept ones by 1 / (1 - p) so the mean is kept, passes gradients through the same mask,
     and is the identity in eval mode."""
-    from pyddpm.accel.fast_network import FastDropout
-
     torch.manual_seed(0)
     drop = FastDropout(nn.Dropout(0.1))
     x = torch.rand(1000, 1000) + 1.0
@@ -403,16 +449,14 @@ def test_bf16_training_tracks_fp32(tmp_path):
 def test_a_network_in_training_samples_through_the_same_fast_copies():
     """The Trainer's copy (trainable oneDNN Linears) gives the same fast sampling networks as the network itself,
     in float32 and in bf16 (inference oneDNN Linears with bfloat16 weights)."""
-    from pyddpm.accel.fast_network import training_network
-
     network, x, t = pushed("fc-silu")
     training = training_network(network, "cpu")
-    assert fast_module.TrainableOneDNNLinear in {type(m) for m in training.modules()}
+    assert linear.TrainableOneDNNLinear in {type(m) for m in training.modules()}
     with torch.no_grad():
         for precision in ("fp32", "bf16"):
             a, b = fast_network(network, "cpu", precision)(x, t), fast_network(training, "cpu", precision)(x, t)
             assert torch.equal(a, b), precision
-    assert fast_module.TrainableOneDNNLinear not in {type(m) for m in fast_network(training, "cpu", "bf16").modules()}
+    assert linear.TrainableOneDNNLinear not in {type(m) for m in fast_network(training, "cpu", "bf16").modules()}
 
 
 def test_the_trainers_average_holds_the_network_as_built(tmp_path, monkeypatch):
@@ -421,12 +465,12 @@ def test_the_trainers_average_holds_the_network_as_built(tmp_path, monkeypatch):
     from pyddpm.config import TrainConfig
     from pyddpm.train import Trainer
 
-    monkeypatch.setattr(fast_module, "onednn_linear_wins", lambda: True)  # (a copy to train, on any CPU)
+    cpu_class(monkeypatch, avx2_only=False)  # (a copy to train, on any CPU)
     cfg = TrainConfig(data="cb", hidden=32, depth=2, batch_size=64, num_train=6400, epochs=1, ema=0.5)
     trainer = Trainer(cfg, tmp_path / "run", torch.device("cpu"), resume=False)
-    assert fast_module.TrainableOneDNNLinear in {type(m) for m in trainer.model.network.modules()}
+    assert linear.TrainableOneDNNLinear in {type(m) for m in trainer.model.network.modules()}
     shadow = trainer.sampling_model()
-    assert all(type(m).__module__ != fast_module.__name__ for m in shadow.network.modules())
+    assert not any(type(m).__module__.startswith("pyddpm.accel") for m in shadow.network.modules())
     before = {k: v.clone() for k, v in shadow.state_dict().items()}
     trainer.train_step(0)
     weights = dict(trainer.model.named_parameters())
@@ -465,7 +509,6 @@ def test_bf16_is_refused_on_a_cpu_without_bf16_arithmetic(monkeypatch, chequerbo
     """Where bfloat16 is emulated (an AVX2-only CPU: 8-12x slower), every bf16 door is one ValueError naming
     the flag, before any work; float32 runs as ever."""
     from pyddpm.config import TrainConfig
-    from pyddpm.accel.fast_network import training_network
     from pyddpm.train import Trainer
 
     monkeypatch.setattr(fast_module, "native_bf16", lambda device: torch.device(device).type != "cpu")
@@ -484,18 +527,19 @@ def test_bf16_is_refused_on_a_cpu_without_bf16_arithmetic(monkeypatch, chequerbo
 
 
 def test_the_training_copys_attention_attends_in_float32_under_bf16(monkeypatch):
-    """TrainableSelfAttention (the DDPM U-Net's training copy): float32 q, k, v go to SDPA (the same bits); bfloat16
+    """Float32Attention (the DDPM U-Net's bf16 training copy): float32 q, k, v go to SDPA (the same bits); bfloat16
     ones give softmax(q k^T / sqrt(c)) v computed in float32 from them and rounded once to bfloat16, so forward and
     q, k, v gradients are within one bfloat16 rounding of the float64 attention of the same bfloat16 values (2^-8
     |ref|, plus 1e-4 of the tensor's largest value for float32's sums), and no further from it than SDPA's own
     bfloat16 kernel. Logits up to ~+-30, as in a trained network's sharp attention."""
-    from pyddpm.accel.fast_network import TrainableSelfAttention, training_network
+    from pyddpm.accel.convolution import Float32Attention
     from pyddpm.nets.unet_ddpm import SelfAttention
 
     network = NETWORKS["unet-ddpm"][0]()
     monkeypatch.setattr(fast_module, "native_bf16", lambda device: True)  # (the copy's modules, on any CPU)
-    assert TrainableSelfAttention in {type(m) for m in training_network(network, "cpu", "bf16").modules()}
-    attention = TrainableSelfAttention(SelfAttention(64))
+    monkeypatch.setattr(levers, "native_bf16", lambda device: True)
+    assert Float32Attention in {type(m) for m in training_network(network, "cpu", "bf16").modules()}
+    attention = Float32Attention(SelfAttention(64))
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(4, 1, 49, 64, generator=generator) * s for s in (4.0, 4.0, 1.0))
     grad = torch.randn(4, 1, 49, 64, generator=generator).bfloat16()
@@ -518,23 +562,6 @@ def test_the_training_copys_attention_attends_in_float32_under_bf16(monkeypatch)
         assert float(err.max()) <= float(sdpa_err.max()), (name, float(err.max()), float(sdpa_err.max()))
 
 
-@needs_native_bf16
-@pytest.mark.parametrize("name", ["unet", "unet-ddpm"])
-def test_the_bf16_copys_convolutions_hold_bf16_weights_and_give_autocasts_bits(name, monkeypatch):
-    """The bf16 sampling copy rounds its convolutions' weights to bfloat16 once; autocast rounds them the same way
-    on every call, so the output is the same bits as with float32 weights under autocast."""
-    network, x, t = pushed(name)
-    fast = fast_network(network, "cpu", "bf16")
-    convs = [m for m in fast.modules() if type(m) in (nn.Conv2d, nn.ConvTranspose2d)]
-    assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
-    monkeypatch.setattr(fast_module, "_bf16_conv", lambda module: None)
-    autocast = fast_network(network, "cpu", "bf16")
-    assert all(m.weight.dtype == torch.float32 for m in autocast.modules()
-               if type(m) in (nn.Conv2d, nn.ConvTranspose2d))
-    with torch.no_grad():
-        assert torch.equal(fast(x, t), autocast(x, t))
-
-
 @pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
 @pytest.mark.parametrize("stride, padding, output_padding, dilation", [(2, 1, 0, 1), (2, 1, 1, 1), (1, 1, 0, 1),
                                                                        (2, 0, 1, 2)])
@@ -547,7 +574,9 @@ def test_the_adjoint_transposed_convolution_is_atens_in_float32(stride, padding,
     weight = (torch.randn(12, 8, 3, 3, generator=generator) * 0.3).requires_grad_(True)
     reference = nn.functional.conv_transpose2d(x, weight, None, stride, padding, output_padding, 1, dilation)
     out_size = tuple(reference.shape[2:])
-    out = fast_module._AdjointConvTranspose.apply(x, weight, out_size, ([stride] * 2, [padding] * 2, [dilation] * 2))
+    from pyddpm.accel.convolution import _AdjointConvTranspose
+
+    out = _AdjointConvTranspose.apply(x, weight, out_size, ([stride] * 2, [padding] * 2, [dilation] * 2))
     assert out.shape == reference.shape
     grad = torch.randn(reference.shape, generator=generator)
     expected = torch.autograd.grad(reference, (x, weight), grad)
@@ -558,7 +587,7 @@ def test_the_adjoint_transposed_convolution_is_atens_in_float32(stride, padding,
 
 @needs_native_bf16
 def test_the_bf16_training_copy_of_the_exercise_unet_tracks_autocast():
-    """The bf16 training copy's transposed convolutions (TrainableConvTranspose) under autocast against the network
+    """The bf16 training copy's transposed convolutions (AdjointConvTranspose) under autocast against the network
     as built under autocast, at trained activation ranges: the loss within 0.5% and each Parameter's gradient
     within 3% of its scale (bfloat16 rounds inputs, weights and each layer's output to 8 significant bits, 0.4%,
     in either; the copy rounds the transposed convolutions' output once more, before its bias; measured: loss
@@ -566,11 +595,12 @@ def test_the_bf16_training_copy_of_the_exercise_unet_tracks_autocast():
     and it samples through the same fast copies as the network."""
     network, x, t = pushed("unet")
     network.requires_grad_(True)
-    fast = fast_module.training_network(network, "cpu", "bf16")
+    from pyddpm.accel.convolution import AdjointConvTranspose
+
+    fast = training_network(network, "cpu", "bf16")
     transposed = sum(type(m) is nn.ConvTranspose2d for m in network.modules())
-    assert transposed > 0 and sum(type(m) is fast_module.TrainableConvTranspose for m in fast.modules()) == transposed
-    assert fast_module.TrainableConvTranspose not in {type(m) for m in fast_module.training_network(
-        network, "cpu").modules()}
+    assert transposed > 0 and sum(type(m) is AdjointConvTranspose for m in fast.modules()) == transposed
+    assert AdjointConvTranspose not in {type(m) for m in training_network(network, "cpu").modules()}
     losses, grads = [], []
     for net in (network, fast):
         net.zero_grad()
@@ -586,40 +616,3 @@ def test_the_bf16_training_copy_of_the_exercise_unet_tracks_autocast():
         for precision in ("fp32", "bf16"):
             a, b = fast_network(network, "cpu", precision)(x, t), fast_network(fast, "cpu", precision)(x, t)
             assert torch.equal(a, b), precision
-
-
-@needs_native_bf16
-def test_the_bf16_training_copy_of_the_ddpm_unet_upsamples_as_one_transposed_convolution():
-    """TrainableUpsampleConv (nearest-neighbour doubling and a 3x3 convolution as a stride-2 4x4 transposed
-    convolution) under autocast against UpsampleConv under autocast, fresh random inputs: the output and the input
-    and weight gradients within 3% of their scales (bfloat16's 8 significant bits, 0.4%, rounded at other places:
-    the 4x4 weights are sums of the 3x3 weights, rounded once; measured 0.3-0.7% over three seeds); at other sizes
-    and without autocast it is UpsampleConv, bit for bit; and the network's bf16 training copy samples through
-    FastUpsampleConvs as the network does (in float32 the same bits; in bf16 its TrainableSelfAttention, float32
-    inside, stays in the sampling copy)."""
-    from pyddpm.nets.unet_ddpm import UpsampleConv
-
-    torch.manual_seed(4)
-    conv = UpsampleConv(16)
-    copy_ = fast_module.TrainableUpsampleConv(conv)
-    x = torch.randn(6, 16, 7, 7).contiguous(memory_format=torch.channels_last)
-    grad = torch.randn(6, 16, 14, 14)
-    results = []
-    for module in (conv, copy_):
-        leaf = x.clone().requires_grad_(True)
-        module.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y = module(leaf, (14, 14)).float()
-        y.backward(grad)
-        results.append((y.detach(), leaf.grad, module.weight.grad.clone()))
-    for a, b in zip(*results):
-        assert float((b - a).abs().max()) <= 0.03 * float(a.abs().max())
-    with torch.no_grad():
-        assert torch.equal(copy_(x, (13, 13)), conv(x, (13, 13))) and torch.equal(copy_(x, (14, 14)), conv(x, (14, 14)))
-    network, x, t = pushed("unet-ddpm")
-    training = fast_module.training_network(network, "cpu", "bf16")
-    assert fast_module.TrainableUpsampleConv in {type(m) for m in training.modules()}
-    with torch.no_grad():
-        assert torch.equal(fast_network(network, "cpu")(x, t), fast_network(training, "cpu")(x, t))
-    kinds = {type(m) for m in fast_network(training, "cpu", "bf16").modules()}
-    assert fast_module.FastUpsampleConv in kinds and fast_module.TrainableUpsampleConv not in kinds

@@ -1,4 +1,4 @@
-"""pyddpm._C's channels-last GroupNorm (+ SiLU), FastGroupNorm, against torch's F.group_norm and F.silu on fresh
+"""The op pyddpm::group_norm_nhwc (pyddpm._C's channels-last GroupNorm (+ SiLU)) and FastGroupNorm on it, against torch's F.group_norm and F.silu on fresh
 random maps, computed in float64: float32 within 2e-6 x max(1, |reference|) (statistics in float64, then one
 multiply-add and the SiLU's ~1-ulp exp: a few float32 roundings of values up to ~10; measured ~1e-6), bfloat16
 within one bfloat16 spacing of the output, 2^-8 x max|reference| (the reference starts from the same bfloat16
@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyddpm import _C
-from pyddpm.accel.fast_network import FastGroupNorm, native_bf16
+from pyddpm.accel import kernels, native_bf16
+from pyddpm.accel.normalisation import FastGroupNorm
 
 SHAPES = [(32, 32, 28, 28, 32), (4, 96, 14, 14, 32), (3, 6, 5, 7, 3), (1, 128, 7, 7, 32), (2, 8, 1, 1, 4)]
 
@@ -38,7 +38,6 @@ def test_float32_kernel_equals_group_norm(shape, silu, mean):
     """Also with every channel's mean at 300 (100x its spread): the shifted sums lose nothing to cancellation."""
     norm, x = norm_and_input(*shape, seed=hash((shape, silu)) % 1000, mean=mean)
     fast = FastGroupNorm(norm, silu)
-    assert fast._kernel_takes(x)
     with torch.no_grad():
         out, ref = fast(x), reference(norm, x, silu)
     assert out.is_contiguous(memory_format=torch.channels_last) and out.dtype == torch.float32
@@ -109,53 +108,55 @@ def test_silu_is_exact_to_float_rounding_from_minus_300_to_300():
 
 
 def test_other_inputs_go_to_torch():
-    """NCHW maps, float64, and inputs that need gradients take F.group_norm (and F.silu) themselves."""
+    """NCHW maps and float64 take F.group_norm (and F.silu) themselves."""
     norm, x = norm_and_input(2, 8, 5, 5, 4, seed=3)
     fast = FastGroupNorm(norm, silu=True)
-    nchw = x.contiguous()
-    grad = x.clone().requires_grad_(True)
-    for given in (nchw, x.double()):
-        assert not fast._kernel_takes(given)
+    for given in (x.contiguous(), x.double()):
         with torch.no_grad():
             assert torch.equal(fast(given), F.silu(F.group_norm(given, 4, fast.weight.to(given.dtype),
                                                                 fast.bias.to(given.dtype), norm.eps)))
-    assert not fast._kernel_takes(grad)
-    fast(grad).sum().backward()
-    assert grad.grad is not None and torch.isfinite(grad.grad).all()
 
 
-def test_the_binding_refuses_what_the_integers_show():
-    x = torch.zeros(1, 6, 2, 2).contiguous(memory_format=torch.channels_last)
-    common = dict(x=x.data_ptr(), add=0, y=x.data_ptr(), gamma=0, beta=0, batch=1, hw=4, eps=1e-5, silu=False,
-                  mean=0, rstd=0, num_threads=1)
-    with pytest.raises(ValueError, match="dtype"):
-        _C.group_norm_nhwc(dtype=1, channels=6, groups=3, **common)
-    with pytest.raises(ValueError, match="multiple of groups"):
-        _C.group_norm_nhwc(dtype=0, channels=6, groups=4, **common)
-    with pytest.raises(ValueError, match="null"):
-        _C.group_norm_nhwc(**{**common, "x": 0}, dtype=0, channels=6, groups=3)
-    with pytest.raises(ValueError, match="both mean and rstd"):
-        _C.group_norm_nhwc(**{**common, "mean": x.data_ptr()}, dtype=0, channels=6, groups=3)
-    with pytest.raises(ValueError, match="null"):
-        _C.group_norm_backward_nhwc(dtype=0, x=x.data_ptr(), grad_y=x.data_ptr(), grad_x=x.data_ptr(), mean=0,
-                                    rstd=0, gamma=0, beta=0, batch=1, hw=4, channels=6, groups=3, silu=True,
-                                    grad_gamma=0, grad_beta=0, num_threads=1)
+def test_the_op_refuses_what_the_kernel_cannot_take_in_one_line():
+    norm, x = norm_and_input(2, 8, 5, 5, 4, seed=4)
+    w, b = norm.weight.detach(), norm.bias.detach()
+    with pytest.raises(ValueError, match="group_norm_nhwc: x must be channels-last"):
+        kernels.group_norm_nhwc(x.contiguous(), w, b, None, 4, 1e-5, False)
+    with pytest.raises(ValueError, match="groups must divide the 8 channels"):
+        kernels.group_norm_nhwc(x, w, b, None, 3, 1e-5, False)
+    with pytest.raises(ValueError, match="add must be a contiguous float32 CPU tensor of shape"):
+        kernels.group_norm_nhwc(x, w, b, torch.zeros(2, 7), 4, 1e-5, False)
+    with pytest.raises(ValueError, match="weight must be"):
+        kernels.group_norm_nhwc(x, w.double(), b, None, 4, 1e-5, False)
+
+
+def test_opcheck():
+    """The registered ops' schema, fake kernels and autograd agree with their real kernels."""
+    for dtype in (torch.float32, torch.bfloat16):
+        norm, x = norm_and_input(2, 8, 3, 5, 4, seed=5)
+        x = x.to(dtype)
+        w, b = (p.detach().clone().requires_grad_(True) for p in (norm.weight, norm.bias))
+        torch.library.opcheck(torch.ops.pyddpm.group_norm_nhwc.default,
+                              (x.clone().requires_grad_(True), w, b, None, 4, 1e-5, True))
+        torch.library.opcheck(torch.ops.pyddpm.group_norm_nhwc.default,
+                              (x, w.detach(), b.detach(), torch.randn(2, 8), 4, 1e-5, False))
+        y, mean, rstd = kernels.group_norm_nhwc(x, w.detach(), b.detach(), None, 4, 1e-5, True)
+        torch.library.opcheck(torch.ops.pyddpm.group_norm_nhwc_backward.default,
+                              (torch.randn_like(y), x, w.detach(), b.detach(), mean, rstd, 4, True))
 
 
 @pytest.mark.parametrize("shape", SHAPES[:4])
 @pytest.mark.parametrize("silu", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_trainable_group_norm_has_the_float64_gradients(shape, silu, dtype):
-    """TrainableGroupNorm's kernels both ways against F.group_norm (and F.silu) in float64 on the same inputs:
+    """FastGroupNorm's kernels both ways against F.group_norm (and F.silu) in float64 on the same inputs:
     float32 gradients within 2e-6 of the largest (sums of ~10^4 products in float blocks, then float64; measured
     ~3e-7), bfloat16 input gradients within 2^-7 of the largest (one bfloat16 rounding of each, ~2^-9, and of the
     saved input; measured 0.2%), weight and bias gradients (float32 sums) within 1e-5."""
-    from pyddpm.accel.fast_network import TrainableGroupNorm
-
     norm, x = norm_and_input(*shape, seed=21, mean=3.0)
     x = x.to(dtype).requires_grad_(True)
     grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(22)).to(dtype)
-    TrainableGroupNorm(norm, silu)(x).backward(grad)
+    FastGroupNorm(norm, silu)(x).backward(grad)
     ours = x.grad.double(), norm.weight.grad.double(), norm.bias.grad.double()
     x64 = x.detach().double().requires_grad_(True)
     w64, b64 = (p.detach().double().requires_grad_(True) for p in (norm.weight, norm.bias))
@@ -172,15 +173,13 @@ def test_the_bfloat16_backward_is_the_float32_backward_rounded_by_torch(shape, s
     """As the forward: on the same (bfloat16) values of x and dL/dy the two backwards compute the same floats, and
     the bfloat16 one rounds dL/dx as torch's .bfloat16() does, bit for bit (the weight and bias gradients are
     float32 sums either way)."""
-    from pyddpm.accel.fast_network import TrainableGroupNorm
-
     norm, x = norm_and_input(*shape, seed=23, mean=1.0)
     grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(24)).bfloat16()
     grads = {}
     for dtype in (torch.bfloat16, torch.float32):
         norm.zero_grad()
         inputs = x.bfloat16().to(dtype).requires_grad_(True)
-        TrainableGroupNorm(norm, silu)(inputs).backward(grad.to(dtype))
+        FastGroupNorm(norm, silu)(inputs).backward(grad.to(dtype))
         grads[dtype] = inputs.grad, norm.weight.grad.clone(), norm.bias.grad.clone()
     (dx16, dw16, db16), (dx32, dw32, db32) = grads[torch.bfloat16], grads[torch.float32]
     assert dx16.dtype == torch.bfloat16 and torch.equal(dx16, dx32.bfloat16())

@@ -1,19 +1,17 @@
-"""pyddpm._C's SiLU and SiLU-then-small-Linear kernels (the fast sampling copies' Linear + SiLU layers and the
-toy networks' last layer), against x * sigmoid(x) and the Linear computed in float64 on the same inputs.
+"""pyddpm._C's SiLU kernel and its op pyddpm::silu_ (the fast sampling copies' Linear + SiLU layers), against
+x * sigmoid(x) computed in float64 on the same inputs.
 
 Tolerances. silu, float32: within 3 ulps, 3 x 2^-23 x |reference| (exp(-|x|) to ~1 ulp, a division, the product),
 plus 1e-37 + 1.7e-38 |x| absolute (below x = -87 the kernel's exp(-|x|) stays at e^-87 = 1.6e-38, so silu(x) is
 x e^-87 there, against the true value nearer 0). bfloat16: within one bfloat16 spacing, 2^-8 x |reference|
 (computed to 1e-4 relative, then rounded once), plus 1e-30 absolute (AVX512-BF16's rounding flushes float32's
-subnormals to zero). silu_linear: the dot products of K terms in float32 differ from float64's by up to about
-K x 2^-24 of the sum of |terms|: allowed 1e-5 x that sum (K <= 300 here); in bfloat16 each SiLU output is rounded
-to bfloat16 first, and may round to the neighbouring value of torch's rounding: allowed one spacing, 2^-8, of the
-sum of |terms| on top."""
+subnormals to zero)."""
 import pytest
 import torch
 from torch.nn import functional as F
 
 from pyddpm import _C
+from pyddpm.accel import kernels
 
 FLOAT32_ULPS = 3 * 2.0 ** -23
 
@@ -26,18 +24,15 @@ def inputs(seed: int, n: int) -> torch.Tensor:
 
 
 def silu(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    out = torch.empty_like(x) if out is None else out
-    _C.silu(dtype=0 if x.dtype == torch.float32 else 2, x=x.data_ptr(), y=out.data_ptr(), n=x.numel(),
-            num_threads=2)
-    return out
-
-
-def silu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    y = torch.empty(x.shape[0], weight.shape[0])
-    _C.silu_linear(dtype=0 if x.dtype == torch.float32 else 2, x=x.data_ptr(), weight=weight.data_ptr(),
-                   bias=0 if bias is None else bias.data_ptr(), y=y.data_ptr(), rows=x.shape[0], features=x.shape[1],
-                   outs=weight.shape[0], num_threads=2)
-    return y
+    """pyddpm._C's SiLU of x into ``out`` (a new tensor, or x itself: in place)."""
+    if out is None:
+        out = torch.empty_like(x)
+        _C.silu(dtype=0 if x.dtype == torch.float32 else 2, x=x.data_ptr(), y=out.data_ptr(), n=x.numel(),
+                num_threads=2)
+        return out
+    assert out is x
+    kernels.silu_(x)  # the op: in place
+    return x
 
 
 def assert_within(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor) -> None:
@@ -74,34 +69,14 @@ def test_silu_special_values_and_in_place(dtype):
     assert torch.equal(y, expected)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("outs", range(1, 9))
-def test_silu_linear_is_the_linear_of_the_silu(dtype, outs):
-    """Every output count the kernel has a copy for; rows and features not multiples of its blocks and lanes."""
-    generator = torch.Generator().manual_seed(outs)
-    rows, features = 1003, 37 * outs
-    x = (torch.randn(rows, features, generator=generator) * 6).to(dtype)
-    weight = torch.randn(outs, features, generator=generator) * 0.2
-    bias = torch.randn(outs, generator=generator) if outs % 2 else None
-    activations = F.silu(x.double())
-    if dtype == torch.bfloat16:
-        activations = F.silu(x.float()).bfloat16().double()  # the bfloat16 SiLU output a Linear would be fed
-    ref = F.linear(activations, weight.double(), None if bias is None else bias.double())
-    terms = F.linear(activations.abs(), weight.double().abs()) + (0 if bias is None else bias.double().abs())
-    out = silu_linear(x, weight, bias)
-    assert out.dtype == torch.float32 and out.shape == (rows, outs)
-    assert_within(out, ref, (1e-5 + (2.0 ** -8 if dtype == torch.bfloat16 else 0.0)) * terms)
+def test_the_op_refuses_what_the_kernel_cannot_take_in_one_line():
+    with pytest.raises(ValueError, match="silu_: x must be float32 or bfloat16"):
+        kernels.silu_(torch.zeros(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="silu_: x must be contiguous"):
+        kernels.silu_(torch.zeros(4, 4)[:, ::2])
 
 
-def test_the_bindings_refuse_what_the_integers_show():
-    x, w = torch.zeros(4, 4), torch.zeros(9, 4)
-    with pytest.raises(ValueError, match="dtype"):
-        _C.silu(dtype=1, x=x.data_ptr(), y=x.data_ptr(), n=4, num_threads=1)
-    with pytest.raises(ValueError, match="n must be"):
-        _C.silu(dtype=0, x=x.data_ptr(), y=x.data_ptr(), n=-1, num_threads=1)
-    with pytest.raises(ValueError, match="outs <= 8"):
-        _C.silu_linear(dtype=0, x=x.data_ptr(), weight=w.data_ptr(), bias=0, y=x.data_ptr(), rows=4, features=4,
-                       outs=9, num_threads=1)
-    with pytest.raises(ValueError, match="null"):
-        _C.silu_linear(dtype=0, x=0, weight=w.data_ptr(), bias=0, y=x.data_ptr(), rows=4, features=4, outs=1,
-                       num_threads=1)
+def test_opcheck():
+    """The registered in-place op's schema and fake kernel agree with its real kernel."""
+    for x in (inputs(2, 301).reshape(7, 43), inputs(3, 64).bfloat16()):
+        torch.library.opcheck(torch.ops.pyddpm.silu_.default, (x,))

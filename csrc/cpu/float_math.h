@@ -70,14 +70,6 @@ PYDDPM_BF16_TARGET inline void store_bf16x16(__mmask16 lanes, uint16_t* y, __m51
   _mm256_mask_storeu_epi16(y, lanes, (__m256i)_mm512_cvtneps_pbh(v));
 }
 
-// store(y, i, src[i]) for i < n with AVX512-BF16's conversion instruction: round to nearest even, a NaN stays a
-// NaN, as store(); unlike store(), values below 2^-126 (float32's subnormals) become zero of their sign.
-PYDDPM_BF16_TARGET inline void store_native_bf16(uint16_t* __restrict y, const float* __restrict src, int64_t n) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) store_bf16x16(kAllLanes, y + i, _mm512_loadu_ps(src + i));
-  if (i < n) store_bf16x16(lanes_from(i, n), y + i, _mm512_maskz_loadu_ps(lanes_from(i, n), src + i));
-}
-
 // x * sigmoid(x) on sixteen lanes, to a relative error below 1e-4 (for results rounded to bfloat16, whose half
 // spacing is 2^-9): sigmoid(x) = 1 / (1 + 2^u), u = -x log2(e) = n + f with n = round(u), |f| <= 1/2, 2^f from
 // its Taylor polynomial of degree 5 (relative error < 3e-6), 2^n by scalef, and the reciprocal from rcp14

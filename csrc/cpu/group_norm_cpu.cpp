@@ -9,7 +9,7 @@
 //      mean) * scale in float64: x * scale - mean * scale would cancel when |mean| * rstd is large), then SiLU.
 // The inner loops run over the C contiguous channels of one pixel (restrict: no buffer overlaps another, so
 // they vectorise without alias checks), in AVX-512 and AVX2 clones (float_math.h); bfloat16 outputs are rounded
-// by AVX512-BF16's conversion instruction on CPUs that have it (forward and backward).
+// by AVX512-BF16's conversion instruction on CPUs that have it (forward).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -79,8 +79,8 @@ PYDDPM_VECTOR_CLONES void normalize(const T* __restrict x, T* __restrict y, int6
 
 #if defined(PYDDPM_NATIVE_BF16)
 // normalize<uint16_t> on CPUs with AVX512-BF16, sixteen channels a step in intrinsics: rounded by the CPU's
-// conversion (1.5x faster than store()'s integer rounding, 96 channels at 28 x 28, SiLU), the SiLU float_math.h's
-// silu16 (to 1e-4 relative, far below bfloat16's half spacing, 2^-9).
+// conversion (faster than store()'s integer rounding; commit 9197e0a), the SiLU float_math.h's silu16 (to 1e-4
+// relative, far below bfloat16's half spacing, 2^-9).
 template <bool kSilu>
 PYDDPM_BF16_TARGET void normalize_native_bf16(const uint16_t* __restrict x, uint16_t* __restrict y, int64_t hw,
                                               int64_t c, const float* __restrict first,
@@ -264,39 +264,6 @@ PYDDPM_VECTOR_CLONES void backward_dx(const T* __restrict x, const T* __restrict
   }
 }
 
-#if defined(PYDDPM_NATIVE_BF16)
-// backward_dx<uint16_t> on CPUs with AVX512-BF16: each pixel's dx into a float buffer, then store_native_bf16.
-template <bool kSilu>
-PYDDPM_BF16_TARGET void backward_dx_native_bf16(const uint16_t* __restrict x, const uint16_t* __restrict dy,
-                                                uint16_t* __restrict dx, int64_t hw, int64_t c,
-                                                const float* __restrict mean_c, const float* __restrict rstd_c,
-                                                const float* __restrict gamma, const float* __restrict beta,
-                                                const float* __restrict a_c, const float* __restrict b_c,
-                                                float* __restrict buf) {
-  for (int64_t p = 0; p < hw; ++p) {
-    const uint16_t* xr = x + p * c;
-    const uint16_t* gr = dy + p * c;
-    for (int64_t k = 0; k < c; ++k)
-      buf[k] = input_grad<kSilu>(load(xr, k), load(gr, k), mean_c[k], rstd_c[k], gamma[k], beta[k], a_c[k], b_c[k]);
-    store_native_bf16(dx + p * c, buf, c);
-  }
-}
-#endif
-
-template <typename T, bool kSilu>
-void backward_dx_sample(const T* x, const T* dy, T* dx, int64_t hw, int64_t c, const float* mean_c,
-                        const float* rstd_c, const float* gamma, const float* beta, const float* a_c,
-                        const float* b_c, float* buf) {
-#if defined(PYDDPM_NATIVE_BF16)
-  if constexpr (std::is_same_v<T, uint16_t>) {
-    if (cpu_has_avx512_bf16())
-      return backward_dx_native_bf16<kSilu>(x, dy, dx, hw, c, mean_c, rstd_c, gamma, beta, a_c, b_c, buf);
-  }
-#endif
-  (void)buf;
-  backward_dx<T, kSilu>(x, dy, dx, hw, c, mean_c, rstd_c, gamma, beta, a_c, b_c);
-}
-
 template <typename T>
 void backward_sample(const T* x, const T* dy, T* dx, const float* mean, const float* rstd, const float* gamma,
                      const float* beta, int64_t hw, int64_t c, int64_t groups, bool with_silu, float* grad_gamma,
@@ -333,16 +300,16 @@ void backward_sample(const T* x, const T* dy, T* dx, const float* mean, const fl
     grad_gamma[k] = static_cast<float>(sum_dzx[k]);
   }
   if (with_silu)
-    backward_dx_sample<T, true>(x, dy, dx, hw, c, mean_c, rstd_c, gamma, beta, a_c, b_c, b_c + c);
+    backward_dx<T, true>(x, dy, dx, hw, c, mean_c, rstd_c, gamma, beta, a_c, b_c);
   else
-    backward_dx_sample<T, false>(x, dy, dx, hw, c, mean_c, rstd_c, gamma, beta, a_c, b_c, b_c + c);
+    backward_dx<T, false>(x, dy, dx, hw, c, mean_c, rstd_c, gamma, beta, a_c, b_c);
 }
 
 template <typename T>
 void backward_all(const T* x, const T* dy, T* dx, const float* mean, const float* rstd, const float* gamma,
                   const float* beta, int64_t batch, int64_t hw, int64_t c, int64_t groups, bool with_silu,
                   float* grad_gamma, float* grad_beta, int num_threads) {
-  for_each_sample(batch, c, 5 * c, num_threads, [&](int64_t i, std::vector<double>& sums,
+  for_each_sample(batch, c, 4 * c, num_threads, [&](int64_t i, std::vector<double>& sums,
                                                     std::vector<float>& work) {
     backward_sample(x + i * hw * c, dy + i * hw * c, dx + i * hw * c, mean + i * groups, rstd + i * groups, gamma,
                     beta, hw, c, groups, with_silu, grad_gamma + i * c, grad_beta + i * c, sums, work);
