@@ -6,7 +6,7 @@ import sys
 import pytest
 from export_runs import RUNS
 
-from pyddpm import memory
+from pyddpm.accel import memory
 from pyddpm.cli import eval as eval_cli
 from pyddpm.cli import sample as sample_cli
 from pyddpm.cli import train as train_cli

@@ -2,10 +2,9 @@
 
 torch's CPU tensors come straight from malloc, and every layer's output is a fresh block. With glibc's defaults a
 block of a few MiB is mapped from the OS and unmapped when freed (or trimmed from the top of the heap), so each
-forward pass pays page faults on fresh pages: on a 2-core AMD EPYC the fast float32 toy network ran 1.45x and the
-exercise U-Net 1.4x slower than with the settings below (``benchmarks/bench_cpu.py``). onnxruntime keeps its own
-arena, which is part of why it looked faster. pyddpm's command-line tools apply them; a program of your own can
-call ``keep_freed_memory()`` once. The cost: memory freed by the process stays in it for reuse (peak RSS is kept).
+forward pass pays page faults on fresh pages (measured in commit d76e156 with ``benchmarks/bench_cpu.py``).
+pyddpm's command-line tools apply the settings below; a program of your own can call ``keep_freed_memory()``
+once. The cost: memory freed by the process stays in it for reuse (peak RSS is kept).
 """
 from __future__ import annotations
 
