@@ -328,8 +328,10 @@ def cpu_name() -> str:
     """The CPU's model name and its vector extensions as torch uses them."""
     try:
         with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        model = f"{info['model name']}, family {info['cpu family']} model {info['model']}"
+    except (OSError, KeyError):
         model = platform.processor() or platform.machine()
     flags = [name for name, (_, test) in CPU_CLASSES.items() if test() and name != "any"]
     return f"{model} ({torch.backends.cpu.get_cpu_capability()}; {', '.join(flags) or 'no class'})"

@@ -1,8 +1,8 @@
-"""The op pyddpm::dropout (pyddpm._C's dropout kernel) and FastDropout on it, against the mask computed in plain torch from pyddpm.philox (the
-reference Philox4x32-10) on fresh random inputs: element e is kept when the 16-bit word e % 8 of
-philox((e // 8, 0, 0, 0), seed) is >= threshold. Kept elements are x * scale in one float32 rounding, as torch's
-own multiply, so float32 results are bit-exact; bfloat16 ones are that product rounded once to bfloat16, also
-exact against torch's x.float() * m rounded with .bfloat16()."""
+"""The op pyddpm::dropout (pyddpm._C's dropout kernel) and FastDropout on it, against the mask computed in plain torch
+from pyddpm.philox (the reference Philox4x32-10) on fresh random inputs: element e is kept when the 16-bit word e % 8
+of philox((e // 8, 0, 0, 0), seed) is >= threshold. Kept elements are x * scale in one float32 rounding, as torch's
+own multiply, so float32 results are bit-exact; bfloat16 ones are that product rounded once to bfloat16, also exact
+against torch's x.float() * m rounded with .bfloat16()."""
 import math
 
 import pytest

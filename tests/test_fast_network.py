@@ -110,10 +110,10 @@ def test_an_fc_networks_fast_copy_folds_one_time_step_into_its_first_layer():
     """A batch at one time step (as the samplers give) embeds the time once, for one row; a batch at several
     steps takes the whole network (both equal eager: the test above)."""
     network, x, t = pushed("fc-silu")
-    fast = fast_network(network, "cpu")
-    assert type(fast.network) is linear.OneTimeStepFcNetwork
+    fast = fast_network(network, "cpu").network
+    assert type(fast) is linear.OneTimeStepFcNetwork
     rows = []
-    fast.network.fast.time_embedding.register_forward_hook(lambda m, args, out: rows.append(out.shape[0]))
+    fast.fast.time_embedding.register_forward_hook(lambda m, args, out: rows.append(out.shape[0]))
     with torch.no_grad():
         fast(x, t[:1].expand_as(t))
         fast(x, t)
@@ -191,7 +191,8 @@ def test_without_onednns_private_linear_the_linears_stay(monkeypatch):
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", broken)
     assert not linear.onednn_linear_works()
     fast = fast_network(network, "cpu")
-    assert nn.Linear in {type(m) for m in fast.modules()} and linear.OneDNNLinear not in {type(m) for m in fast.modules()}
+    kinds = {type(m) for m in fast.modules()}
+    assert nn.Linear in kinds and linear.OneDNNLinear not in kinds
     with torch.no_grad():
         assert torch.equal(fast(x, t), network(x, t))
 
@@ -263,8 +264,9 @@ def test_the_table_and_the_command_say_which_levers_a_network_gets(capsys):
 def test_bf16_linears_are_onednn_with_bf16_weights_and_match_autocast(name):
     """The bf16 copy's Linears hold bfloat16 weights (rounded once, not on every call as autocast does) and give
     autocast's function: the same roundings of x and W, float32 sums; only a ReLU, GELU or tanh comes before the
-    last rounding to bfloat16 instead of after it (a SiLU comes after it, as pyddpm::silu_), so a layer's output differs by up to one bfloat16 spacing (2^-8
-    relative; here of pre-activations pushed to +-200) and the network's output by a few: within 1% of its scale
+    last rounding to bfloat16 instead of after it (a SiLU comes after it, as pyddpm::silu_), so a layer's output
+    differs by up to one bfloat16 spacing (2^-8 relative; here of pre-activations pushed to +-200) and the
+    network's output by a few: within 1% of its scale
     for the FcNetworks (measured 0 to 0.2%), 5% for the DDPM U-Net, whose ~20 layers after its time MLP carry
     the differences of that MLP's +-200 activations (measured 2.5%)."""
     network, _, _ = pushed(name)

@@ -1,8 +1,8 @@
-"""The op pyddpm::group_norm_nhwc (pyddpm._C's channels-last GroupNorm (+ SiLU)) and FastGroupNorm on it, against torch's F.group_norm and F.silu on fresh
-random maps, computed in float64: float32 within 2e-6 x max(1, |reference|) (statistics in float64, then one
-multiply-add and the SiLU's ~1-ulp exp: a few float32 roundings of values up to ~10; measured ~1e-6), bfloat16
-within one bfloat16 spacing of the output, 2^-8 x max|reference| (the reference starts from the same bfloat16
-inputs; the kernel rounds once, at the end)."""
+"""The op pyddpm::group_norm_nhwc (pyddpm._C's channels-last GroupNorm (+ SiLU)) and FastGroupNorm on it, against
+torch's F.group_norm and F.silu on fresh random maps, computed in float64: float32 within 2e-6 x max(1, |reference|)
+(statistics in float64, then one multiply-add and the SiLU's ~1-ulp exp: a few float32 roundings of values up to ~10;
+measured ~1e-6), bfloat16 within one bfloat16 spacing of the output, 2^-8 x max|reference| (the reference starts from
+the same bfloat16 inputs; the kernel rounds once, at the end)."""
 import pytest
 import torch
 from torch import nn

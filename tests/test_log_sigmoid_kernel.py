@@ -1,10 +1,10 @@
-"""The op pyddpm::log_sigmoid (pyddpm._C's one-pass LogSigmoid, forward and backward) and FastLogSigmoid on it, against log sigmoid and its
-derivative sigmoid(-x) computed in float64 on the same inputs. float32: within 3 ulps of the reference, 3 x 2^-23
-x |reference| (exp_nonpositive's ~1 ulp, a division and the log1p series' last rounding, the final subtraction:
-measured 2.1-2.2 ulps forward, 1.9 backward over [-300, 300], with fused multiply-adds or without), plus 1e-37 absolute for the values below float32's
-normal range (past x = 87 the kernel's exp(-|x|) is 0 and log sigmoid(x) is -1.6e-38 against the true -e^-x).
-bfloat16: within one bfloat16 spacing, 2^-8 x |reference| (the reference starts from the same bfloat16 inputs; the
-kernel rounds once, at the end)."""
+"""The op pyddpm::log_sigmoid (pyddpm._C's one-pass LogSigmoid, forward and backward) and FastLogSigmoid on it, against
+log sigmoid and its derivative sigmoid(-x) computed in float64 on the same inputs. float32: within 3 ulps of the
+reference, 3 x 2^-23 x |reference| (exp_nonpositive's ~1 ulp, a division and the log1p series' last rounding, the
+final subtraction: measured 2.1-2.2 ulps forward, 1.9 backward over [-300, 300], with fused multiply-adds or
+without), plus 1e-37 absolute for the values below float32's normal range (past x = 87 the kernel's exp(-|x|) is 0
+and log sigmoid(x) is -1.6e-38 against the true -e^-x). bfloat16: within one bfloat16 spacing, 2^-8 x |reference|
+(the reference starts from the same bfloat16 inputs; the kernel rounds once, at the end)."""
 import pytest
 import torch
 from torch.nn import functional as F

@@ -14,8 +14,11 @@ from .levers import CPU_CLASSES, levers_for, native_bf16
 
 
 def _network(name: str):
+    if name == "fc":  # the default toy network (pyddpm-train --data cb)
+        return build_network("fc", input_dim=2, num_hidden=256, num_layers=4, activation="silu",
+                             time_embedding="sinusoidal", input_embedding="fourier"), name
     if name in NETWORKS:
-        return build_network(name, **({"input_dim": 2, "num_hidden": 256} if name == "fc" else {})), name
+        return build_network(name), name
     if name == "ddpm-unet":
         return build_network("unet-ddpm"), name
     from ..store import load_model  # a run directory
@@ -33,8 +36,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     network, label = _network(args.network)
     this_cpu = [name for name, (_, test) in CPU_CLASSES.items() if test()]
-    print(f"{label} ({type(network).__name__}), {args.precision}, on this CPU: torch's {torch.backends.cpu.get_cpu_capability()}; "
-          f"classes {', '.join(this_cpu)}")
+    print(f"{label} ({type(network).__name__}), {args.precision}, on this CPU: torch's "
+          f"{torch.backends.cpu.get_cpu_capability()}; classes {', '.join(this_cpu)}")
     if args.precision == "bf16" and not native_bf16("cpu"):
         print("bf16 is refused on this CPU (no AVX512-BF16 or AMX): no levers")
         return 0
