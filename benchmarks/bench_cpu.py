@@ -52,7 +52,8 @@ from pyddpm.cli.train import main as train_main
 from pyddpm.config import TrainConfig
 from pyddpm.export import export_run
 from pyddpm import ops
-from pyddpm.accel import fast_network, keep_freed_memory, levers_for, loop_network, native_bf16, training_network
+from pyddpm.accel import keep_freed_memory, levers_for, loop_network, native_bf16, training_network
+from pyddpm.accel.fast_network import fast_network
 from pyddpm.accel.levers import CPU_CLASSES
 from pyddpm.nets import build_network
 from pyddpm.samplers import ddpm_sample
