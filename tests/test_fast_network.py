@@ -311,13 +311,13 @@ def test_samples_of_the_fast_path_equal_the_eager_networks(chequerboard_model):
     model = chequerboard_model
     for sampler in (lambda **o: ddpm_sample(model, (2000, 2), seed=5, **o),
                     lambda **o: ddim_sample(model, (2000, 2), 20, seed=5, **o)):
-        fast, eager = sampler(), sampler(fast=False)
+        fast, eager = sampler(fast=True), sampler(fast=False)
         assert float((fast - eager).abs().max()) <= 1e-4
 
 
 def test_fast_seeded_samples_do_not_depend_on_the_batch(chequerboard_model):
-    whole = ddpm_sample(chequerboard_model, (300, 2), seed=9)
-    part = ddpm_sample(chequerboard_model, (100, 2), seed=9, sample_offset=100)
+    whole = ddpm_sample(chequerboard_model, (300, 2), seed=9, fast=True)
+    part = ddpm_sample(chequerboard_model, (100, 2), seed=9, sample_offset=100, fast=True)
     assert float((whole[100:200] - part).abs().max()) <= 1e-4
 
 
@@ -335,8 +335,8 @@ def test_bf16_eps_of_a_trained_network_is_close_to_fp32(chequerboard_model):
 @needs_native_bf16
 def test_bf16_samples_have_the_fp32_support_fraction(chequerboard_model):
     n = 4000
-    fp32 = ddpm_sample(chequerboard_model, (n, 2), seed=11) / 8
-    bf16 = ddpm_sample(chequerboard_model, (n, 2), seed=11, precision="bf16") / 8
+    fp32 = ddpm_sample(chequerboard_model, (n, 2), seed=11, fast=True) / 8
+    bf16 = ddpm_sample(chequerboard_model, (n, 2), seed=11, precision="bf16", fast=True) / 8
     squares = toy_distribution("chequerboard").square_index
     a, b = float((squares(fp32) >= 0).double().mean()), float((squares(bf16) >= 0).double().mean())
     assert a > 0.8  # the model is trained: the comparison means something
@@ -520,7 +520,7 @@ def test_bf16_is_refused_on_a_cpu_without_bf16_arithmetic(monkeypatch, chequerbo
             build(network, "cpu", "bf16")
         assert build(network, "cpu", "fp32") is not None
     with pytest.raises(ValueError, match="^--precision bf16: this CPU"):
-        ddpm_sample(copy.deepcopy(chequerboard_model), (8, 2), seed=0, precision="bf16")
+        ddpm_sample(copy.deepcopy(chequerboard_model), (8, 2), seed=0, precision="bf16", fast=True)
     for settings, flag in ((dict(precision="bf16"), "--precision bf16"), (dict(amp=True), "--amp")):
         cfg = TrainConfig(data="cb", hidden=16, depth=1, num_train=256, batch_size=64, **settings)
         with pytest.raises(ValueError, match=f"^{flag}: this CPU"):
