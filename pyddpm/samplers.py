@@ -144,8 +144,8 @@ def run_plan(model, shape, plan: SolverPlan, *, seed: int | None = None, backend
             float32).
         fast: evaluate the network through its fast copy (``pyddpm.accel``; pyddpm's own network classes only,
             equal within float32 rounding); False (the default) calls ``model.network`` itself.
-        runtime: what runs a fast copy: ``"torch"``, ``"onnxruntime"`` (CPU, float32) or ``"auto"``, the faster of
-            the two by measurement (``pyddpm.accel.loop_network``).
+        runtime: with ``fast``: ``"torch"`` always takes the fast copy, ``"auto"`` only for loops long enough to
+            repay making it (``pyddpm.accel.loop_network``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

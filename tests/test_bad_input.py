@@ -167,9 +167,6 @@ NONSENSE = {
     "--seed -3": ("sample", ["--seed", "-3"], ">= 0"),
     "--batch-size 0": ("sample", ["--batch-size", "0"], "positive"),
     "--precision bf16 --eager": ("sample", ["--precision", "bf16", "--eager"], "--eager"),
-    "--runtime onnxruntime --precision bf16": ("sample", ["--runtime", "onnxruntime", "--precision", "bf16"],
-                                               "--precision bf16"),
-    "--runtime onnxruntime --eager": ("sample", ["--runtime", "onnxruntime", "--eager"], "--eager"),
 }
 
 

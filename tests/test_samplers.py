@@ -103,3 +103,21 @@ def test_history_buffers_start_at_zero_for_every_batch(chequerboard_model):
 ])
 def test_defaults(given, want):
     assert resolve_sampler(*given) == want
+
+
+def test_auto_makes_the_fast_copy_only_for_loops_that_repay_it(chequerboard_model, monkeypatch):
+    """runtime="auto": a loop the network as built finishes quickly keeps it (no copy made); a long one (here: any,
+    the threshold set to 0) gets the fast copy, which then serves later loops without timing again."""
+    from pyddpm.accel import loop_network, runtime
+
+    x, t_in = torch.randn(50, 2), chequerboard_model.time_input(200, 50)
+    chequerboard_model.__dict__.pop("_fast_network_cache", None)
+    with torch.no_grad():
+        assert loop_network(chequerboard_model, x, t_in, 1, fast=True, runtime="auto") is chequerboard_model.network
+        assert "fp32" not in chequerboard_model.__dict__.get("_fast_network_cache", {})
+        monkeypatch.setattr(runtime, "FAST_FROM_SECONDS", 0.0)
+        fast = loop_network(chequerboard_model, x, t_in, 1, fast=True, runtime="auto")
+        assert fast is not chequerboard_model.network
+        monkeypatch.setattr(runtime, "FAST_FROM_SECONDS", 1e9)
+        assert loop_network(chequerboard_model, x, t_in, 1, fast=True, runtime="auto") is fast
+        assert loop_network(chequerboard_model, x, t_in, 1, fast=True, runtime="torch") is fast

@@ -169,7 +169,7 @@ def sampler_options(args, model, variance_is_the_samplers: bool = True) -> dict:
 
 
 def add_sampling_network_flags(p) -> None:
-    """--precision, --eager and --runtime: how the samplers evaluate a DDPM's network (``pyddpm.fast_network``)."""
+    """--precision, --eager and --runtime: how the samplers evaluate a DDPM's network (``pyddpm.accel``)."""
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="the network's precision while sampling: fp32, or bf16 (CPU bf16 autocast, float32 weights "
                         "and update; faster on CPUs with AVX512-BF16/AMX, refused on other CPUs; samples not "
@@ -178,9 +178,9 @@ def add_sampling_network_flags(p) -> None:
                    help="sample with the network exactly as trained, bit for bit, instead of its fast copy (oneDNN, "
                         "channels-last; equal within float32 rounding)")
     p.add_argument("--runtime", choices=RUNTIMES, default="auto",
-                   help="what runs the network on the CPU: torch, onnxruntime (the network exported in memory; "
-                        "float32) or auto, the faster of the two as measured on the first batch (default auto; "
-                        "the same samples within float32 rounding)")
+                   help="torch: always the fast copy; auto: the fast copy only for loops long enough to repay "
+                        "making it, as timed on the first batch, else the network as trained (default auto; the "
+                        "same samples within float32 rounding)")
 
 
 def sampling_network_options(args, device: torch.device) -> dict:

@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "other CPUs (default fp32)")
     g.add_argument("--eager", dest="fast", action="store_false", default=d.fast,
                    help="train and sample the network exactly as built instead of its fast copy "
-                        "(pyddpm.fast_network on the CPU: LogSigmoid from sigmoid and log, channels-last, oneDNN)")
+                        "(pyddpm.accel's levers for this CPU: `python -m pyddpm.accel RUN_DIR` lists them)")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of data, initial weights and noise")
     g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
