@@ -100,13 +100,6 @@ def divergence(output: torch.Tensor, x: torch.Tensor, probes: torch.Tensor | Non
     return torch.stack(columns, 1)
 
 
-def example_norm(state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """The solver's error norm: the largest over examples of the RMS over an example's coordinates (and the
-    largest error of its log-density terms), so every example, not just the batch on average, meets the tolerance."""
-    x, delta = state
-    return torch.maximum(x.flatten(1).pow(2).mean(1).sqrt().max(), delta.abs().max())
-
-
 @dataclass
 class OdeLikelihood:
     """log p_{s0}(x) per example in nats of model space (float64, shape (n,)), with how it was computed."""
@@ -142,7 +135,10 @@ def ode_log_likelihood(model: DDPM, x: torch.Tensor, *, rtol: float = 1e-5, atol
 
     ``probes`` None computes div eps_theta exactly (D backward passes per network call: small D, the toy sets);
     K >= 1 uses K Rademacher probes per example from a generator seeded by ``seed`` (images). Each batch of
-    ``batch_size`` examples is one ODE system whose steps every example's error must pass (``example_norm``).
+    ``batch_size`` examples is one ODE system, its error measured by torchdiffeq's default norm (the larger of the
+    RMS over the batch's coordinates and the RMS over its log-density terms), as Song et al. solve theirs: what is
+    reported is the mean over examples, and a per-example (max) norm doubled the network calls on the default
+    Chequerboard run for the same mean to 1e-4 nats.
     The network must be in eval mode (dropout off): its output must be a function of (x, t).
     """
     check_solver_options(rtol, atol, probes)
@@ -184,8 +180,7 @@ def ode_log_likelihood(model: DDPM, x: torch.Tensor, *, rtol: float = 1e-5, atol
 
         zero = torch.zeros(b, 1 if probes is None else probes, dtype=torch.float64, device=device)
         with torch.no_grad():
-            xs, deltas = odeint(dynamics, (x0, zero), times, rtol=rtol, atol=atol, method=SOLVER,
-                                options={"norm": example_norm})
+            xs, deltas = odeint(dynamics, (x0, zero), times, rtol=rtol, atol=atol, method=SOLVER)
         x1, delta = xs[-1].flatten(1), deltas[-1]
         prior = -0.5 * x1.pow(2).sum(1) - 0.5 * dims * math.log(2 * math.pi)  # log N(x(1); 0, I)
         per_probe = prior[:, None] + delta
