@@ -3,6 +3,8 @@
 With x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, x_t ~ N(sqrt(abar_t) m, C_t), C_t = abar_t S + (1 - abar_t) I,
 and the MMSE predictor is E[eps | x_t] = sqrt(1 - abar_t) C_t^{-1} (x_t - sqrt(abar_t) m).
 """
+import math
+
 import torch
 from torch import nn
 
@@ -55,3 +57,36 @@ def algorithm2_moments(model, mean: torch.Tensor, cov: torch.Tensor, coefs) -> t
         M = A @ M - co.b * gain @ (abar[t - 1].sqrt() * mean.double())
         V = A @ V @ A.T + co.sigma**2 * eye
     return M, V
+
+
+class ContinuousMixtureEpsilon(nn.Module):
+    """eps*(x, s) = -sigma(s) grad log q_s(x) for data sum_k w_k N(m_k, S_k) under the continuous VP process of
+    ``pyddpm.evaluate.ode_likelihood.ContinuousSchedule`` (q_s = sum_k w_k N(sqrt(abar(s)) m_k, abar(s) S_k +
+    (1 - abar(s)) I)), with s = t_input + 1/T: the exact predictor at every s of the probability-flow ODE."""
+
+    def __init__(self, schedule, means: torch.Tensor, covs: torch.Tensor, weights: torch.Tensor):
+        super().__init__()
+        self.schedule = schedule
+        self.means, self.covs, self.log_w = means.double(), covs.double(), weights.double().log()
+
+    def marginal(self, s: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means and covariances of q_s's components."""
+        abar = math.exp(self.schedule.log_abar_at(s))
+        eye = torch.eye(self.means.shape[1], dtype=torch.float64)
+        return math.sqrt(abar) * self.means, abar * self.covs + (1 - abar) * eye
+
+    def component_log_probs(self, x: torch.Tensor, s: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """log w_k + log N(x; mean_k, cov_k) of q_s's components (n, K), and cov_k^{-1} (x - mean_k) (n, K, d)."""
+        means, covs = self.marginal(s)
+        precision = torch.linalg.inv(covs)
+        diff = x.double()[:, None, :] - means
+        precision_diff = torch.einsum("kij,nkj->nki", precision, diff)
+        log_norm = -0.5 * (torch.logdet(covs) + means.shape[1] * math.log(2 * math.pi))
+        return self.log_w + log_norm - 0.5 * (diff * precision_diff).sum(-1), precision_diff
+
+    def forward(self, x: torch.Tensor, t_input: torch.Tensor) -> torch.Tensor:
+        s = float(t_input[0, 0]) + 1.0 / self.schedule.T
+        parts, precision_diff = self.component_log_probs(x, s)
+        score = -(torch.softmax(parts, dim=1)[..., None] * precision_diff).sum(1)
+        sigma = math.sqrt(-math.expm1(self.schedule.log_abar_at(s)))
+        return (-sigma * score).to(x.dtype)

@@ -1,9 +1,13 @@
 """`pyddpm-eval` on tiny toy and MNIST runs, as a user runs it, with a tiny classifier stand-in (nothing downloads)."""
 import json
+import math
 
 import pytest
 import torch
 
+from pyddpm.data import DataTransform, toy_distribution
+from pyddpm.evaluate.ode_likelihood import ode_log_likelihood
+from pyddpm.store import load_model
 from pyddpm.evaluate.classifier import ImageClassifier, checksum_path, save_classifier
 from pyddpm.cli.eval import main as eval_main
 from pyddpm.cli.eval import samples_to_pixels
@@ -97,3 +101,60 @@ def test_bad_arguments_are_clear_errors(mnist_run, args, message, capsys):
 def test_missing_run_is_a_clear_error(tmp_path, capsys):
     assert eval_main([str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_ddpm_and_a_flow_are_scored_on_the_same_points_in_the_same_units(tmp_path, capsys):
+    """`--likelihood both` on a toy DDPM run and the flow's exact NLL: the same true points (seed + 2), both in nats
+    of data space (each run's own data scale undone), the ODE figure recomputed here from the library."""
+    ddpm, flow = tmp_path / "ddpm", tmp_path / "flow"
+    tiny = ["--max-steps", "20", "--batch-size", "100", "--num-train", "1000", "--num-samples", "100"]
+    assert train_main(["--out", str(ddpm), "--hidden", "16", "--depth", "2", "--T", "20", *tiny]) == 0
+    assert train_main(["--out", str(flow), "--model", "flow", "--model-kwargs", '{"hidden": 16, "num_couplings": 2}',
+                       *tiny]) == 0
+    flags = ["--num", "50", "--test-points", "300", "--seed", "3"]
+    assert eval_main([str(ddpm), *flags, "--steps", "5", "--likelihood", "both", "--rtol", "1e-4"]) == 0
+    table = capsys.readouterr().out
+    assert "probability-flow ODE, dopri5 rtol 0.0001 atol 1e-05, exact divergence" in table
+    assert "paired point by point" in table
+    assert eval_main([str(flow), *flags]) == 0
+    ode = json.loads((ddpm / "eval.json").read_text())["ode"]
+    bound = json.loads((ddpm / "eval.json").read_text())["likelihood"]
+    exact = json.loads((flow / "eval.json").read_text())["likelihood"]
+    assert ode["test_points"] == bound["test_points"] == exact["test_points"] == 300
+    assert ode["true_nats"] == bound["true_nats"] == exact["true_nats"]  # the same points
+    assert ode["rtol"] == 1e-4 and ode["atol"] == 1e-5 and ode["probes"] is None and ode["mean_network_calls"] > 10
+    assert ode["paired_gap_nats"] == pytest.approx(ode["ode_nll_nats"] - ode["true_nats"], abs=1e-9)
+
+    model, config = load_model(ddpm)
+    points = toy_distribution("chequerboard").sample(300, generator=torch.Generator().manual_seed(5))
+    transform = DataTransform(config["data"]["center"], config["data"]["scale"])
+    assert transform.scale == 64 and exact["nats"] < 10  # the two runs' model spaces differ (the flow's: scale 2)
+    result = ode_log_likelihood(model, transform.to_model(points.double()), rtol=1e-4, atol=1e-5, seed=3)
+    assert float(-result.log_density.mean()) - 2 * math.log(64) == pytest.approx(ode["ode_nll_nats"], abs=1e-9)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--likelihood", "ode", "--rtol", "0"], "--rtol must be a positive number"),
+    (["--likelihood", "ode", "--atol=-1e-5"], "--atol must be a positive number"),
+    (["--likelihood", "ode", "--probes", "0"], "--probes must be a positive integer"),
+    (["--likelihood", "ode", "--test-images", "0"], "--test-images must be a positive integer"),
+    (["--rtol", "1e-5"], "--rtol applies to --likelihood ode or both"),
+])
+def test_bad_ode_settings_are_one_line_errors_before_any_work(args, message, tmp_path, capsys):
+    assert eval_main([str(tmp_path / "no-run-needed"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+@needs_shared
+def test_mnist_run_writes_the_ode_bits_per_dim(mnist_run, capsys):
+    run, _ = mnist_run
+    out = run / "ode.json"
+    assert eval_main([str(run), "--no-samples", "--test-images", "4", "--likelihood", "both", "--t-samples", "2",
+                      "--probes", "2", "--rtol", "1e-3", "--atol", "1e-3", "--out", str(out)]) == 0
+    assert "bits/dim, probability-flow ODE" in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    ode = record["ode"]
+    assert ode["test_images"] == 4 and ode["probes"] == 2 and ode["divergence"].startswith("Hutchinson")
+    assert 0 < ode["probe_se"] and 0 < ode["ode_bits_per_dim_se"] and math.isfinite(ode["ode_bits_per_dim"])
+    assert ode["rtol"] == 1e-3 and ode["mean_network_calls"] > 0 and "bound" in record

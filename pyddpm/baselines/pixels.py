@@ -17,13 +17,12 @@ density P(k) (255/2)^D on bin k, so the same formula returns the VAE's -log2 P(k
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ..evaluate.likelihood import BINS
+from ..evaluate.likelihood import BIN_WIDTH, BINS, bits_per_dim
 
-BIN_WIDTH = 2.0 / (BINS - 1)  # one pixel level in model space
+__all__ = ["BIN_WIDTH", "SUPPORT", "bits_per_dim", "pixel_grid"]
+
 SUPPORT = (-1.0, 1.0 + BIN_WIDTH)  # the union of the dequantisation bins [x_k, x_k + 2/255)
 _SNAP = 1e-4  # in pixel levels: grid values x_k rounded to float32 (error < 1e-5 levels) stay in bin k
 
@@ -37,8 +36,3 @@ def pixel_grid(x: torch.Tensor) -> torch.Tensor:
     k = torch.floor((x.double() + 1) / BIN_WIDTH + _SNAP).clamp(0, BINS - 1)
     return k * BIN_WIDTH - 1
 
-
-def bits_per_dim(log_density: torch.Tensor, dims: int) -> torch.Tensor:
-    """(-log p(x) / D + log(255/2)) / log 2 per example: a model-space log-density in nats -> the bits/dim of
-    the pixels it dequantises (module docstring), comparable with ``pyddpm.evaluate.likelihood``'s bound."""
-    return (-log_density.double() / dims - math.log(BIN_WIDTH)) / math.log(2)

@@ -12,7 +12,7 @@ import time
 import torch
 
 from ..data import DataTransform
-from .pixels import BIN_WIDTH, bits_per_dim
+from ..evaluate.likelihood import bits_per_dim, dequantize_once
 from .vae import VAE
 
 
@@ -51,9 +51,7 @@ def image_bits_per_dim(model, pixels: torch.Tensor, *, K: int, seed: int, batch_
     """
     start = time.perf_counter()
     n, dims = pixels.shape[0], pixels[0].numel()
-    generator = torch.Generator().manual_seed(seed)
-    u = torch.rand(pixels.shape, generator=generator, dtype=torch.float64)
-    x = ((pixels.double() + u) * BIN_WIDTH - 1).float().reshape(n, -1)
+    x = dequantize_once(pixels, seed).float().reshape(n, -1)
     rows = []
     for name, k in estimators(model, K):
         bpd, error = _mean_and_error(bits_per_dim(log_likelihood(model, x, k, seed=seed, batch_size=batch_size),

@@ -4,7 +4,9 @@ Toy runs: the toy metrics (``pyddpm.evaluate.toy.toy_metrics``) of ``--num`` sam
 log-likelihood in nats of ``--test-points`` fresh true points. Image runs: the variational bound in bits/dim
 (+- standard error) on the test split (``likelihood``) and the sample quality of ``--num`` samples in the
 classifier's feature space (``frechet``), each beside its real-data floor: the same metric for as many training
-images as samples, against the test split. Runs of the baselines (``pyddpm.baselines``) report the flow's exact
+images as samples, against the test split. ``--likelihood ode`` (or ``both``) computes the DDPM's exact
+log-likelihood under its probability-flow ODE (``ode_likelihood``): on toy data in nats on the same true points,
+on images in bits/dim of the same dequantised pixels as the flow's. Runs of the baselines (``pyddpm.baselines``) report the flow's exact
 likelihood or the VAE's IWAE bounds (K = 1 and ``--iwae-k``) in place of the DDPM's bound, and the same sample
 metrics.
 """
@@ -25,7 +27,8 @@ from ..diffusion import DDPM
 from ..evaluate.classifier import (ClassifierError, checksum_path, classify, default_classifier_path, load_classifier,
                                    pixels_to_unit)
 from ..evaluate.frechet import gaussian_statistics, quality_metrics
-from ..evaluate.likelihood import pixels_to_model, variational_bound
+from ..evaluate.likelihood import bits_per_dim, dequantize_once, pixels_to_model, variational_bound
+from ..evaluate.ode_likelihood import SOLVER, ode_log_likelihood
 from ..evaluate.plots import plot_toy_samples, save_image_grid
 from ..evaluate.toy import toy_metrics
 from ..accel import keep_freed_memory
@@ -34,11 +37,13 @@ from ..samplers import generate_samples, plan_for
 from ..schedules import VARIANCES
 from ..schema import MAX_SAMPLES, MAX_SEED, MAX_T
 from ..store import CheckpointError, load_model, write_json
-from .common import (add_sampler_flags, add_sampling_network_flags, check_int, check_output_file, pick_device,
-                     sampler_options, sampling_network_options)
+from .common import (add_sampler_flags, add_sampling_network_flags, check_float, check_int, check_output_file,
+                     pick_device, sampler_options, sampling_network_options)
 
 EVAL_FILE = "eval.json"
 GRID_IMAGES = 100
+LIKELIHOODS = ("bound", "ode", "both")
+ODE_FLAGS = ("rtol", "atol", "probes")  # flags of --likelihood ode; their defaults are set in main
 
 
 def samples_to_pixels(samples: torch.Tensor) -> torch.Tensor:
@@ -76,15 +81,48 @@ def evaluate_toy(model, config: dict, args, grid_path: Path) -> dict:
     distribution = toy_distribution(config["data"]["name"])
     plot_toy_samples(distribution, samples, grid_path, title=info["sampler"])
     results = {"samples": {**info, **toy_metrics(distribution, samples, seed=args.seed + 1), "picture": str(grid_path)}}
-    if not args.no_bound:
+    if not args.no_bound and args.likelihood != "ode":
         results["likelihood"] = toy_likelihood(model, config, distribution, args)
+    if not args.no_bound and args.likelihood != "bound":
+        results["ode"] = toy_ode_likelihood(model, config, distribution, args)
     return results
 
 
+def test_points(distribution, args) -> torch.Tensor:
+    """The ``args.test_points`` fresh true points (seed ``args.seed + 2``) every model's toy NLL is measured on."""
+    return distribution.sample(args.test_points, generator=torch.Generator().manual_seed(args.seed + 2))
+
+
+def ode_settings(result, args, seconds: float) -> dict:
+    """How an ODE likelihood was computed: solver, tolerances, divergence and mean network calls per example."""
+    divergence = "exact" if result.probes is None else f"Hutchinson, {result.probes} Rademacher probe(s) per example"
+    return {"solver": f"{SOLVER} (torchdiffeq)", "rtol": result.rtol, "atol": result.atol,
+            "divergence": divergence, "probes": result.probes, "mean_network_calls": result.mean_network_calls,
+            "start": "s0 = 1/T (step 1)", "seed": args.seed, "seconds": round(seconds, 2)}
+
+
+def toy_ode_likelihood(model, config: dict, distribution, args) -> dict:
+    """The DDPM's probability-flow ODE NLL in nats of data space on the toy NLL's true points, beside the truth's
+    and paired with it point by point (the gap's standard error is that of the per-point differences)."""
+    points = test_points(distribution, args)
+    data = config["data"]
+    transform = DataTransform(data["center"], data["scale"])
+    start = time.perf_counter()
+    result = ode_log_likelihood(model, transform.to_model(points.double()), rtol=args.rtol, atol=args.atol,
+                                probes=args.probes, batch_size=args.batch_size, seed=args.seed, progress=True)
+    seconds = time.perf_counter() - start
+    nll = -result.log_density - points.shape[1] * math.log(transform.scale)  # model -> data space
+    gap = nll + distribution.log_prob(points)
+    root_n = math.sqrt(len(points))
+    return {"ode_nll_nats": float(nll.mean()), "ode_nll_se": float(nll.std() / root_n),
+            "true_nats": float(-distribution.log_prob(points).mean()), "paired_gap_nats": float(gap.mean()),
+            "paired_gap_se": float(gap.std() / root_n), "test_points": len(points), **ode_settings(result, args, seconds)}
+
+
 def toy_likelihood(model, config: dict, distribution, args) -> dict:
-    """-log p(x) in nats of data space of ``args.test_points`` fresh true points (seed ``args.seed + 2``): the DDPM's
+    """-log p(x) in nats of data space of ``args.test_points`` fresh true points (``test_points``): the DDPM's
     bound with a continuous Gaussian decoder, the flow's exact value, the VAE's IWAE bounds; beside the truth's."""
-    points = distribution.sample(args.test_points, generator=torch.Generator().manual_seed(args.seed + 2))
+    points = test_points(distribution, args)
     truth = float(-distribution.log_prob(points).mean())
     if not isinstance(model, DDPM):
         record = toy_negative_log_likelihood(model, points, config["data"], K=args.iwae_k, seed=args.seed,
@@ -119,12 +157,13 @@ def evaluate_images(model, config: dict, args, grid_path: Path) -> dict:
         classifier, classifier_info = load_classifier(classifier_path, args.device)
     test_pixels, _ = load_images(name, "test", data_dir)
     results: dict = {}
+    n = min(args.test_images or len(test_pixels), len(test_pixels))
     if not args.no_bound and not isinstance(model, DDPM):
-        n = min(args.test_images or len(test_pixels), len(test_pixels))
         results["likelihood"] = image_bits_per_dim(model, test_pixels[:n], K=args.iwae_k, seed=args.seed,
                                                    batch_size=args.batch_size)
-    elif not args.no_bound:
-        n = min(args.test_images or len(test_pixels), len(test_pixels))
+    if not args.no_bound and isinstance(model, DDPM) and args.likelihood != "bound":
+        results["ode"] = image_ode_likelihood(model, test_pixels[:n].reshape(n, *data["shape"]), args)
+    if not args.no_bound and isinstance(model, DDPM) and args.likelihood != "ode":
         x0 = pixels_to_model(test_pixels[:n].reshape(n, *data["shape"]))
         start = time.perf_counter()
         bound = variational_bound(model, x0, t_samples=args.t_samples, batch_size=args.batch_size,
@@ -157,6 +196,38 @@ def evaluate_images(model, config: dict, args, grid_path: Path) -> dict:
     return results
 
 
+def image_ode_likelihood(model, pixels: torch.Tensor, args) -> dict:
+    """The DDPM's probability-flow ODE bits/dim of uint8 test images, dequantised once with seed ``args.seed`` as
+    the flow's exact bits/dim (``baselines.scoring.image_bits_per_dim``): the same points, the same units."""
+    dims = pixels[0].numel()
+    start = time.perf_counter()
+    result = ode_log_likelihood(model, dequantize_once(pixels, args.seed), rtol=args.rtol, atol=args.atol,
+                                probes=args.probes, batch_size=args.batch_size, seed=args.seed, progress=True)
+    seconds = time.perf_counter() - start
+    bpd = bits_per_dim(result.log_density, dims)
+    n = len(bpd)
+    record = {"ode_bits_per_dim": float(bpd.mean()), "ode_bits_per_dim_se": float(bpd.std() / math.sqrt(n)),
+              "test_images": n, **ode_settings(result, args, seconds),
+              "convention": "pixels dequantised once, x = 2(k + u)/255 - 1; bits/dim = (-log p(x)/D + log(255/2)) / "
+                            "log 2, as the flow's exact bits/dim"}
+    if result.probe_variance is not None:  # the probes' share of the standard error
+        record["probe_se"] = float(result.probe_variance.sum().sqrt() / (n * dims * math.log(2)))
+    return record
+
+
+def ode_row(ode: dict) -> str:
+    """The ODE likelihood's line of the table."""
+    how = (f"probability-flow ODE, {ode['solver'].split()[0]} rtol {ode['rtol']:g} atol {ode['atol']:g}, "
+           f"{ode['divergence'].split(',')[0]} divergence, {ode['mean_network_calls']:.0f} network calls")
+    if "test_images" in ode:
+        return (f"| bits/dim, {how} ({ode['test_images']} test images) | {ode['ode_bits_per_dim']:.4f} ± "
+                f"{ode['ode_bits_per_dim_se']:.4f} | |")
+    return (f"| -log p(x) in nats, {how} ({ode['test_points']} test points) | {ode['ode_nll_nats']:.4f} ± "
+            f"{ode['ode_nll_se']:.4f} | {ode['true_nats']:.4f} (truth) |\n"
+            f"| ODE NLL minus the truth's, paired point by point | {ode['paired_gap_nats']:.4f} ± "
+            f"{ode['paired_gap_se']:.4f} | 0 |")
+
+
 def format_table(title: str, results: dict) -> str:
     """The results as a Markdown table: metric | model | real-data floor."""
     rows = [f"{title}", "", "| metric | model | real data (train vs test) |", "|---|---:|---:|"]
@@ -168,6 +239,8 @@ def format_table(title: str, results: dict) -> str:
         else:
             rows.append(f"| -log p(x) in nats, {e['estimator']} ({like['test_points']} test points) | "
                         f"{e['nats']:.4f} ± {e['standard_error']:.4f} | {like['true_nats']:.4f} (truth) |")
+    if results.get("ode"):
+        rows.append(ode_row(results["ode"]))
     b = results.get("bound")
     if b:
         how = "all T terms" if b["t_samples"] is None else f"{b['t_samples']} sampled t per image"
@@ -208,6 +281,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="run directory written by pyddpm-train")
     p.add_argument("--num", type=int, default=None,
                    help="samples to draw (default 5000 for toy data, 1000 for images)")
+    p.add_argument("--likelihood", choices=LIKELIHOODS, default="bound",
+                   help="DDPM runs: bound: Ho et al.'s variational bound; ode: the exact log-likelihood under the "
+                        "probability-flow ODE (Song et al. 2021), integrated by dopri5 (toy data: nats on the "
+                        "--test-points; images: bits/dim of the --test-images dequantised as the flow's); both: "
+                        "the two side by side (default bound)")
+    p.add_argument("--rtol", type=float, default=None,
+                   help="--likelihood ode: the solver's relative tolerance (default 1e-5)")
+    p.add_argument("--atol", type=float, default=None,
+                   help="--likelihood ode: the solver's absolute tolerance (default 1e-5)")
+    p.add_argument("--probes", type=int, default=None, metavar="K",
+                   help="--likelihood ode: Hutchinson's divergence estimate with K Rademacher probes per example "
+                        "(default: 1 on images; exact divergence on toy data unless given)")
     p.add_argument("--t-samples", type=int, default=None, metavar="K",
                    help="images: estimate sum_{t>=2} L_{t-1} from K uniformly drawn t per image (unbiased; L_T and "
                         "L_0 exact) instead of computing all T terms")
@@ -248,6 +333,13 @@ def main(argv=None) -> int:
                          ("batch_size", None), ("test_points", MAX_SAMPLES), ("iwae_k", None)):
             check_int(f"--{flag.replace('_', '-')}", getattr(args, flag), 1, hi)
         check_int("--seed", args.seed, 0, MAX_SEED)
+        check_int("--probes", args.probes, 1)
+        for flag in ("rtol", "atol"):
+            check_float(f"--{flag}", getattr(args, flag), 0, math.inf, lo_open=True)
+        ode_only = [flag for flag in ODE_FLAGS if getattr(args, flag) is not None]
+        if ode_only and args.likelihood == "bound":
+            raise ValueError(f"--{ode_only[0]} applies to --likelihood ode or both")
+        args.rtol, args.atol = args.rtol or 1e-5, args.atol or 1e-5
         args.device = pick_device(args.device)
         sampling_network_options(args, args.device)
         if args.no_bound and args.no_samples:
@@ -260,11 +352,14 @@ def main(argv=None) -> int:
         model, config = load_model(args.run_dir, args.device)
         ddpm_only = [flag for flag in ("t_samples", "steps", "variance", "sampler", "spacing", "order", "eta")
                      if getattr(args, flag) is not None]
+        ddpm_only += ["likelihood"] if args.likelihood != "bound" else []
         if ddpm_only and not isinstance(model, DDPM):
             raise ValueError(f"--{ddpm_only[0].replace('_', '-')} applies to DDPM runs; {args.run_dir} is a "
                              f"{config['model']['name']} run")
         sampler_options(args, model, variance_is_the_samplers=False)  # every sampler check, before any work
         toy = is_toy(config["data"]["name"])
+        if not toy and args.probes is None:
+            args.probes = 1
         if args.num is None:
             args.num = 5000 if toy else 1000
         for path in (out, Path(args.save_samples or out)):

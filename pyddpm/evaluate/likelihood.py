@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..diffusion import DDPM, normal_kl
 
 BINS = 256
+BIN_WIDTH = 2.0 / (BINS - 1)  # one pixel level in model space
 
 
 def pixels_to_model(pixels: torch.Tensor) -> torch.Tensor:
@@ -32,6 +33,19 @@ def pixels_to_model(pixels: torch.Tensor) -> torch.Tensor:
     if pixels.numel() and (pixels.min() < 0 or pixels.max() > BINS - 1):
         raise ValueError(f"pixels must lie in [0, {BINS - 1}], got [{int(pixels.min())}, {int(pixels.max())}]")
     return pixels.double() * (2 / (BINS - 1)) - 1
+
+
+def dequantize_once(pixels: torch.Tensor, seed: int) -> torch.Tensor:
+    """Integer pixels k -> x = 2 (k + u) / 255 - 1 with u ~ U[0, 1) from a generator seeded by ``seed`` (float64):
+    the continuous points whose log-density ``bits_per_dim`` turns into bits/dim of the pixels."""
+    u = torch.rand(pixels.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return (pixels.double() + u) * BIN_WIDTH - 1
+
+
+def bits_per_dim(log_density: torch.Tensor, dims: int) -> torch.Tensor:
+    """(-log p(x) / D + log(255/2)) / log 2 per example: a model-space log-density in nats of dequantised pixels
+    -> an upper bound on -log2 P(pixels) / D (Theis et al. 2016), comparable with the variational bound."""
+    return (-log_density.double() / dims - math.log(BIN_WIDTH)) / math.log(2)
 
 
 def discretized_gaussian_log_likelihood(x0: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
