@@ -215,8 +215,7 @@ def generate_samples(model, data_config: dict, num: int, *, seed: int, batch_siz
     if not isinstance(model, DDPM):
         given = [flag for flag, value in (("--sampler", sampler != "ddpm"), ("--steps", steps), ("--eta", eta),
                                           ("--spacing", spacing), ("--order", order), ("--variance", variance),
-                                          ("--clip", clip), ("--graph", graph), ("--eager", not fast),
-                                          ("--precision", precision != "fp32"), ("--runtime", runtime != "torch"))
+                                          ("--clip", clip), ("--graph", graph), ("--precision", precision != "fp32"))
                  if value not in (None, 0.0, False)]
         if given:
             raise ValueError(f"{', '.join(given)} set the DDPM's sampler; this run's {type(model).__name__} samples "
