@@ -1,0 +1,71 @@
+"""The few-step plans an export carries (/work/solver-contract.md, issue 32): the one ``pyddpm-export`` was asked
+for, and every shipped sampler at the NFEs of ``TABLE_STEPS``, as numbers for the manifest and as float32 tables
+for the scripted sampler. Algorithm 2 itself ("ddpm" with all T steps) is not a plan here: ``step.onnx`` and the
+manifest's ``step_coefficients`` already carry it.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ._standin_solvers import DEFAULT_SAMPLER, SAMPLERS, default_plan, solver_plan
+
+TABLE_STEPS = (5, 8, 10, 20)  # the NFEs every export carries for every shipped sampler
+ROW = ("a", "b", "sigma", "c", "p", "q", "lo", "hi", "h_0", "h_1", "h_2")
+HISTORY = 3  # history buffers the step graph always carries (h_k = 0 for k >= the plan's K)
+ALGORITHM_2 = "ddpm"
+
+
+class ExportPlans(NamedTuple):
+    default: dict  # {"sampler", "steps"}: what a host runs without --sampler/--steps
+    default_sampler: str  # what --steps N alone runs
+    plans: list[dict]  # manifest entries, the default's first where it is a plan
+
+
+def is_algorithm_2(sampler: str, steps: int | None, T: int) -> bool:
+    """Whether (sampler, steps) is Algorithm 2 with all T steps, which step.onnx runs."""
+    return sampler == ALGORITHM_2 and steps in (None, T)
+
+
+def plan_entry(plan) -> dict:
+    """A plan as the manifest states it: rows as float32 values (what the step graph reads), t_i 1-based."""
+    rows = plan.rows.to(torch.float32)
+    if rows.dim() != 2 or rows.shape[1] != len(ROW) or rows.shape[0] != len(plan.timesteps):
+        raise ValueError(f"a plan needs one row of {len(ROW)} coefficients per time step, got {tuple(rows.shape)} "
+                         f"for {len(plan.timesteps)} steps")
+    if not 0 <= plan.history <= HISTORY:
+        raise ValueError(f"the step graph carries at most {HISTORY} history buffers, the plan needs {plan.history}")
+    return {"sampler": plan.sampler, "steps": len(plan.timesteps), "timesteps": [int(t) for t in plan.timesteps],
+            "rows": rows.tolist(), "history": int(plan.history), "clip": bool(plan.clip),
+            "stochastic": bool(plan.stochastic)}
+
+
+def export_plans(model, sampler: str | None = None, steps: int | None = None) -> ExportPlans:
+    """The plans of an export of ``model`` asked for ``sampler`` (default: pyddpm's, with ``steps``) and ``steps``
+    (neither: what ``pyddpm-sample`` runs by default). ValueError naming --sampler or --steps for a plan that
+    cannot be built, before anything is written."""
+    if sampler is None and steps is None:
+        sampler, steps = default_plan(model)
+    elif sampler is None:
+        sampler = DEFAULT_SAMPLER
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown --sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= model.T):
+        raise ValueError(f"--steps must be an integer in [1, T={model.T}], got {steps!r}")
+    plans = []
+    if not is_algorithm_2(sampler, steps, model.T):
+        if steps is None:
+            raise ValueError(f"--sampler {sampler} needs --steps N, the number of network calls")
+        plans.append(plan_entry(solver_plan(model, sampler, steps)))
+    default = {"sampler": sampler, "steps": model.T if steps is None else steps}
+    for name in SAMPLERS:
+        for n in TABLE_STEPS:
+            if n > model.T or is_algorithm_2(name, n, model.T) or (name, n) == (sampler, steps):
+                continue
+            try:
+                plan = solver_plan(model, name, n)
+            except ValueError:  # a sampler that does not take n calls (Algorithm 2, an order above n)
+                continue
+            plans.append(plan_entry(plan))
+    return ExportPlans(default, DEFAULT_SAMPLER, plans)
