@@ -1,14 +1,20 @@
-// pyddpm-sampler-cpp: Algorithm 2 (Ho et al. 2020) over a model exported by pyddpm-export, without Python.
+// pyddpm-sampler-cpp: a model exported by pyddpm-export, sampled without Python: Algorithm 2 (Ho et al. 2020) or
+// one of the export's few-step plans.
 //
-//   pyddpm-sampler-cpp MODEL.pt --num N --seed S --out samples.npy [--batch-size B] [--threads K]
+//   pyddpm-sampler-cpp MODEL.pt --num N --seed S --out samples.npy [--sampler NAME] [--steps N] [--batch-size B]
+//                      [--threads K]
 //
 // MODEL.pt is sampler.pt or denoiser.pt; both carry T, the sample shape, the data transform and the per-step
 // coefficients (attributes T, sample_shape, center, scale, clamp_output, value_lo, value_hi; buffers step.a,
-// step.b, step.sigma) and a `denoise(x_t, t)` method (t: 1-based int64 steps, shape (batch,)). The network runs
-// in libtorch; x_T, every z and the update x_{t-1} = (a_t x_t + b_t eps_hat) + sigma_t z run in pyddpm's fused
-// CPU kernel with in-kernel Philox noise (csrc/), as `pyddpm-sample RUN --seed S` does, so the same seed gives
-// the same samples. Output: float32 .npy in data space (x / scale + center, clamped for images). MODEL.pt must
-// match the SHA-256 that manifest.json beside it records; a modified file is refused.
+// step.b, step.sigma), a `denoise(x_t, t)` method (t: 1-based int64 steps, shape (batch,)), and the few-step plans
+// (attributes plan_names "SAMPLER:STEPS", plan_timesteps, plan_rows, plan_clip, default_sampler, default_plan) with
+// a `solver_step(x, t, z, h, row, clip)` method, the same as solver_step.onnx. --sampler/--steps are
+// pyddpm-sample's flags (--steps alone: the export's default sampler; neither: its default plan; --sampler ddpm:
+// Algorithm 2). The network runs in libtorch; x_T and every z are drawn by pyddpm's fused CPU kernels with their
+// Philox noise (csrc/), and Algorithm 2's update x_{t-1} = (a_t x_t + b_t eps_hat) + sigma_t z runs there too, as
+// `pyddpm-sample RUN --seed S` does, so the same seed gives the same samples; a plan's update runs in the module's
+// solver_step. Output: float32 .npy in data space (x / scale + center, clamped for images). MODEL.pt must match
+// the SHA-256 that manifest.json beside it records; a modified file is refused.
 #include <ATen/Parallel.h>
 #include <torch/script.h>
 
@@ -29,17 +35,21 @@
 namespace {
 
 constexpr const char* kUsage =
-    "usage: pyddpm-sampler-cpp MODEL.pt [--num N] [--seed S] [--out FILE.npy] [--batch-size B] [--threads K]\n"
+    "usage: pyddpm-sampler-cpp MODEL.pt [--num N] [--seed S] [--out FILE.npy] [--sampler NAME] [--steps N]\n"
+    "                          [--batch-size B] [--threads K]\n"
     "  MODEL.pt      sampler.pt or denoiser.pt written by pyddpm-export\n"
     "  --num N       number of samples (default 1000)\n"
     "  --seed S      noise seed in [0, 2^63); sample i depends only on (seed, i) (default 0)\n"
     "  --out FILE    output .npy, data space as pyddpm-sample writes it (default samples.npy)\n"
+    "  --sampler S   few-step sampler, as pyddpm-sample's: one the export carries (ddpm: Algorithm 2)\n"
+    "                (default: the export's)\n"
+    "  --steps N     its number of network calls, as pyddpm-sample's; alone: the export's default sampler\n"
     "  --batch-size  samples per batch (default 10000)\n"
     "  --threads K   CPU threads for libtorch and the kernel (default: their choice)\n";
 
 struct Options {
-  std::string model, out = "samples.npy";
-  int64_t num = 1000, batch_size = 10000;
+  std::string model, out = "samples.npy", sampler;  // sampler empty: not given
+  int64_t num = 1000, batch_size = 10000, steps = 0;  // steps 0: not given
   uint64_t seed = 0;
   int threads = 0;
 };
@@ -51,7 +61,12 @@ struct Model {
   double center = 0, scale = 1, lo = 0, hi = 0;
   bool clamp = false;
   std::vector<pyddpm::StepCoef> coefs;  // index t - 1
+  bool has_plan = false;                 // false: Algorithm 2
+  torch::Tensor timesteps, rows, clip;   // the plan's t_i (int64), rows (float32, N x 11), clip (bool scalar)
 };
+
+constexpr const char* kAlgorithm2 = "ddpm";  // with all T steps: Algorithm 2, not a few-step plan
+constexpr int64_t kRow = 11, kHistory = 3;   // a plan's coefficients per call; the history buffers
 
 int64_t parse_int(const std::string& flag, const std::string& value, int64_t lo, int64_t hi) {
   size_t used = 0;
@@ -85,6 +100,8 @@ Options parse_args(int argc, char** argv) {
     if (arg == "--num") o.num = parse_int(arg, value, 1, INT64_MAX / 2);
     else if (arg == "--seed") o.seed = static_cast<uint64_t>(parse_int(arg, value, 0, INT64_MAX));
     else if (arg == "--out") o.out = value;
+    else if (arg == "--sampler") o.sampler = value;
+    else if (arg == "--steps") o.steps = parse_int(arg, value, 1, INT64_MAX);
     else if (arg == "--batch-size") o.batch_size = parse_int(arg, value, 1, INT64_MAX / 2);
     else if (arg == "--threads") o.threads = static_cast<int>(parse_int(arg, value, 0, 1024));
     else throw std::invalid_argument("unknown option " + arg + "\n" + kUsage);
@@ -132,6 +149,57 @@ std::string verified_bytes(const std::string& path) {
   return bytes;
 }
 
+// "SAMPLER:STEPS", the key of a plan in the module's plan_names.
+std::string plan_key(const std::string& sampler, int64_t steps) { return sampler + ":" + std::to_string(steps); }
+
+// Picks the plan for pyddpm-sample's --sampler/--steps (the rule of the manifest's "solvers"), or Algorithm 2.
+void choose_plan(Model& m, const std::string& path, std::string sampler, int64_t steps) {
+  if (steps != 0 && steps > m.T)
+    throw std::invalid_argument("--steps must be in [1, T = " + std::to_string(m.T) + "], got " + std::to_string(steps));
+  const bool plans = m.module.hasattr("plan_names") && m.module.find_method("solver_step");
+  auto algorithm_2 = [&](const std::string& name, int64_t n) { return name == kAlgorithm2 && (n == 0 || n == m.T); };
+  if (!plans) {  // an export that predates the few-step plans
+    if (algorithm_2(sampler.empty() ? kAlgorithm2 : sampler, steps)) return;
+    throw std::invalid_argument(path + " carries no few-step plans (it predates them): re-export the run with "
+                                "`pyddpm-export RUN --out DIR --sampler NAME --steps N`, or leave out --sampler/--steps");
+  }
+  if (sampler.empty() && steps == 0) {
+    const std::string key = m.module.attr("default_plan").toStringRef();
+    sampler = key.substr(0, key.rfind(':'));
+    steps = std::stoll(key.substr(key.rfind(':') + 1));
+  } else if (sampler.empty()) {
+    sampler = m.module.attr("default_sampler").toStringRef();
+  }
+  if (algorithm_2(sampler, steps)) return;
+  if (steps == 0) throw std::invalid_argument("--sampler " + sampler + " needs --steps N, the number of network calls");
+  const auto names = m.module.attr("plan_names").toListRef();
+  std::string carried = kAlgorithm2, calls;
+  for (size_t k = 0; k < names.size(); ++k) {
+    const std::string key = names[k].toStringRef();
+    const std::string name = key.substr(0, key.rfind(':'));
+    if (key == plan_key(sampler, steps)) {
+      m.has_plan = true;
+      m.timesteps = m.module.attr("plan_timesteps").toListRef()[k].toTensor().to(torch::kInt64).contiguous();
+      m.rows = m.module.attr("plan_rows").toListRef()[k].toTensor().to(torch::kFloat32).contiguous();
+      m.clip = torch::tensor(m.module.attr("plan_clip").toListRef()[k].toBool());
+      if (m.rows.dim() != 2 || m.rows.size(0) != steps || m.rows.size(1) != kRow || m.timesteps.numel() != steps ||
+          m.timesteps.min().item<int64_t>() < 1 || m.timesteps.max().item<int64_t>() > m.T ||
+          !torch::isfinite(m.rows).all().item<bool>() || (m.rows.select(1, 2) < 0).any().item<bool>())
+        throw std::runtime_error(path + ": the plan " + key + " needs that many time steps in [1, T] and rows of 11 "
+                                 "finite coefficients with sigma >= 0");
+      return;
+    }
+    if (name == sampler) calls += (calls.empty() ? "" : ", ") + key.substr(key.rfind(':') + 1);
+    if (carried.find(name) == std::string::npos) carried += ", " + name;
+  }
+  if (calls.empty() && sampler != kAlgorithm2)
+    throw std::invalid_argument("unknown --sampler '" + sampler + "': this export carries " + carried);
+  throw std::invalid_argument("this export carries --sampler " + sampler + " at --steps " +
+                              (calls.empty() ? std::to_string(m.T) : calls) + ", not " + std::to_string(steps) +
+                              ": re-export the run with `pyddpm-export RUN --out DIR --sampler " + sampler +
+                              " --steps " + std::to_string(steps) + "`");
+}
+
 Model load_model(const std::string& path) {
   Model m;
   if (!std::ifstream(path))
@@ -174,7 +242,9 @@ Model load_model(const std::string& path) {
   return m;
 }
 
-// x_0 in data space for samples [start, start + batch): Algorithm 2 with the fused kernel and its Philox noise.
+// x_0 in data space for samples [start, start + batch): Algorithm 2 with the fused kernel and its Philox noise,
+// or the plan's calls through the module's solver_step with the kernel's noise (z of call i at step t_i, drawn
+// only where sigma != 0).
 torch::Tensor sample_batch(Model& m, int64_t batch, int64_t start, uint64_t seed, int threads) {
   std::vector<int64_t> sizes{batch};
   sizes.insert(sizes.end(), m.shape.begin(), m.shape.end());
@@ -182,6 +252,27 @@ torch::Tensor sample_batch(Model& m, int64_t batch, int64_t start, uint64_t seed
   const int64_t n = x.numel() / batch;
   const uint64_t offset = static_cast<uint64_t>(start);
   pyddpm::normal_cpu(x.data_ptr<float>(), batch, n, {seed, 0, offset}, threads);  // x_T: step 0 (Alg. 2 line 1)
+  if (m.has_plan) {
+    std::vector<int64_t> history{batch, kHistory};
+    history.insert(history.end(), m.shape.begin(), m.shape.end());
+    torch::Tensor h = torch::zeros(history, torch::kFloat32);
+    auto solver_step = m.module.get_method("solver_step");
+    for (int64_t i = 0; i < m.timesteps.numel(); ++i) {
+      const int64_t t = m.timesteps[i].item<int64_t>();
+      const torch::Tensor row = m.rows[i];
+      torch::Tensor z = torch::zeros(sizes, torch::kFloat32);
+      if (row[2].item<float>() != 0.f)
+        pyddpm::normal_cpu(z.data_ptr<float>(), batch, n, {seed, static_cast<uint32_t>(t), offset}, threads);
+      const auto out = solver_step({x, torch::full({batch}, t, torch::kInt64), z, h, row, m.clip}).toTuple();
+      x = out->elements()[0].toTensor();
+      h = out->elements()[1].toTensor();
+      if (x.sizes() != z.sizes() || h.sizes() != c10::IntArrayRef(history))
+        throw std::runtime_error("the model's solver_step returned x of shape " + c10::str(x.sizes()) +
+                                 " for x of shape " + c10::str(z.sizes()));
+    }
+    torch::Tensor data = x / m.scale + m.center;
+    return m.clamp ? data.clamp(m.lo, m.hi) : data;
+  }
   auto denoise = m.module.get_method("denoise");
   for (int64_t t = m.T; t >= 1; --t) {
     torch::Tensor eps = denoise({x, torch::full({batch}, t, torch::kInt64)}).toTensor();
@@ -223,6 +314,7 @@ int main(int argc, char** argv) {
     if (o.threads > 0) at::set_num_threads(o.threads);
     c10::InferenceMode guard;
     Model m = load_model(o.model);
+    choose_plan(m, o.model, o.sampler, o.steps);
     const auto begin = std::chrono::steady_clock::now();
     std::vector<torch::Tensor> parts;
     for (int64_t start = 0; start < o.num; start += o.batch_size)
