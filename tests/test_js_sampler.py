@@ -205,7 +205,7 @@ def test_demo_page_samples_in_headless_chromium(net, served, tmp_path_factory, t
     (root / "model").symlink_to(out, target_is_directory=True)
     num, seed = (5000, 7) if net == "toy" else (4, 2)
     screenshot = tmp_path / f"demo-{net}.png"
-    query = f"model=../../model/&num={num}&seed={seed}" + ("" if net == "toy" else "&sampler=ddpm")
+    query = f"model=../../model/&num={num}&seed={seed}" + ("" if net == "toy" else "&sampler=ddpm&steps=")
     result, page = run_page(base, tmp_path, query, screenshot)
     assert result.returncode == 0 and page["state"] == "done", (result.stderr, page.get("message"))
     default = json.loads((out / "manifest.json").read_text())["solvers"]["default_sampler"]
