@@ -14,7 +14,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from export_runs import (EXPORT_NETS, FEW_STEP, ROOT, exported, plan_flags, pyddpm_sample_flags, pyddpm_samples,
+from export_runs import (EXPORT_NETS, FEW_STEP, ROOT, exported, plan_flags, pyddpm_plan_samples, pyddpm_samples,
                          trained_run)
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit\..* is deprecated:FutureWarning")
@@ -64,7 +64,7 @@ PLAN_ATOL = 1e-4
 def test_few_step_plans_give_pyddpm_sample_s_samples(sampler, cpp_sampler, tmp_path_factory, tmp_path):
     out, run = exported(tmp_path_factory, "toy"), trained_run(tmp_path_factory, "toy")
     num, seed = 40, 6
-    expected = pyddpm_samples(run, tmp_path, num, seed, *pyddpm_sample_flags(sampler, 10))
+    expected = pyddpm_plan_samples(run, num, seed, sampler, 10)
     for model, batch in (("sampler.pt", 10000), ("denoiser.pt", 16)):
         result = run_cpp(cpp_sampler, out / model, "--num", num, "--seed", seed, "--out", tmp_path / "cpp.npy",
                          "--batch-size", batch, "--threads", 2, *plan_flags(sampler, 10))

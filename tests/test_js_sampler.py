@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from export_runs import (EXPORT_NETS, FEW_STEP, ROOT, exported, plan_flags, pyddpm_sample_flags, pyddpm_samples,
+from export_runs import (EXPORT_NETS, FEW_STEP, ROOT, exported, plan_flags, pyddpm_plan_samples, pyddpm_samples,
                          trained_run)
 from PIL import Image
 
@@ -104,7 +104,7 @@ def test_same_seed_same_samples_as_pyddpm_sample(net, tmp_path_factory, tmp_path
 @pytest.mark.parametrize("sampler", FEW_STEP)
 def test_few_step_plans_give_pyddpm_sample_s_samples(sampler, tmp_path_factory, tmp_path):
     out, run = exported(tmp_path_factory, "toy"), trained_run(tmp_path_factory, "toy")
-    expected = pyddpm_samples(run, tmp_path, 2000, 6, *pyddpm_sample_flags(sampler, 10))
+    expected = pyddpm_plan_samples(run, 2000, 6, sampler, 10)
     got = js_samples(tmp_path, out, 2000, 6, "--batch-size", 700, *plan_flags(sampler, 10))
     assert got.shape == expected.shape and np.abs(got - expected).max() <= ATOL
     assert abs(support_fraction(got) - support_fraction(expected)) <= SUPPORT_POINTS
@@ -210,7 +210,7 @@ def test_demo_page_samples_in_headless_chromium(net, served, tmp_path_factory, t
     assert result.returncode == 0 and page["state"] == "done", (result.stderr, page.get("message"))
     default = json.loads((out / "manifest.json").read_text())["solvers"]["default_sampler"]
     assert page["calls"] == (10 if net == "toy" else page["T"])
-    expected = pyddpm_samples(run, tmp_path, num, seed, *(pyddpm_sample_flags(default, 10) if net == "toy" else ()))
+    expected = pyddpm_plan_samples(run, num, seed, default, 10) if net == "toy" else pyddpm_samples(run, tmp_path, num, seed)
     got = np.array(page["samples"], dtype=np.float32).reshape(page["shape"])
     assert got.shape == expected.shape and np.abs(got - expected).max() <= ATOL
     if net == "toy":
@@ -236,4 +236,4 @@ def test_demo_page_samples_a_picked_directory_in_batches(served, tmp_path_factor
     result, page = run_page(base, tmp_path, f"num=40&seed=5&batch=16&sampler={FEW_STEP[0]}&steps=8", pick=out)
     assert result.returncode == 0 and page["state"] == "done", (result.stderr, page.get("message"))
     got = np.array(page["samples"], dtype=np.float32).reshape(page["shape"])
-    assert np.abs(got - pyddpm_samples(run, tmp_path, 40, 5, *pyddpm_sample_flags(FEW_STEP[0], 8))).max() <= ATOL
+    assert np.abs(got - pyddpm_plan_samples(run, 40, 5, FEW_STEP[0], 8)).max() <= ATOL

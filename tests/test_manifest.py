@@ -9,13 +9,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from export_runs import EXPORT_NETS, FEW_STEP, exported, pyddpm_sample_flags, pyddpm_samples, trained_run
+from export_runs import EXPORT_NETS, FEW_STEP, exported, pyddpm_plan_samples, pyddpm_samples, trained_run
 
 from pyddpm import philox
 from pyddpm.store import load_model
 from pyddpm.export import EXPORT_FORMAT, NOISE_SPEC
 from pyddpm.export.metadata import METADATA_FILE
-from pyddpm.export.plans import DEFAULT_SAMPLER, ROW, SAMPLERS, TABLE_STEPS, default_plan, solver_plan
+from pyddpm.export.plans import DEFAULT_SAMPLER, ROW, TABLE_STEPS, default_plan
+from pyddpm.solvers import SAMPLERS, solver_plan
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit\..* is deprecated:FutureWarning")
 ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(bool)": "bool"}
@@ -86,11 +87,11 @@ def test_the_plans_are_pyddpm_s(net, tmp_path_factory):
     assert {key for key in carried} >= {(s, n) for s in FEW_STEP for n in TABLE_STEPS if n <= model.T}
     assert {s for s, _ in carried} <= set(SAMPLERS)
     for (name, n), entry in carried.items():
-        plan = solver_plan(model, name, n)
+        plan = solver_plan(model.noise_schedule, name, n)
         assert entry["timesteps"] == list(plan.timesteps) and entry["steps"] == len(plan.timesteps) == n
-        assert np.array_equal(np.array(entry["rows"], dtype=np.float32), plan.rows.float().numpy())
+        assert np.array_equal(np.array(entry["rows"], dtype=np.float32), plan.rows().float().numpy())
         assert entry["history"] == plan.history and entry["clip"] == plan.clip
-        assert entry["stochastic"] == plan.stochastic == bool((plan.rows[:, 2] != 0).any())
+        assert entry["stochastic"] == plan.stochastic == bool((plan.rows()[:, 2] != 0).any())
 
 
 @pytest.mark.parametrize("net", EXPORT_NETS)
@@ -168,4 +169,4 @@ def test_a_host_runs_a_plan_with_denoiser_onnx_and_the_manifest_alone(sampler, t
             v = v + sigma * philox.philox_normal(shape, seed, t).numpy()
         x, h = v, np.concatenate([d[:, None], h[:, :-1]], 1)
     x = x / np.float32(m["to_data"]["divide"]) + np.float32(m["to_data"]["add"])
-    assert np.abs(x - pyddpm_samples(run, tmp_path, num, seed, *pyddpm_sample_flags(sampler, 10))).max() <= 1e-4
+    assert np.abs(x - pyddpm_plan_samples(run, num, seed, sampler, 10)).max() <= 1e-4

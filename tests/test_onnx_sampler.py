@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from export_runs import (EXPORT_NETS, FEW_STEP, ONNX_SAMPLER, PYTHON, exported, plan_flags, pyddpm_sample_flags,
-                         pyddpm_samples, torchless_env, trained_run, unet_available)
+from export_runs import (EXPORT_NETS, FEW_STEP, ONNX_SAMPLER, PYTHON, exported, plan_flags,
+                         pyddpm_plan_samples, pyddpm_samples, torchless_env, trained_run, unet_available)
 from PIL import Image
 
 from pyddpm import philox
@@ -67,7 +67,7 @@ PLAN_ATOL = 1e-4
 def test_few_step_plans_give_pyddpm_sample_s_samples(net, sampler, steps, tmp_path_factory, tmp_path):
     out, run = exported(tmp_path_factory, net), trained_run(tmp_path_factory, net)
     num, seed = (40, 6) if net == "toy" else (3, 11)
-    expected = pyddpm_samples(run, tmp_path, num, seed, *pyddpm_sample_flags(sampler, steps))
+    expected = pyddpm_plan_samples(run, num, seed, sampler, steps)
     result = run_sampler(tmp_path, out, "--num", num, "--seed", seed, "--out", tmp_path / "plan.npy",
                          "--batch-size", 16, *plan_flags(sampler, steps))
     assert result.returncode == 0, result.stderr

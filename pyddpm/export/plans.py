@@ -9,12 +9,19 @@ from typing import NamedTuple
 
 import torch
 
-from ._standin_solvers import DEFAULT_SAMPLER, SAMPLERS, default_plan, solver_plan
+from ..schedules import MAX_HISTORY
+from ..solvers import SAMPLERS, check_sampler, solver_plan
 
 TABLE_STEPS = (5, 8, 10, 20)  # the NFEs every export carries for every shipped sampler
 ROW = ("a", "b", "sigma", "c", "p", "q", "lo", "hi", "h_0", "h_1", "h_2")
-HISTORY = 3  # history buffers the step graph always carries (h_k = 0 for k >= the plan's K)
+HISTORY = MAX_HISTORY  # history buffers the step graph always carries (h_k = 0 for k >= the plan's K)
 ALGORITHM_2 = "ddpm"
+DEFAULT_SAMPLER = "ddim"  # what pyddpm-sample --steps N alone runs
+
+
+def default_plan(model) -> tuple[str, int]:
+    """(sampler, steps) that ``pyddpm-sample`` runs without --sampler/--steps: Algorithm 2, all T steps."""
+    return ALGORITHM_2, model.T
 
 
 class ExportPlans(NamedTuple):
@@ -30,7 +37,7 @@ def is_algorithm_2(sampler: str, steps: int | None, T: int) -> bool:
 
 def plan_entry(plan) -> dict:
     """A plan as the manifest states it: rows as float32 values (what the step graph reads), t_i 1-based."""
-    rows = plan.rows.to(torch.float32)
+    rows = plan.rows().to(torch.float32)
     if rows.dim() != 2 or rows.shape[1] != len(ROW) or rows.shape[0] != len(plan.timesteps):
         raise ValueError(f"a plan needs one row of {len(ROW)} coefficients per time step, got {tuple(rows.shape)} "
                          f"for {len(plan.timesteps)} steps")
@@ -49,22 +56,17 @@ def export_plans(model, sampler: str | None = None, steps: int | None = None) ->
         sampler, steps = default_plan(model)
     elif sampler is None:
         sampler = DEFAULT_SAMPLER
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown --sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= model.T):
-        raise ValueError(f"--steps must be an integer in [1, T={model.T}], got {steps!r}")
+    check_sampler(sampler)
     plans = []
-    if not is_algorithm_2(sampler, steps, model.T):
-        if steps is None:
-            raise ValueError(f"--sampler {sampler} needs --steps N, the number of network calls")
-        plans.append(plan_entry(solver_plan(model, sampler, steps)))
-    default = {"sampler": sampler, "steps": model.T if steps is None else steps}
+    if not is_algorithm_2(sampler, steps, model.T):  # solver_plan names --steps where they do not fit
+        plans.append(plan_entry(solver_plan(model.noise_schedule, sampler, steps)))
+    default = {"sampler": sampler, "steps": plans[0]["steps"] if plans else model.T}
     for name in SAMPLERS:
         for n in TABLE_STEPS:
             if n > model.T or is_algorithm_2(name, n, model.T) or (name, n) == (sampler, steps):
                 continue
             try:
-                plan = solver_plan(model, name, n)
+                plan = solver_plan(model.noise_schedule, name, n)
             except ValueError:  # a sampler that does not take n calls (Algorithm 2, an order above n)
                 continue
             plans.append(plan_entry(plan))
