@@ -7,14 +7,14 @@
 // MODEL.pt is sampler.pt or denoiser.pt; both carry T, the sample shape, the data transform and the per-step
 // coefficients (attributes T, sample_shape, center, scale, clamp_output, value_lo, value_hi; buffers step.a,
 // step.b, step.sigma), a `denoise(x_t, t)` method (t: 1-based int64 steps, shape (batch,)), and the few-step plans
-// (attributes plan_names "SAMPLER:STEPS", plan_timesteps, plan_rows, plan_clip, default_sampler, default_plan) with
-// a `solver_step(x, t, z, h, row, clip)` method, the same as solver_step.onnx. --sampler/--steps are
-// pyddpm-sample's flags (--steps alone: the export's default sampler; neither: its default plan; --sampler ddpm:
-// Algorithm 2). The network runs in libtorch; x_T and every z are drawn by pyddpm's fused CPU kernels with their
-// Philox noise (csrc/), and Algorithm 2's update x_{t-1} = (a_t x_t + b_t eps_hat) + sigma_t z runs there too, as
-// `pyddpm-sample RUN --seed S` does, so the same seed gives the same samples; a plan's update runs in the module's
-// solver_step. Output: float32 .npy in data space (x / scale + center, clamped for images). MODEL.pt must match
-// the SHA-256 that manifest.json beside it records; a modified file is refused.
+// (attributes plan_names "SAMPLER:STEPS", plan_timesteps, plan_rows, plan_clip, plan_history, default_sampler,
+// default_plan). --sampler/--steps are pyddpm-sample's flags (--steps alone: the export's default sampler;
+// neither: its default plan; --sampler ddpm: Algorithm 2). The network runs in libtorch; x_T, every z and the
+// update run in pyddpm's fused CPU kernel with its in-kernel Philox noise (csrc/): Algorithm 2's
+// x_{t-1} = (a_t x_t + b_t eps_hat) + sigma_t z, or a plan's row with its K history buffers, as
+// `pyddpm-sample RUN --seed S` does, so the same seed gives the same samples. Output: float32 .npy in data space
+// (x / scale + center, clamped for images). MODEL.pt must match the SHA-256 that manifest.json beside it records;
+// a modified file is refused.
 #include <ATen/Parallel.h>
 #include <torch/script.h>
 
@@ -61,12 +61,12 @@ struct Model {
   double center = 0, scale = 1, lo = 0, hi = 0;
   bool clamp = false;
   std::vector<pyddpm::StepCoef> coefs;  // index t - 1
-  bool has_plan = false;                 // false: Algorithm 2
-  torch::Tensor timesteps, rows, clip;   // the plan's t_i (int64), rows (float32, N x 11), clip (bool scalar)
+  bool has_plan = false, clip = false;   // has_plan false: Algorithm 2
+  int history = 0;                       // the plan's K
+  torch::Tensor timesteps, rows;         // the plan's t_i (int64) and rows (float32, N x 11)
 };
 
 constexpr const char* kAlgorithm2 = "ddpm";  // with all T steps: Algorithm 2, not a few-step plan
-constexpr int64_t kRow = 11, kHistory = 3;   // a plan's coefficients per call; the history buffers
 
 int64_t parse_int(const std::string& flag, const std::string& value, int64_t lo, int64_t hi) {
   size_t used = 0;
@@ -156,7 +156,7 @@ std::string plan_key(const std::string& sampler, int64_t steps) { return sampler
 void choose_plan(Model& m, const std::string& path, std::string sampler, int64_t steps) {
   if (steps != 0 && steps > m.T)
     throw std::invalid_argument("--steps must be in [1, T = " + std::to_string(m.T) + "], got " + std::to_string(steps));
-  const bool plans = m.module.hasattr("plan_names") && m.module.find_method("solver_step");
+  const bool plans = m.module.hasattr("plan_names");
   auto algorithm_2 = [&](const std::string& name, int64_t n) { return name == kAlgorithm2 && (n == 0 || n == m.T); };
   if (!plans) {  // an export that predates the few-step plans
     if (algorithm_2(sampler.empty() ? kAlgorithm2 : sampler, steps)) return;
@@ -181,8 +181,10 @@ void choose_plan(Model& m, const std::string& path, std::string sampler, int64_t
       m.has_plan = true;
       m.timesteps = m.module.attr("plan_timesteps").toListRef()[k].toTensor().to(torch::kInt64).contiguous();
       m.rows = m.module.attr("plan_rows").toListRef()[k].toTensor().to(torch::kFloat32).contiguous();
-      m.clip = torch::tensor(m.module.attr("plan_clip").toListRef()[k].toBool());
-      if (m.rows.dim() != 2 || m.rows.size(0) != steps || m.rows.size(1) != kRow || m.timesteps.numel() != steps ||
+      m.clip = m.module.attr("plan_clip").toListRef()[k].toBool();
+      m.history = static_cast<int>(m.module.attr("plan_history").toListRef()[k].toInt());
+      if (m.rows.dim() != 2 || m.rows.size(0) != steps || m.rows.size(1) != pyddpm::kRowWidth ||
+          m.timesteps.numel() != steps || m.history < 0 || m.history > pyddpm::kMaxHistory ||
           m.timesteps.min().item<int64_t>() < 1 || m.timesteps.max().item<int64_t>() > m.T ||
           !torch::isfinite(m.rows).all().item<bool>() || (m.rows.select(1, 2) < 0).any().item<bool>())
         throw std::runtime_error(path + ": the plan " + key + " needs that many time steps in [1, T] and rows of 11 "
@@ -242,9 +244,17 @@ Model load_model(const std::string& path) {
   return m;
 }
 
-// x_0 in data space for samples [start, start + batch): Algorithm 2 with the fused kernel and its Philox noise,
-// or the plan's calls through the module's solver_step with the kernel's noise (z of call i at step t_i, drawn
-// only where sigma != 0).
+// The network's eps_hat for x at the 1-based step t, checked to be float32 of x's shape.
+torch::Tensor denoise(torch::jit::Method& method, const torch::Tensor& x, int64_t t) {
+  torch::Tensor eps = method({x, torch::full({x.size(0)}, t, torch::kInt64)}).toTensor();
+  if (eps.sizes() != x.sizes() || eps.scalar_type() != torch::kFloat32)
+    throw std::runtime_error("the model's denoise returned " + std::string(c10::toString(eps.scalar_type())) +
+                             " of shape " + c10::str(eps.sizes()) + " for x_t of shape " + c10::str(x.sizes()));
+  return eps.contiguous();
+}
+
+// x_0 in data space for samples [start, start + batch): Algorithm 2, or the plan's calls (its rows and K history
+// buffers), with the fused kernel and its Philox noise (z of the call at t drawn at step t where sigma != 0).
 torch::Tensor sample_batch(Model& m, int64_t batch, int64_t start, uint64_t seed, int threads) {
   std::vector<int64_t> sizes{batch};
   sizes.insert(sizes.end(), m.shape.begin(), m.shape.end());
@@ -252,37 +262,30 @@ torch::Tensor sample_batch(Model& m, int64_t batch, int64_t start, uint64_t seed
   const int64_t n = x.numel() / batch;
   const uint64_t offset = static_cast<uint64_t>(start);
   pyddpm::normal_cpu(x.data_ptr<float>(), batch, n, {seed, 0, offset}, threads);  // x_T: step 0 (Alg. 2 line 1)
+  auto method = m.module.get_method("denoise");
   if (m.has_plan) {
-    std::vector<int64_t> history{batch, kHistory};
-    history.insert(history.end(), m.shape.begin(), m.shape.end());
-    torch::Tensor h = torch::zeros(history, torch::kFloat32);
-    auto solver_step = m.module.get_method("solver_step");
+    std::vector<torch::Tensor> buffers;
+    pyddpm::History history;
+    for (int k = 0; k < m.history; ++k) {
+      buffers.push_back(torch::zeros(sizes, torch::kFloat32));
+      history.p[k] = buffers.back().data_ptr<float>();
+    }
+    history.count = m.history;
     for (int64_t i = 0; i < m.timesteps.numel(); ++i) {
       const int64_t t = m.timesteps[i].item<int64_t>();
-      const torch::Tensor row = m.rows[i];
-      torch::Tensor z = torch::zeros(sizes, torch::kFloat32);
-      if (row[2].item<float>() != 0.f)
-        pyddpm::normal_cpu(z.data_ptr<float>(), batch, n, {seed, static_cast<uint32_t>(t), offset}, threads);
-      const auto out = solver_step({x, torch::full({batch}, t, torch::kInt64), z, h, row, m.clip}).toTuple();
-      x = out->elements()[0].toTensor();
-      h = out->elements()[1].toTensor();
-      if (x.sizes() != z.sizes() || h.sizes() != c10::IntArrayRef(history))
-        throw std::runtime_error("the model's solver_step returned x of shape " + c10::str(x.sizes()) +
-                                 " for x of shape " + c10::str(z.sizes()));
+      torch::Tensor eps = denoise(method, x, t);
+      const pyddpm::StepCoef coef = pyddpm::schedule_row(m.rows[i].data_ptr<float>(), m.clip);
+      const pyddpm::PhiloxArgs rng{seed, static_cast<uint32_t>(t), offset};
+      pyddpm::reverse_step_cpu(x.data_ptr<float>(), x.data_ptr<float>(), eps.data_ptr<float>(), nullptr, batch, n,
+                               coef, rng, threads, history);  // in place, the history shifted
     }
-    torch::Tensor data = x / m.scale + m.center;
-    return m.clamp ? data.clamp(m.lo, m.hi) : data;
-  }
-  auto denoise = m.module.get_method("denoise");
-  for (int64_t t = m.T; t >= 1; --t) {
-    torch::Tensor eps = denoise({x, torch::full({batch}, t, torch::kInt64)}).toTensor();
-    if (eps.sizes() != x.sizes() || eps.scalar_type() != torch::kFloat32)
-      throw std::runtime_error("the model's denoise returned " + std::string(c10::toString(eps.scalar_type())) +
-                               " of shape " + c10::str(eps.sizes()) + " for x_t of shape " + c10::str(x.sizes()));
-    eps = eps.contiguous();
-    const pyddpm::PhiloxArgs rng{seed, static_cast<uint32_t>(t), offset};  // z of step t
-    pyddpm::reverse_step_cpu(x.data_ptr<float>(), x.data_ptr<float>(), eps.data_ptr<float>(), nullptr, batch, n,
-                             m.coefs[t - 1], rng, threads);  // Alg. 2 line 4, in place
+  } else {
+    for (int64_t t = m.T; t >= 1; --t) {
+      torch::Tensor eps = denoise(method, x, t);
+      const pyddpm::PhiloxArgs rng{seed, static_cast<uint32_t>(t), offset};  // z of step t
+      pyddpm::reverse_step_cpu(x.data_ptr<float>(), x.data_ptr<float>(), eps.data_ptr<float>(), nullptr, batch, n,
+                               m.coefs[t - 1], rng, threads);  // Alg. 2 line 4, in place
+    }
   }
   torch::Tensor data = x / m.scale + m.center;
   return m.clamp ? data.clamp(m.lo, m.hi) : data;

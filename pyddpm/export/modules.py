@@ -101,7 +101,7 @@ class ScriptDenoiser(nn.Module):
     attributes T, sample_shape, center, scale, clamp_output, value_lo, value_hi, the step tables ``step.a``,
     ``step.b``, ``step.sigma`` and the methods ``denoise`` (= forward) and ``to_data``; and the export's few-step
     plans (``pyddpm.export.plans``): ``plan_names`` ("SAMPLER:STEPS"), ``plan_timesteps`` (int64), ``plan_rows``
-    (float32, steps x 11), ``plan_clip``, ``default_sampler`` (what --steps alone runs), ``default_plan`` (what a
+    (float32, steps x 11), ``plan_clip``, ``plan_history`` (K), ``default_sampler`` (what --steps alone runs), ``default_plan`` (what a
     host runs without flags, "SAMPLER:STEPS") and the method ``solver_step`` (= solver_step.onnx)."""
 
     def __init__(self, step: ReverseStep, sample_shape: list[int], center: float, scale: float,
@@ -115,6 +115,7 @@ class ScriptDenoiser(nn.Module):
         self.plan_rows = torch.jit.Attribute([torch.tensor(p["rows"], dtype=torch.float32) for p in plans],
                                              List[Tensor])
         self.plan_clip = torch.jit.Attribute([bool(p["clip"]) for p in plans], List[bool])
+        self.plan_history = torch.jit.Attribute([int(p["history"]) for p in plans], List[int])
         self.default_sampler = default_sampler
         self.default_plan = plan_name(default["sampler"], default["steps"])
         self.T = step.denoiser.T
