@@ -43,7 +43,10 @@ import torch
 
 from pyddpm.store import build_model, load_model, save_checkpoint
 from pyddpm.export import export_run
-from pyddpm.samplers import ddim_sample, ddpm_sample
+from pyddpm import ops
+from pyddpm.accel import sampling_network
+from pyddpm.samplers import ddpm_sample
+from pyddpm.solvers import solver_plan
 from pyddpm.config import TrainConfig, run_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,9 +90,15 @@ def cpp_seconds(command: list[str]) -> float:
 
 
 def pyddpm_plan(model, shape, sampler: str, steps: int):
-    """pyddpm's own sampling of the plan (sampler, steps), seed 0: what pyddpm-sample --sampler --steps runs."""
-    assert sampler == "ddim", sampler
-    return ddim_sample(model, shape, steps, seed=0)
+    """pyddpm's own sampling of the plan (sampler, steps), seed 0: its sampling network, then the fused step with
+    the plan's row and history buffers (ops.reverse_step), x_T and z by the kernel's Philox."""
+    network, plan = sampling_network(model), solver_plan(model.noise_schedule, sampler, steps)
+    x = ops.normal_noise(shape, seed=0)
+    history = [torch.zeros(shape) for _ in range(plan.history)]
+    for t, coef in zip(plan.timesteps, plan.coefs):
+        eps = network(x, model.time_input(t, shape[0])).contiguous()
+        x = ops.reverse_step(x, eps, coef, seed=0 if coef.sigma != 0 else None, step=t, out=x, history=history)
+    return x
 
 
 def bench_net(net: str, batch: int, args, onnx_sampler) -> list[tuple[str, float]]:

@@ -30,10 +30,11 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import torch
+from bench_export import pyddpm_plan  # benchmarks/: pyddpm's own sampling of a plan, timed the same way
 
 from pyddpm.store import load_model
 from pyddpm.export import export_run
-from pyddpm.samplers import ddim_sample, ddpm_sample
+from pyddpm.samplers import ddpm_sample
 
 JS = Path(__file__).resolve().parents[1] / "export" / "js"
 
@@ -48,8 +49,7 @@ def eager_ms(run: Path, num: int, repeats: int, plan: dict | None = None) -> flo
     model, config = load_model(run, "cpu")
     shape = (num, *config["data"]["shape"])
     if plan:
-        assert plan["sampler"] == "ddim", plan  # pyddpm-sample --steps N is its DDIM
-        calls, draw = plan["steps"], lambda: ddim_sample(model, shape, plan["steps"], seed=0)
+        calls, draw = plan["steps"], lambda: pyddpm_plan(model, shape, plan["sampler"], plan["steps"])
     else:
         calls, draw = model.T, lambda: ddpm_sample(model, shape, seed=0)
     times = []
