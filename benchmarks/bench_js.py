@@ -122,7 +122,7 @@ def main() -> None:
               f"node {node_version}; batch {args.num}, median of {args.repeats}; plan {plan['sampler']} with "
               f"{plan['steps']} calls, Algorithm 2 with T = {T}")
         browser, browser_plan = browser_ms(tmp / "export", args.num, args.repeats, args.chromium, tmp,
-                                           ["sampler=ddpm", f"sampler={plan['sampler']}&steps={plan['steps']}"])
+                                           ["sampler=ddpm&steps=", f"sampler={plan['sampler']}&steps={plan['steps']}"])
         rows = [("eager", eager_ms(Path(args.run_dir), args.num, args.repeats)),
                 ("node", node_ms(tmp / "export", args.num, args.repeats, args.threads, tmp, ["--sampler", "ddpm"])),
                 ("browser", browser),
