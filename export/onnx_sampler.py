@@ -148,7 +148,8 @@ HISTORY = 3  # the history buffers solver_step.onnx carries
 
 def choose_plan(meta: dict, sampler: str | None, steps: int | None) -> dict | None:
     """The manifest's few-step plan for pyddpm-sample's flags --sampler/--steps (neither: the export's default;
-    --steps alone: its default sampler), or None for Algorithm 2 (step.onnx); SamplerError naming the flag."""
+    --steps alone: its default sampler; --sampler alone: its default steps), or None for Algorithm 2 (step.onnx);
+    SamplerError naming the flag."""
     T, solvers = int(meta["T"]), meta.get("solvers")
     if steps is not None and not 1 <= steps <= T:
         raise SamplerError(f"--steps must be in [1, T = {T}], got {steps}")
@@ -163,8 +164,8 @@ def choose_plan(meta: dict, sampler: str | None, steps: int | None) -> dict | No
         sampler = solvers["default_sampler"]
     if sampler == ALGORITHM_2 and steps in (None, T):
         return None
-    if steps is None:
-        raise SamplerError(f"--sampler {sampler} needs --steps N, the number of network calls")
+    if steps is None:  # a sampler alone: pyddpm-sample's default number of calls
+        steps = solvers["default_steps"]
     plans = solvers["plans"]
     for plan in plans:
         if plan["sampler"] == sampler and plan["steps"] == steps:
@@ -191,7 +192,9 @@ class ExportedModel:
         meta = read_manifest(directory)
         try:
             self.T = int(meta["T"])
-            self.plan = choose_plan(meta, sampler, steps)
+            # step.onnx or denoiser.onnx named without --sampler/--steps: Algorithm 2, as they always ran
+            legacy = path.is_file() and path.name != "solver_step.onnx" and sampler is None and steps is None
+            self.plan = None if legacy else choose_plan(meta, sampler, steps)
         except (KeyError, ValueError, TypeError) as err:
             raise SamplerError(f"{directory / MANIFEST}: incomplete or malformed pyddpm manifest ({err!r})") from None
         if path.is_dir():

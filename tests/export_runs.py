@@ -10,14 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from pyddpm import ops
 from pyddpm.export import export_run
 from pyddpm.export.plans import ALGORITHM_2
-from pyddpm.samplers import model_to_data
-from pyddpm.solvers import SAMPLERS, solver_plan
-from pyddpm.store import load_model
+from pyddpm.solvers import SAMPLERS
 from pyddpm.cli.sample import main as sample_main
 from pyddpm.cli.train import main as train_main
 
@@ -72,32 +68,18 @@ def exported(factory, name: str, variance: str | None = None) -> Path:
 
 
 def pyddpm_samples(run: Path, tmp_path: Path, num: int, seed: int, *extra: str) -> np.ndarray:
-    """What ``pyddpm-sample RUN --num --seed --out x.npy`` writes."""
+    """What ``pyddpm-sample RUN --num --seed --out x.npy`` writes: Algorithm 2 (--sampler ddpm) unless ``extra``
+    names a sampler or steps (``plan_flags``)."""
     out = tmp_path / f"pyddpm-{seed}-{num}.npy"
+    plan = [] if {"--sampler", "--steps"} & set(extra) else ["--sampler", "ddpm"]
     assert sample_main([str(run), "--num", str(num), "--seed", str(seed), "--out", str(out), "--device", "cpu",
-                        *extra]) == 0
+                        *plan, *extra]) == 0
     return np.load(out)
 
 
 def plan_flags(sampler: str, steps: int) -> list[str]:
     """pyddpm-sample's flags for the plan (sampler, steps); the standalone samplers take the same."""
     return ["--sampler", sampler, "--steps", str(steps)]
-
-
-def pyddpm_plan_samples(run: Path, num: int, seed: int, sampler: str, steps: int) -> np.ndarray:
-    """pyddpm's own sampling of the plan (sampler, steps), in data space: the run's network and pyddpm's fused step
-    (``ops.reverse_step`` with the plan's history buffers), x_T and every z by its Philox rule (z only where
-    sigma != 0), sample i at global index i, as pyddpm-sample --sampler --steps draws them."""
-    model, config = load_model(run, "cpu")
-    plan = solver_plan(model.noise_schedule, sampler, steps)
-    shape = (num, *config["data"]["shape"])
-    x = ops.normal_noise(shape, seed=seed, step=0)
-    history = [torch.zeros(shape) for _ in range(plan.history)]
-    with torch.no_grad():
-        for t, coef in zip(plan.timesteps, plan.coefs):
-            eps = model.network(x, model.time_input(t, num)).contiguous()
-            x = ops.reverse_step(x, eps, coef, seed=seed if coef.sigma != 0 else None, step=t, out=x, history=history)
-    return model_to_data(x, config["data"]).numpy()
 
 
 def torchless_env(tmp_path: Path) -> dict:

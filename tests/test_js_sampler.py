@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from export_runs import (EXPORT_NETS, FEW_STEP, ROOT, exported, plan_flags, pyddpm_plan_samples, pyddpm_samples,
+from export_runs import (EXPORT_NETS, FEW_STEP, ROOT, exported, plan_flags, pyddpm_samples,
                          trained_run)
 from PIL import Image
 
@@ -86,14 +86,14 @@ def test_same_seed_same_samples_as_pyddpm_sample(net, tmp_path_factory, tmp_path
     out, run = exported(tmp_path_factory, net), trained_run(tmp_path_factory, net)
     num, seed = (5000, 5) if net == "toy" else (3, 11)
     expected = pyddpm_samples(run, tmp_path, num, seed)
-    got = js_samples(tmp_path, out, num, seed)
+    got = js_samples(tmp_path, out, num, seed, "--sampler", "ddpm")
     assert got.shape == expected.shape and got.dtype == np.float32
     assert np.abs(got - expected).max() <= ATOL
     if net == "toy":
         assert abs(support_fraction(got) - support_fraction(expected)) <= SUPPORT_POINTS
         # sample i depends only on (seed, i): other batch sizes, and a JSON output, give the same samples
         result = node(JS / "sample.mjs", out, "--num", 40, "--seed", seed, "--batch-size", 16, "--out",
-                      tmp_path / "s.json", "--time")
+                      tmp_path / "s.json", "--time", "--sampler", "ddpm")
         assert result.returncode == 0, result.stderr
         assert "ms/step" in result.stdout
         written = json.loads((tmp_path / "s.json").read_text())
@@ -104,7 +104,7 @@ def test_same_seed_same_samples_as_pyddpm_sample(net, tmp_path_factory, tmp_path
 @pytest.mark.parametrize("sampler", FEW_STEP)
 def test_few_step_plans_give_pyddpm_sample_s_samples(sampler, tmp_path_factory, tmp_path):
     out, run = exported(tmp_path_factory, "toy"), trained_run(tmp_path_factory, "toy")
-    expected = pyddpm_plan_samples(run, 2000, 6, sampler, 10)
+    expected = pyddpm_samples(run, tmp_path, 2000, 6, *plan_flags(sampler, 10))
     got = js_samples(tmp_path, out, 2000, 6, "--batch-size", 700, *plan_flags(sampler, 10))
     assert got.shape == expected.shape and np.abs(got - expected).max() <= ATOL
     assert abs(support_fraction(got) - support_fraction(expected)) <= SUPPORT_POINTS
@@ -122,7 +122,6 @@ def test_plan_flags_that_the_export_does_not_carry_are_refused(tmp_path_factory,
         ((out, "--steps", 7), f"re-export the run with `pyddpm-export RUN --out DIR --sampler {default} --steps 7`"),
         ((out, "--steps", 21), "--steps must be an integer in [1, T = 20], got 21"),
         ((out, "--steps", 0), "--steps must be a positive integer"),
-        ((out, "--sampler", FEW_STEP[0]), f"--sampler {FEW_STEP[0]} needs --steps N"),
         ((old, "--steps", 10), "carries no few-step plans (it predates them)"),
     ]
     for args, message in cases:
@@ -210,7 +209,7 @@ def test_demo_page_samples_in_headless_chromium(net, served, tmp_path_factory, t
     assert result.returncode == 0 and page["state"] == "done", (result.stderr, page.get("message"))
     default = json.loads((out / "manifest.json").read_text())["solvers"]["default_sampler"]
     assert page["calls"] == (10 if net == "toy" else page["T"])
-    expected = pyddpm_plan_samples(run, num, seed, default, 10) if net == "toy" else pyddpm_samples(run, tmp_path, num, seed)
+    expected = pyddpm_samples(run, tmp_path, num, seed, *plan_flags(default, 10)) if net == "toy" else pyddpm_samples(run, tmp_path, num, seed)
     got = np.array(page["samples"], dtype=np.float32).reshape(page["shape"])
     assert got.shape == expected.shape and np.abs(got - expected).max() <= ATOL
     if net == "toy":
@@ -236,4 +235,4 @@ def test_demo_page_samples_a_picked_directory_in_batches(served, tmp_path_factor
     result, page = run_page(base, tmp_path, f"num=40&seed=5&batch=16&sampler={FEW_STEP[0]}&steps=8", pick=out)
     assert result.returncode == 0 and page["state"] == "done", (result.stderr, page.get("message"))
     got = np.array(page["samples"], dtype=np.float32).reshape(page["shape"])
-    assert np.abs(got - pyddpm_plan_samples(run, 40, 5, FEW_STEP[0], 8)).max() <= ATOL
+    assert np.abs(got - pyddpm_samples(run, tmp_path, 40, 5, *plan_flags(FEW_STEP[0], 8))).max() <= ATOL

@@ -9,14 +9,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from export_runs import EXPORT_NETS, FEW_STEP, exported, pyddpm_plan_samples, pyddpm_samples, trained_run
+from export_runs import EXPORT_NETS, FEW_STEP, plan_flags, exported, pyddpm_samples, trained_run
 
 from pyddpm import philox
 from pyddpm.store import load_model
 from pyddpm.export import EXPORT_FORMAT, NOISE_SPEC
 from pyddpm.export.metadata import METADATA_FILE
-from pyddpm.export.plans import DEFAULT_SAMPLER, ROW, TABLE_STEPS, default_plan
-from pyddpm.solvers import SAMPLERS, solver_plan
+from pyddpm.export.plans import ROW, TABLE_STEPS
+from pyddpm.solvers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, solver_plan
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit\..* is deprecated:FutureWarning")
 ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(bool)": "bool"}
@@ -79,8 +79,10 @@ def test_the_plans_are_pyddpm_s(net, tmp_path_factory):
     out, run = exported(tmp_path_factory, net), trained_run(tmp_path_factory, net)
     model, _ = load_model(run)
     solvers = manifest_of(out)["solvers"]
-    sampler, steps = default_plan(model)
-    assert solvers["default"] == {"sampler": sampler, "steps": steps} and solvers["default_sampler"] == DEFAULT_SAMPLER
+    # pyddpm-sample's default; Algorithm 2 where T is below its calls
+    default = (DEFAULT_SAMPLER, DEFAULT_STEPS) if DEFAULT_STEPS <= model.T else ("ddpm", model.T)
+    assert solvers["default"] == dict(zip(("sampler", "steps"), default))
+    assert solvers["default_sampler"] == DEFAULT_SAMPLER and solvers["default_steps"] == DEFAULT_STEPS
     assert solvers["row"] == list(ROW) and solvers["history_buffers"] == 3
     carried = {(p["sampler"], p["steps"]): p for p in solvers["plans"]}
     assert len(carried) == len(solvers["plans"])
@@ -90,7 +92,7 @@ def test_the_plans_are_pyddpm_s(net, tmp_path_factory):
         plan = solver_plan(model.noise_schedule, name, n)
         assert entry["timesteps"] == list(plan.timesteps) and entry["steps"] == len(plan.timesteps) == n
         assert np.array_equal(np.array(entry["rows"], dtype=np.float32), plan.rows().float().numpy())
-        assert entry["history"] == plan.history and entry["clip"] == plan.clip
+        assert entry["history"] == plan.history and entry["clip"] == plan.clip and entry["spacing"] == plan.spacing
         assert entry["stochastic"] == plan.stochastic == bool((plan.rows()[:, 2] != 0).any())
 
 
@@ -169,4 +171,4 @@ def test_a_host_runs_a_plan_with_denoiser_onnx_and_the_manifest_alone(sampler, t
             v = v + sigma * philox.philox_normal(shape, seed, t).numpy()
         x, h = v, np.concatenate([d[:, None], h[:, :-1]], 1)
     x = x / np.float32(m["to_data"]["divide"]) + np.float32(m["to_data"]["add"])
-    assert np.abs(x - pyddpm_plan_samples(run, num, seed, sampler, 10)).max() <= 1e-4
+    assert np.abs(x - pyddpm_samples(run, tmp_path, num, seed, *plan_flags(sampler, 10))).max() <= 1e-4

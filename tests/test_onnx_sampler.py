@@ -14,7 +14,7 @@ import onnx
 import pytest
 import torch
 from export_runs import (EXPORT_NETS, FEW_STEP, ONNX_SAMPLER, PYTHON, exported, plan_flags,
-                         pyddpm_plan_samples, pyddpm_samples, torchless_env, trained_run, unet_available)
+                         pyddpm_samples, torchless_env, trained_run, unet_available)
 from PIL import Image
 
 from pyddpm import philox
@@ -48,7 +48,7 @@ def test_same_seed_same_samples_as_pyddpm_sample(net, tmp_path_factory, tmp_path
     models = [out, out / "denoiser.onnx"] if net == "toy" else [out]  # step.onnx, or denoiser.onnx + numpy step
     for model in models:
         result = run_sampler(tmp_path, model, "--num", num, "--seed", seed, "--out", tmp_path / "onnx.npy",
-                             "--batch-size", 16)
+                             "--batch-size", 16, "--sampler", "ddpm")
         assert result.returncode == 0, result.stderr
         got = np.load(tmp_path / "onnx.npy")
         assert got.shape == expected.shape and got.dtype == np.float32
@@ -67,7 +67,7 @@ PLAN_ATOL = 1e-4
 def test_few_step_plans_give_pyddpm_sample_s_samples(net, sampler, steps, tmp_path_factory, tmp_path):
     out, run = exported(tmp_path_factory, net), trained_run(tmp_path_factory, net)
     num, seed = (40, 6) if net == "toy" else (3, 11)
-    expected = pyddpm_plan_samples(run, num, seed, sampler, steps)
+    expected = pyddpm_samples(run, tmp_path, num, seed, *plan_flags(sampler, steps))
     result = run_sampler(tmp_path, out, "--num", num, "--seed", seed, "--out", tmp_path / "plan.npy",
                          "--batch-size", 16, *plan_flags(sampler, steps))
     assert result.returncode == 0, result.stderr
@@ -95,7 +95,6 @@ def test_plan_flags_that_the_export_does_not_carry_are_refused(tmp_path_factory,
                          f"{manifest['solvers']['default_sampler']} --steps 7`"),
         (("--steps", 0), "--steps must be in [1, T = 20], got 0"),
         (("--steps", 21), "--steps must be in [1, T = 20], got 21"),
-        (("--sampler", FEW_STEP[0]), f"--sampler {FEW_STEP[0]} needs --steps N"),
         (("--sampler", "ddpm", "--steps", 10), "--sampler ddpm at --steps 20, not 10"),
     ]
     for args, message in cases + [((old, "--steps", 10), "carries no few-step plans (it predates them)")]:
@@ -135,7 +134,8 @@ def test_png_output(tmp_path_factory, tmp_path):
 def test_image_png_is_pyddpm_samples_grid(tmp_path_factory, tmp_path):
     out, run = exported(tmp_path_factory, "unet"), trained_run(tmp_path_factory, "unet")
     samples = pyddpm_samples(run, tmp_path, 5, 2)
-    assert run_sampler(tmp_path, out, "--num", 5, "--seed", 2, "--out", tmp_path / "g.png").returncode == 0
+    assert run_sampler(tmp_path, out, "--num", 5, "--seed", 2, "--out", tmp_path / "g.png", "--sampler",
+                       "ddpm").returncode == 0
     grid = np.asarray(Image.open(tmp_path / "g.png"))
     assert grid.shape == (2 + 2 * 30, 2 + 3 * 30)  # 3 per row, 28 x 28 images with 2-pixel borders
     first = grid[2:30, 2:30].astype(int)

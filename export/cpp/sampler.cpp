@@ -8,8 +8,8 @@
 // coefficients (attributes T, sample_shape, center, scale, clamp_output, value_lo, value_hi; buffers step.a,
 // step.b, step.sigma), a `denoise(x_t, t)` method (t: 1-based int64 steps, shape (batch,)), and the few-step plans
 // (attributes plan_names "SAMPLER:STEPS", plan_timesteps, plan_rows, plan_clip, plan_history, default_sampler,
-// default_plan). --sampler/--steps are pyddpm-sample's flags (--steps alone: the export's default sampler;
-// neither: its default plan; --sampler ddpm: Algorithm 2). The network runs in libtorch; x_T, every z and the
+// default_steps, default_plan). --sampler/--steps are pyddpm-sample's flags (--steps alone: the export's default
+// sampler; --sampler alone: its default steps; neither: its default plan; --sampler ddpm: Algorithm 2). The network runs in libtorch; x_T, every z and the
 // update run in pyddpm's fused CPU kernel with its in-kernel Philox noise (csrc/): Algorithm 2's
 // x_{t-1} = (a_t x_t + b_t eps_hat) + sigma_t z, or a plan's row with its K history buffers, as
 // `pyddpm-sample RUN --seed S` does, so the same seed gives the same samples. Output: float32 .npy in data space
@@ -171,7 +171,7 @@ void choose_plan(Model& m, const std::string& path, std::string sampler, int64_t
     sampler = m.module.attr("default_sampler").toStringRef();
   }
   if (algorithm_2(sampler, steps)) return;
-  if (steps == 0) throw std::invalid_argument("--sampler " + sampler + " needs --steps N, the number of network calls");
+  if (steps == 0) steps = m.module.attr("default_steps").toInt();  // a sampler alone: pyddpm-sample's default
   const auto names = m.module.attr("plan_names").toListRef();
   std::string carried = kAlgorithm2, calls;
   for (size_t k = 0; k < names.size(); ++k) {

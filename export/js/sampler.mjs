@@ -204,7 +204,8 @@ function checkManifest(manifest, where) {
 }
 
 /** The manifest's few-step plan for pyddpm-sample's flags (sampler, steps; null when not given: the export's
- *  default plan, or its default sampler with `steps`), or null for Algorithm 2 (step.onnx). */
+ *  default plan, its default sampler with `steps`, or `sampler` with its default steps), or null for Algorithm 2
+ *  (step.onnx). */
 export function choosePlan(manifest, sampler = null, steps = null) {
   const { T, solvers } = manifest;
   if (steps !== null && !(Number.isInteger(steps) && steps >= 1 && steps <= T)) {
@@ -219,7 +220,7 @@ export function choosePlan(manifest, sampler = null, steps = null) {
   if (sampler === null && steps === null) ({ sampler, steps } = solvers.default);
   else if (sampler === null) sampler = solvers.default_sampler;
   if (algorithm2(sampler, steps)) return null;
-  if (steps === null) throw new SamplerError(`--sampler ${sampler} needs --steps N, the number of network calls`);
+  if (steps === null) steps = solvers.default_steps; // a sampler alone: pyddpm-sample's default number of calls
   const plan = solvers.plans.find((p) => p.sampler === sampler && p.steps === steps);
   if (plan) return plan;
   const carried = [...new Set([...solvers.plans.map((p) => p.sampler), ALGORITHM_2])].sort();

@@ -22,8 +22,8 @@ Schema (``pyddpm_export`` "1"; every key is always present, null where it does n
     solvers              the few-step plans (pyddpm.export.plans), run by solver_step.onnx (or sampler.pt's
                          solver_step): {"default": {"sampler", "steps"} (what a host runs without --sampler/--steps;
                          "ddpm" with steps T is Algorithm 2, step.onnx), "default_sampler" (what --steps N alone
-                         runs), "row": the 11 names of a row, "history_buffers": 3, "update", "noise": in words, and
-                         "plans": [{"sampler", "steps", "timesteps" (t_0 > ... > t_{N-1}, 1-based), "rows" (N rows
+                         runs), "default_steps" (what --sampler NAME alone runs, but ddpm: T), "row": the 11 names of a row, "history_buffers": 3, "update", "noise": in words, and
+                         "plans": [{"sampler", "steps", "spacing", "timesteps" (t_0 > ... > t_{N-1}, 1-based), "rows" (N rows
                          of float32 values), "history" (K), "clip", "stochastic"}]}
     files                {name: {"model", "format", "inputs", "outputs", "bytes", "sha256"}}: every file written,
                          inputs/outputs as {"name", "dtype", "shape"} with "batch" for the dynamic dimension
@@ -83,7 +83,8 @@ def build_manifest(model: DDPM, config: dict, coefs: list[StepCoefficients], var
                   "weyl": [PHILOX_W0, PHILOX_W1], "key": ["seed & 0xffffffff", "seed >> 32"],
                   "counter": ["element >> 2", "sample & 0xffffffff", "sample >> 32", "step"],
                   "lane": "element & 3", "x_T_step": 0, "seed_range": [0, 2**63 - 1], "about": NOISE},
-        "solvers": {"default": plans.default, "default_sampler": plans.default_sampler, "row": list(ROW),
+        "solvers": {"default": plans.default, "default_sampler": plans.default_sampler,
+                    "default_steps": plans.default_steps, "row": list(ROW),
                     "history_buffers": HISTORY, "update": SOLVER_UPDATE, "noise": SOLVER_NOISE, "plans": plans.plans},
     }
 

@@ -101,11 +101,11 @@ class ScriptDenoiser(nn.Module):
     attributes T, sample_shape, center, scale, clamp_output, value_lo, value_hi, the step tables ``step.a``,
     ``step.b``, ``step.sigma`` and the methods ``denoise`` (= forward) and ``to_data``; and the export's few-step
     plans (``pyddpm.export.plans``): ``plan_names`` ("SAMPLER:STEPS"), ``plan_timesteps`` (int64), ``plan_rows``
-    (float32, steps x 11), ``plan_clip``, ``plan_history`` (K), ``default_sampler`` (what --steps alone runs), ``default_plan`` (what a
+    (float32, steps x 11), ``plan_clip``, ``plan_history`` (K), ``default_sampler`` (what --steps alone runs), ``default_steps`` (what --sampler alone runs), ``default_plan`` (what a
     host runs without flags, "SAMPLER:STEPS") and the method ``solver_step`` (= solver_step.onnx)."""
 
     def __init__(self, step: ReverseStep, sample_shape: list[int], center: float, scale: float,
-                 value_range: list[float] | None, plans: list[dict], default: dict, default_sampler: str):
+                 value_range: list[float] | None, plans: list[dict], default: dict, default_sampler: str, default_steps: int):
         super().__init__()
         self.step = step
         self.solver = SolverStep(step.denoiser)
@@ -117,6 +117,7 @@ class ScriptDenoiser(nn.Module):
         self.plan_clip = torch.jit.Attribute([bool(p["clip"]) for p in plans], List[bool])
         self.plan_history = torch.jit.Attribute([int(p["history"]) for p in plans], List[int])
         self.default_sampler = default_sampler
+        self.default_steps = int(default_steps)
         self.default_plan = plan_name(default["sampler"], default["steps"])
         self.T = step.denoiser.T
         self.sample_shape = [int(s) for s in sample_shape]
@@ -155,8 +156,10 @@ class ScriptSampler(ScriptDenoiser):
     ``to_data``); ``reverse_step(x_t, t, z)`` is one step."""
 
     def __init__(self, step: ReverseStep, sample_shape: list[int], center: float, scale: float,
-                 value_range: list[float] | None, plans: list[dict], default: dict, default_sampler: str):
-        super().__init__(step, sample_shape, center, scale, value_range, plans, default, default_sampler)
+                 value_range: list[float] | None, plans: list[dict], default: dict, default_sampler: str,
+                 default_steps: int):
+        super().__init__(step, sample_shape, center, scale, value_range, plans, default, default_sampler,
+                         default_steps)
         self.noise = PhiloxNormal()
 
     def forward(self, x_T: Tensor, noise: Tensor) -> Tensor:

@@ -46,7 +46,7 @@ def export_run(run_dir: str | Path, out: str | Path, formats=FORMATS, variance: 
     model.requires_grad_(False)
     variance = variance or model.variance
     coefs = model.step_coefficients(variance)
-    plans = export_plans(model, sampler, steps)
+    plans = export_plans(model, run_dir, sampler, steps)
     manifest = build_manifest(model, config, coefs, variance, plans)
     metadata = export_metadata(manifest)
     step = ReverseStep(Denoiser(model.network, model.T), coefs).eval()

@@ -57,7 +57,7 @@ def export_torchscript(step: ReverseStep, coefs: list[StepCoefficients], sample_
     traced = trace_network(denoiser.network, x, network_time(t, denoiser.T))
     scripted_step = ReverseStep(Denoiser(traced, denoiser.T), coefs)
     args = (sample_shape, transform["center"], transform["scale"], value_range, plans.plans, plans.default,
-            plans.default_sampler)
+            plans.default_sampler, plans.default_steps)
     paths = []
     for cls, name, kind in ((ScriptDenoiser, "denoiser.pt", "denoiser"), (ScriptSampler, "sampler.pt", "sampler")):
         path = out / name
