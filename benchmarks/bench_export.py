@@ -11,7 +11,8 @@ sampling of the same plan. Columns:
     vs eager    eager's time over the backend's, each against its own kind (Algorithm 2 or the plan)
 
 Backends (a plan's rows end in "-plan"):
-    eager       pyddpm.samplers (network in eager PyTorch + the fused C++ step, noise in the kernel)
+    eager       pyddpm.samplers as pyddpm-sample runs them (the network's fast copy in PyTorch + the fused C++
+                step, noise in the kernel)
     onnx        export/onnx_sampler.py with step.onnx (solver_step.onnx for a plan) under onnxruntime (numpy
                 Philox noise included)
     onnx-step   the step.onnx session.run calls alone (noise precomputed), to separate onnxruntime's share
@@ -43,10 +44,7 @@ import torch
 
 from pyddpm.store import build_model, load_model, save_checkpoint
 from pyddpm.export import export_run
-from pyddpm import ops
-from pyddpm.accel import sampling_network
-from pyddpm.samplers import ddpm_sample
-from pyddpm.solvers import solver_plan
+from pyddpm.samplers import ddpm_sample, sample
 from pyddpm.config import TrainConfig, run_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,15 +88,9 @@ def cpp_seconds(command: list[str]) -> float:
 
 
 def pyddpm_plan(model, shape, sampler: str, steps: int):
-    """pyddpm's own sampling of the plan (sampler, steps), seed 0: its sampling network, then the fused step with
-    the plan's row and history buffers (ops.reverse_step), x_T and z by the kernel's Philox."""
-    network, plan = sampling_network(model), solver_plan(model.noise_schedule, sampler, steps)
-    x = ops.normal_noise(shape, seed=0)
-    history = [torch.zeros(shape) for _ in range(plan.history)]
-    for t, coef in zip(plan.timesteps, plan.coefs):
-        eps = network(x, model.time_input(t, shape[0])).contiguous()
-        x = ops.reverse_step(x, eps, coef, seed=0 if coef.sigma != 0 else None, step=t, out=x, history=history)
-    return x
+    """pyddpm's own sampling of the plan (sampler, steps), seed 0, as pyddpm-sample runs it: the fast copy of the
+    network in torch, then the fused step with the plan's row and history buffers."""
+    return sample(model, shape, sampler, steps, seed=0, fast=True)
 
 
 def bench_net(net: str, batch: int, args, onnx_sampler) -> list[tuple[str, float]]:
@@ -126,7 +118,8 @@ def bench_net(net: str, batch: int, args, onnx_sampler) -> list[tuple[str, float
 
         results = []
         with torch.no_grad():
-            results.append(("eager", median_seconds(lambda: ddpm_sample(model, shape, seed=0), args.repeats)))
+            results.append(("eager", median_seconds(lambda: ddpm_sample(model, shape, seed=0, fast=True),
+                                                    args.repeats)))
             results.append(("onnx", median_seconds(lambda: onnx_sampler.sample(exported, batch, 0, batch),
                                                    args.repeats)))
             results.append(("onnx-step", median_seconds(onnx_steps, args.repeats)))
