@@ -171,8 +171,10 @@ def test_errors_name_the_problem(tmp_path_factory, tmp_path):
     cases = [
         ((tmp_path / "missing",), "does not exist"),
         ((tmp_path / "other",), "holds no manifest.json"),
-        ((altered_export(out, tmp_path / "text", replace={"step.onnx": b"not a model"}),), "not a loadable ONNX model"),
-        ((altered_export(out, tmp_path / "shape", sample_shape=[3]),), "input x_t has shape"),
+        ((altered_export(out, tmp_path / "text", replace={"step.onnx": b"not a model", "solver_step.onnx": b"no"}),),
+         "not a loadable ONNX model"),
+        ((altered_export(out, tmp_path / "shape", sample_shape=[3]),), "input x has shape"),
+        ((altered_export(out, tmp_path / "shape2", sample_shape=[3]), "--sampler", "ddpm"), "input x_t has shape"),
         ((altered_export(out, tmp_path / "future", pyddpm_export="2"),), "export format 2"),
         ((altered_export(out, tmp_path / "noise", noise={**noise, "rule": "other-rng"}),), "noise rule"),
         ((altered_export(out, tmp_path / "partial", T=None),), "malformed pyddpm manifest"),
