@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Sample a pyddpm model exported to ONNX with numpy and onnxruntime only (no torch, no pyddpm).
 
-    python onnx_sampler.py EXPORT_DIR --num 64 --seed 0 --out samples.npy
+    python onnx_sampler.py EXPORT_DIR --num 64 --seed 0 --out samples.npy [--sampler NAME] [--steps N]
 
-EXPORT_DIR is what `pyddpm-export RUN --out EXPORT_DIR` wrote (step.onnx is used), or the path of step.onnx
-or denoiser.onnx (then the update is computed here from the coefficients in the manifest). The export's
-manifest.json gives T, the sample shape, the map to data space and pixels, and the SHA-256 of each file: a
-file that does not match is refused. x_T and every z are drawn with pyddpm's
-counter-based Philox rule (a numpy port of pyddpm/philox.py, float32 operation by operation), so the same
-seed gives the samples `pyddpm-sample RUN --seed S` gives. Writes .npy (data space, as pyddpm-sample
+EXPORT_DIR is what `pyddpm-export RUN --out EXPORT_DIR` wrote, or the path of step.onnx or denoiser.onnx (then
+the update of Algorithm 2 is computed here from the coefficients in the manifest). --sampler/--steps are
+pyddpm-sample's flags: a few-step plan the manifest carries, run by solver_step.onnx (--steps alone: the export's
+default sampler; neither: the export's default plan; --sampler ddpm: Algorithm 2, step.onnx). The export's
+manifest.json gives T, the sample shape, the plans, the map to data space and pixels, and the SHA-256 of each
+file: a file that does not match is refused. x_T and every z are drawn with pyddpm's counter-based Philox rule
+(a numpy port of pyddpm/philox.py, float32 operation by operation), so the same seed gives the samples
+`pyddpm-sample RUN --seed S` (with the same --sampler/--steps) gives. Writes .npy (data space, as pyddpm-sample
 writes it) or .png (images: the same grid as pyddpm-sample; 2-D points: a density histogram).
 """
 from __future__ import annotations
@@ -139,17 +141,68 @@ def verified_bytes(path: Path, manifest: dict) -> bytes:
     return data
 
 
-class ExportedModel:
-    """step.onnx or denoiser.onnx with the export's manifest.json; ``step(x_t, t, z)`` is x_{t-1}."""
+ALGORITHM_2 = "ddpm"  # with all T steps: step.onnx, not a few-step plan
+ROW = 11  # a plan's coefficients per call: a, b, sigma, c, p, q, lo, hi, h_0, h_1, h_2
+HISTORY = 3  # the history buffers solver_step.onnx carries
 
-    def __init__(self, path: str | Path, threads: int = 0):
+
+def choose_plan(meta: dict, sampler: str | None, steps: int | None) -> dict | None:
+    """The manifest's few-step plan for pyddpm-sample's flags --sampler/--steps (neither: the export's default;
+    --steps alone: its default sampler; --sampler alone: its default steps), or None for Algorithm 2 (step.onnx);
+    SamplerError naming the flag."""
+    T, solvers = int(meta["T"]), meta.get("solvers")
+    if steps is not None and not 1 <= steps <= T:
+        raise SamplerError(f"--steps must be in [1, T = {T}], got {steps}")
+    if solvers is None:  # an export that predates the few-step plans
+        if sampler in (None, ALGORITHM_2) and steps in (None, T):
+            return None
+        raise SamplerError("this export carries no few-step plans (it predates them): re-export the run with "
+                           "`pyddpm-export RUN --out DIR --sampler NAME --steps N`, or leave out --sampler/--steps")
+    if sampler is None and steps is None:
+        sampler, steps = solvers["default"]["sampler"], solvers["default"]["steps"]
+    elif sampler is None:
+        sampler = solvers["default_sampler"]
+    if sampler == ALGORITHM_2 and steps in (None, T):
+        return None
+    if steps is None:  # a sampler alone: pyddpm-sample's default number of calls
+        steps = solvers["default_steps"]
+    plans = solvers["plans"]
+    for plan in plans:
+        if plan["sampler"] == sampler and plan["steps"] == steps:
+            return plan
+    carried = sorted({p["sampler"] for p in plans} | {ALGORITHM_2})
+    if sampler not in carried:
+        raise SamplerError(f"unknown --sampler {sampler!r}: this export carries {', '.join(carried)}")
+    calls = sorted(p["steps"] for p in plans if p["sampler"] == sampler)
+    raise SamplerError(f"this export carries --sampler {sampler} at --steps {', '.join(map(str, calls)) or T}, not "
+                       f"{steps}: re-export the run with `pyddpm-export RUN --out DIR --sampler {sampler} --steps "
+                       f"{steps}`")
+
+
+class ExportedModel:
+    """An export with its manifest.json: step.onnx or denoiser.onnx (Algorithm 2, ``step(x_t, t, z)`` is x_{t-1}),
+    or solver_step.onnx with a few-step ``plan`` (``solver_step(x, t, z, h, row)`` is (x_next, h_next))."""
+
+    def __init__(self, path: str | Path, threads: int = 0, sampler: str | None = None, steps: int | None = None):
         path = Path(path)
+        directory = path if path.is_dir() else path.parent
+        if not path.exists():
+            raise SamplerError(f"{path} does not exist; export a run with `pyddpm-export RUN_DIR --out DIR` and pass "
+                               "DIR or DIR/step.onnx")
+        meta = read_manifest(directory)
+        try:
+            self.T = int(meta["T"])
+            # step.onnx or denoiser.onnx named without --sampler/--steps: Algorithm 2, as they always ran
+            legacy = path.is_file() and path.name != "solver_step.onnx" and sampler is None and steps is None
+            self.plan = None if legacy else choose_plan(meta, sampler, steps)
+        except (KeyError, ValueError, TypeError) as err:
+            raise SamplerError(f"{directory / MANIFEST}: incomplete or malformed pyddpm manifest ({err!r})") from None
         if path.is_dir():
-            path = next((path / n for n in ("step.onnx", "denoiser.onnx") if (path / n).is_file()), path / "step.onnx")
+            names = ("solver_step.onnx",) if self.plan else ("step.onnx", "denoiser.onnx")
+            path = next((path / n for n in names if (path / n).is_file()), path / names[0])
         if not path.is_file():
             raise SamplerError(f"{path} does not exist; export a run with `pyddpm-export RUN_DIR --out DIR` and pass "
                                "DIR or DIR/step.onnx")
-        meta = read_manifest(path.parent)
         model_bytes = verified_bytes(path, meta)
         try:
             import onnxruntime as ort
@@ -163,7 +216,6 @@ class ExportedModel:
             raise SamplerError(f"{path} is not a loadable ONNX model ({str(err).splitlines()[0]})") from None
         try:
             self.kind = meta["files"][path.name]["model"]
-            self.T = int(meta["T"])
             self.shape = tuple(int(s) for s in meta["sample_shape"])
             to_data = meta["to_data"]
             self.center, self.scale = _F32(to_data["add"]), _F32(to_data["divide"])
@@ -172,9 +224,13 @@ class ExportedModel:
             self.image_shape = self.pixels["image_shape"] if self.pixels else None
             table = meta["step_coefficients"]
             self.a, self.b, self.sigma = (np.asarray(table[k], dtype=_F32) for k in ("a", "b", "sigma"))
+            if self.plan:
+                self.timesteps = [int(t) for t in self.plan["timesteps"]]
+                self.rows = np.asarray(self.plan["rows"], dtype=_F32)
+                self.clip = np.array(bool(self.plan["clip"]))
         except (KeyError, ValueError, TypeError) as err:
-            raise SamplerError(f"{path.parent / MANIFEST}: incomplete or malformed pyddpm manifest ({err!r})") from None
-        self._check_values(path.parent / MANIFEST)
+            raise SamplerError(f"{directory / MANIFEST}: incomplete or malformed pyddpm manifest ({err!r})") from None
+        self._check_values(directory / MANIFEST)
         self._check_io(path)
 
     def _check_values(self, manifest: Path) -> None:
@@ -190,22 +246,32 @@ class ExportedModel:
             problems.append(f"to_data.clamp must be null or [lo, hi] with finite lo <= hi, got {self.value_range}")
         if not all(np.isfinite(v).all() for v in (self.a, self.b, self.sigma)) or (self.sigma < 0).any():
             problems.append("step_coefficients must be finite, with sigma >= 0")
+        if self.plan and not (self.rows.shape == (len(self.timesteps), ROW) and self.plan["steps"] == len(self.timesteps)
+                              and all(1 <= t <= self.T for t in self.timesteps)
+                              and np.isfinite(self.rows).all() and (self.rows[:, 2] >= 0).all()):
+            problems.append(f"the plan {self.plan['sampler']} at {self.plan['steps']} steps needs that many time steps "
+                            f"in [1, T] and rows of {ROW} finite coefficients with sigma >= 0")
         if problems:
             raise SamplerError(f"{manifest}: {problems[0]}")
 
     def _check_io(self, path: Path) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
-        names = {"step": ["x_t", "t", "z"], "denoiser": ["x_t", "t"]}.get(self.kind)
-        if names is None:
+        if self.plan and self.kind != "solver_step":
+            raise SamplerError(f"{path} holds a pyddpm {self.kind!r} model; a few-step plan runs solver_step.onnx: "
+                               "pass the export directory")
+        names = {"step": ["x_t", "t", "z"], "denoiser": ["x_t", "t"],
+                 "solver_step": ["x", "t", "z", "h", "row", "clip"]}.get(self.kind)
+        if names is None or (self.kind == "solver_step" and not self.plan):
             raise SamplerError(f"{path} holds a pyddpm {self.kind!r} model; pass step.onnx or denoiser.onnx")
         if sorted(inputs) != sorted(names):
             raise SamplerError(f"{path} has inputs {sorted(inputs)}, a pyddpm {self.kind} has {names}")
+        sample = ["batch", *self.shape]
+        expected = {"t": ["batch"], "h": ["batch", HISTORY, *self.shape], "row": [ROW], "clip": []}
         for name in names:
-            dims = inputs[name].shape
-            expected = ["batch"] if name == "t" else ["batch", *self.shape]
-            if len(dims) != len(expected) or list(dims[1:]) != expected[1:]:
+            dims, want = inputs[name].shape, expected.get(name, sample)
+            if len(dims) != len(want) or list(dims[1:]) != want[1:] or (name == "row" and dims != want):
                 raise SamplerError(f"{path}: input {name} has shape {dims}, but the manifest's sample shape "
-                                   f"{list(self.shape)} needs {expected}")
+                                   f"{list(self.shape)} needs {want}")
         if len(self.a) != self.T or len(self.b) != self.T or len(self.sigma) != self.T:
             raise SamplerError(f"{path}: the manifest's step coefficients do not have T = {self.T} entries")
 
@@ -221,21 +287,42 @@ class ExportedModel:
             raise SamplerError(f"the model returned shape {out.shape} for x_t of shape {x.shape}")
         return out
 
+    def solver_step(self, x: np.ndarray, t: int, z: np.ndarray, h: np.ndarray, row: np.ndarray):
+        """(x_next, h_next) of one call of the plan at the 1-based step t with its coefficient ``row``."""
+        feeds = {"x": x, "t": np.full(x.shape[0], t, dtype=np.int64), "z": z, "h": h, "row": row, "clip": self.clip}
+        out, h_next = self.session.run(None, feeds)
+        if out.shape != x.shape or h_next.shape != h.shape:
+            raise SamplerError(f"the model returned shapes {out.shape}, {h_next.shape} for x of shape {x.shape}")
+        return out, h_next
+
     def to_data(self, x: np.ndarray) -> np.ndarray:
         """Model space -> data space (x / scale + center), clamped to the value range for images."""
         x = x / self.scale + self.center
         return np.clip(x, *self.value_range).astype(_F32) if self.value_range else x
 
 
-def sample(model: ExportedModel, num: int, seed: int, batch_size: int = 10000) -> np.ndarray:
-    """``num`` samples in data space by Algorithm 2; sample i depends only on (seed, i), as in pyddpm."""
-    out = []
-    for start in range(0, num, batch_size):
-        shape = (min(batch_size, num - start), *model.shape)
-        x = philox_normal(shape, seed, 0, start)  # x_T (Alg. 2 line 1)
+def sample_batch(model: ExportedModel, shape: tuple, seed: int, start: int) -> np.ndarray:
+    """x_0 (model space) of samples start .. start + shape[0] - 1: x_T at Philox step 0, then Algorithm 2 (z of
+    step t at step t, zeros at t = 1) or the plan's calls (z of call i at step t_i, zeros where sigma = 0)."""
+    x = philox_normal(shape, seed, 0, start)  # x_T (Alg. 2 line 1)
+    if model.plan is None:
         for t in range(model.T, 0, -1):
             z = philox_normal(shape, seed, t, start) if t > 1 else np.zeros(shape, _F32)  # sigma_1 = 0
             x = model.step(x, t, z)
+        return x
+    h = np.zeros((shape[0], HISTORY, *shape[1:]), _F32)
+    for t, row in zip(model.timesteps, model.rows):
+        z = philox_normal(shape, seed, t, start) if row[2] != 0 else np.zeros(shape, _F32)
+        x, h = model.solver_step(x, t, z, h, row)
+    return x
+
+
+def sample(model: ExportedModel, num: int, seed: int, batch_size: int = 10000) -> np.ndarray:
+    """``num`` samples in data space by Algorithm 2 or the model's plan; sample i depends only on (seed, i)."""
+    out = []
+    for start in range(0, num, batch_size):
+        shape = (min(batch_size, num - start), *model.shape)
+        x = sample_batch(model, shape, seed, start)
         if not np.isfinite(x).all():
             raise SamplerError(f"samples {start}..{start + shape[0] - 1} came out NaN or infinite: the exported model "
                                "diverges; nothing was written")
@@ -310,10 +397,17 @@ def check_output_path(path: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onnx_sampler.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("model", help="export directory (uses step.onnx) or the path of step.onnx or denoiser.onnx")
+    p.add_argument("model", help="export directory (uses solver_step.onnx for a few-step plan, step.onnx for "
+                                 "Algorithm 2) or the path of step.onnx or denoiser.onnx")
     p.add_argument("--num", type=int, default=1000, help=f"number of samples, at most {MAX_SAMPLES} (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="noise seed; sample i depends only on (seed, i) (default 0)")
     p.add_argument("--out", default="samples.png", help="output file: .npy (data space) or .png (default samples.png)")
+    p.add_argument("--sampler", default=None,
+                   help="few-step sampler, as pyddpm-sample's --sampler: one the export carries (manifest.json's "
+                        "solvers; ddpm is Algorithm 2) (default: the export's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="its number of network calls, as pyddpm-sample's --steps; alone: the export's default "
+                        "sampler (default: the export's)")
     p.add_argument("--batch-size", type=int, default=10000, help="samples per batch (default 10000)")
     p.add_argument("--threads", type=int, default=0,
                    help=f"onnxruntime intra-op threads, 0..{MAX_THREADS} (default 0: its choice)")
@@ -335,7 +429,7 @@ def main(argv=None) -> int:
             raise SamplerError(f"--seed must be in [0, 2**63), got {args.seed}")
         if not 0 <= args.threads <= MAX_THREADS:
             raise SamplerError(f"--threads must be in [0, {MAX_THREADS}] (0: onnxruntime's choice), got {args.threads}")
-        model = ExportedModel(args.model, args.threads)
+        model = ExportedModel(args.model, args.threads, args.sampler, args.steps)
         save(sample(model, args.num, args.seed, args.batch_size), model, out)
     except SamplerError as err:
         print(f"onnx_sampler.py: error: {err}", file=sys.stderr)

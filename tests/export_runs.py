@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from pyddpm.export import export_run
+from pyddpm.export.plans import ALGORITHM_2
+from pyddpm.solvers import SAMPLERS
 from pyddpm.cli.sample import main as sample_main
 from pyddpm.cli.train import main as train_main
 
@@ -19,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ONNX_SAMPLER = ROOT / "export" / "onnx_sampler.py"
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
 PYTHON = sys.executable
-
+FEW_STEP = [s for s in SAMPLERS if s != ALGORITHM_2]  # every shipped few-step sampler
 
 
 def unet_available(name: str = "unet") -> tuple[bool, str]:
@@ -66,11 +68,18 @@ def exported(factory, name: str, variance: str | None = None) -> Path:
 
 
 def pyddpm_samples(run: Path, tmp_path: Path, num: int, seed: int, *extra: str) -> np.ndarray:
-    """What ``pyddpm-sample RUN --num --seed --out x.npy`` writes."""
+    """What ``pyddpm-sample RUN --num --seed --out x.npy`` writes: Algorithm 2 (--sampler ddpm) unless ``extra``
+    names a sampler or steps (``plan_flags``)."""
     out = tmp_path / f"pyddpm-{seed}-{num}.npy"
+    plan = [] if {"--sampler", "--steps"} & set(extra) else ["--sampler", "ddpm"]
     assert sample_main([str(run), "--num", str(num), "--seed", str(seed), "--out", str(out), "--device", "cpu",
-                        *extra]) == 0
+                        *plan, *extra]) == 0
     return np.load(out)
+
+
+def plan_flags(sampler: str, steps: int) -> list[str]:
+    """pyddpm-sample's flags for the plan (sampler, steps); the standalone samplers take the same."""
+    return ["--sampler", sampler, "--steps", str(steps)]
 
 
 def torchless_env(tmp_path: Path) -> dict:

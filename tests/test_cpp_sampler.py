@@ -1,5 +1,6 @@
 """The C++ sampler in export/: built with CMake against the pip torch's libtorch, run on sampler.pt and
-denoiser.pt, against pyddpm-sample with the same seed; files that do not match the manifest's SHA-256 are refused.
+denoiser.pt, against pyddpm-sample with the same seed (Algorithm 2 and every few-step sampler); files that do not
+match the manifest's SHA-256 are refused, and so are plans the export does not carry.
 
 The build (about a minute) goes to a per-session temporary directory; set PYDDPM_CPP_BUILD_DIR to keep it
 between sessions (ninja then rebuilds only what changed).
@@ -13,7 +14,8 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from export_runs import EXPORT_NETS, ROOT, exported, pyddpm_samples, trained_run
+from export_runs import (EXPORT_NETS, FEW_STEP, ROOT, exported, plan_flags, pyddpm_samples,
+                         trained_run)
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit\..* is deprecated:FutureWarning")
 
@@ -45,11 +47,46 @@ def test_same_seed_same_samples_as_pyddpm_sample(net, cpp_sampler, tmp_path_fact
     expected = pyddpm_samples(run, tmp_path, num, seed)
     for model, batch in (("sampler.pt", 10000), ("denoiser.pt", 16)):
         result = run_cpp(cpp_sampler, out / model, "--num", num, "--seed", seed, "--out", tmp_path / "cpp.npy",
-                         "--batch-size", batch, "--threads", 2)
+                         "--batch-size", batch, "--threads", 2, "--sampler", "ddpm")
         assert result.returncode == 0, result.stderr
         got = np.load(tmp_path / "cpp.npy")
         assert got.shape == expected.shape and got.dtype == np.float32
         assert np.abs(got - expected).max() <= 1e-3, model
+
+
+# the same Philox noise bit for bit (the kernel's) and the same float32 update order as pyddpm-sample: the samples
+# differ by the network's float32 rounding alone (libtorch's traced graph against eager PyTorch; ~1e-7 relative per
+# call, through 10 calls with coefficients below 2 here), so 1e-4 in data space bounds it with a wide margin
+PLAN_ATOL = 1e-4
+
+
+@pytest.mark.parametrize("sampler", FEW_STEP)
+def test_few_step_plans_give_pyddpm_sample_s_samples(sampler, cpp_sampler, tmp_path_factory, tmp_path):
+    out, run = exported(tmp_path_factory, "toy"), trained_run(tmp_path_factory, "toy")
+    num, seed = 40, 6
+    expected = pyddpm_samples(run, tmp_path, num, seed, *plan_flags(sampler, 10))
+    for model, batch in (("sampler.pt", 10000), ("denoiser.pt", 16)):
+        result = run_cpp(cpp_sampler, out / model, "--num", num, "--seed", seed, "--out", tmp_path / "cpp.npy",
+                         "--batch-size", batch, "--threads", 2, *plan_flags(sampler, 10))
+        assert result.returncode == 0, result.stderr
+        got = np.load(tmp_path / "cpp.npy")
+        assert got.shape == expected.shape and got.dtype == np.float32
+        assert np.abs(got - expected).max() <= PLAN_ATOL, model
+
+
+def test_plan_flags_that_the_export_does_not_carry_are_refused(cpp_sampler, tmp_path_factory, tmp_path):
+    out = exported(tmp_path_factory, "toy")
+    default = json.loads((out / "manifest.json").read_text())["solvers"]["default_sampler"]
+    cases = [
+        (("--sampler", "euler", "--steps", 10), "unknown --sampler 'euler': this export carries"),
+        (("--steps", 7), f"re-export the run with `pyddpm-export RUN --out DIR --sampler {default} --steps 7`"),
+        (("--steps", 21), "--steps must be in [1, T = 20], got 21"),
+        (("--steps", 0), "--steps must be an integer in [1, "),
+    ]
+    for args, message in cases:
+        result = run_cpp(cpp_sampler, out / "sampler.pt", *args, "--out", tmp_path / "x.npy")
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.npy").exists()
 
 
 def test_errors_name_the_problem(cpp_sampler, tmp_path_factory, tmp_path):

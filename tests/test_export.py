@@ -1,5 +1,5 @@
 """pyddpm-export: the ONNX and TorchScript files against PyTorch, their metadata, the TorchScript Philox noise,
-the exporter fallback and the CLI's errors."""
+the few-step solver step against a float64 reference of the contract, the exporter fallback and the CLI's errors."""
 import json
 import warnings
 
@@ -8,7 +8,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from export_runs import EXPORT_NETS, exported, pyddpm_samples, trained_run, unet_available
+from export_runs import (EXPORT_NETS, FEW_STEP, plan_flags, exported, pyddpm_samples, trained_run,
+                         unet_available)
 
 from pyddpm import philox
 from pyddpm.store import load_model
@@ -20,7 +21,7 @@ from pyddpm.export.torchscript import trace_network
 from pyddpm.ops import reverse_step_reference
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit\..* is deprecated:FutureWarning")
-FILES = ("denoiser.onnx", "step.onnx", "denoiser.pt", "sampler.pt")
+FILES = ("denoiser.onnx", "step.onnx", "solver_step.onnx", "denoiser.pt", "sampler.pt")
 
 
 def onnx_metadata(path) -> dict:
@@ -39,7 +40,7 @@ def test_files_metadata_and_checker(net, tmp_path_factory):
     data = config["data"]
     for name in FILES:
         assert (out / name).is_file(), name
-    for name, kind in (("denoiser.onnx", "denoiser"), ("step.onnx", "step")):
+    for name, kind in (("denoiser.onnx", "denoiser"), ("step.onnx", "step"), ("solver_step.onnx", "solver_step")):
         proto = onnx.load(str(out / name))
         onnx.checker.check_model(proto, full_check=True)
         meta = onnx_metadata(out / name)
@@ -60,7 +61,9 @@ def test_files_metadata_and_checker(net, tmp_path_factory):
             assert json.loads(meta["value_range"]) == [0.0, 1.0]
             assert json.loads(meta["image_shape"]) == [1, 28, 28] and "round(255" in meta["pixel_mapping"]
         inputs = session(out / name).get_inputs()
-        assert [i.name for i in inputs] == (["x_t", "t", "z"] if kind == "step" else ["x_t", "t"])
+        assert [i.name for i in inputs] == {"step": ["x_t", "t", "z"], "denoiser": ["x_t", "t"],
+                                            "solver_step": ["x", "t", "z", "h", "row", "clip"]}[kind]
+        assert ("solvers" in meta) == (kind == "solver_step")  # denoiser.onnx and step.onnx stay as they were
         assert inputs[0].shape[1:] == data["shape"] and isinstance(inputs[0].shape[0], str)  # dynamic batch
     for name in ("denoiser.pt", "sampler.pt"):
         extra = {METADATA_FILE: ""}
@@ -95,6 +98,66 @@ def test_step_onnx_matches_the_pytorch_step(net, tmp_path_factory):
             with torch.no_grad():
                 expected = model.network(x, model.time_input(t, batch)).numpy()
             assert np.abs(eps - expected).max() <= 1e-5, (batch, t)
+
+
+def contract_step(x, eps, z, h, row, clip):
+    """One call of a few-step plan in float64 (/work/solver-contract.md): (x_next, [d, H_0, H_1])."""
+    x, eps, z, h, row = (np.asarray(v, dtype=np.float64) for v in (x, eps, z, h, row))
+    a, b, sigma, c, p, q, lo, hi = row[:8]
+    d = p * x + q * eps
+    if clip:
+        d = np.clip(d, lo, hi)
+    v = a * x + b * eps + c * d + sum(row[8 + k] * h[:, k] for k in range(3)) + sigma * z
+    return v, np.concatenate([d[:, None], h[:, :2]], 1)
+
+
+@pytest.mark.parametrize("net", EXPORT_NETS)
+def test_solver_step_onnx_is_the_contract_s_step(net, tmp_path_factory):
+    """solver_step.onnx and sampler.pt's solver_step against the contract in float64 on fresh random rows that use
+    every term (three history buffers, c, the clamp, sigma), with eps_hat from pyddpm's network. The two sides
+    differ by float32 rounding: the network's (~1e-6 relative, onnxruntime against PyTorch) and the update's eight
+    roundings (< 1e-6 relative to the sum of the terms' magnitudes), so 1e-5 of that magnitude bounds it."""
+    out = exported(tmp_path_factory, net)
+    model, config = load_model(trained_run(tmp_path_factory, net))
+    graph, scripted = session(out / "solver_step.onnx"), torch.jit.load(str(out / "sampler.pt"))
+    generator = torch.Generator().manual_seed(2)
+    for batch, clip in ((1, True), (6, False), (9, True)):
+        shape = (batch, *config["data"]["shape"])
+        x, z = torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
+        h = torch.randn(batch, 3, *shape[1:], generator=generator)
+        row = torch.randn(11, generator=generator, dtype=torch.float64).float()
+        row[6], row[7] = -0.3, 0.4
+        t = int(torch.randint(1, model.T + 1, (1,), generator=generator))
+        steps = torch.full((batch,), t)
+        with torch.no_grad():
+            eps = model.network(x, model.time_input(t, batch))
+        want_x, want_h = contract_step(x, eps, z, h, row, clip)
+        terms = (row[0] * x, row[1] * eps, row[3] * row[4] * x, row[3] * row[5] * eps,
+                 *(row[8 + k] * h[:, k] for k in range(3)), row[2] * z)
+        magnitude = 1 + sum(term.abs() for term in terms).numpy()
+        feeds = {"x": x.numpy(), "t": steps.numpy(), "z": z.numpy(), "h": h.numpy(), "row": row.numpy(),
+                 "clip": np.array(clip)}
+        with torch.no_grad():
+            from_script = [v.numpy() for v in scripted.solver_step(x, steps, z, h, row, torch.tensor(clip))]
+        for got_x, got_h in (graph.run(None, feeds), from_script):
+            assert got_x.dtype == np.float32 and got_h.shape == h.shape
+            assert (np.abs(got_x - want_x) <= 1e-5 * magnitude).all(), (batch, clip)
+            assert np.array_equal(got_h[:, 1:], h[:, :2].numpy())  # the history shifts
+            assert np.abs(got_h[:, 0] - want_h[:, 0]).max() <= 1e-5 * (1 + np.abs(want_h[:, 0]).max())
+
+
+@pytest.mark.parametrize("sampler", FEW_STEP)
+def test_torchscript_sampler_runs_the_plans_as_pyddpm_sample(sampler, tmp_path_factory, tmp_path):
+    out, run = exported(tmp_path_factory, "toy"), trained_run(tmp_path_factory, "toy")
+    sampler_pt = torch.jit.load(str(out / "sampler.pt"))
+    assert f"{sampler}:10" in sampler_pt.plan_names
+    expected = pyddpm_samples(run, tmp_path, 24, 3, *plan_flags(sampler, 10))
+    with torch.no_grad():
+        x0 = sampler_pt.sample_plan(24, 3, 0, f"{sampler}:10")
+        assert np.abs(sampler_pt.to_data(x0).numpy() - expected).max() <= 1e-4
+        assert (sampler_pt.sample_plan(4, 3, 20, f"{sampler}:10") - x0[20:]).abs().max() <= 1e-6  # (seed, i) only
+        with pytest.raises(Exception, match="carries no plan euler:10"):
+            sampler_pt.sample_plan(2, 3, 0, "euler:10")
 
 
 def test_step_onnx_takes_a_different_t_per_sample(tmp_path_factory):
@@ -171,8 +234,10 @@ def test_onnx_only_export_and_fallback_to_the_torchscript_based_exporter(tmp_pat
     err = capsys.readouterr().err
     assert "warning: torch.onnx.export(dynamo=True) failed for Denoiser (RuntimeError: simulated" in err
     assert "falling back" in err and "Traceback" not in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["denoiser.onnx", "manifest.json", "step.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["denoiser.onnx", "manifest.json", "solver_step.onnx",
+                                                          "step.onnx"]
     assert "deprecated" in onnx_metadata(tmp_path / "step.onnx")["exporter"]
+    assert "deprecated" in onnx_metadata(tmp_path / "solver_step.onnx")["exporter"]
     model, _ = load_model(run)
     x, z = torch.randn(3, 2), torch.randn(3, 2)
     got = session(tmp_path / "step.onnx").run(None, {"x_t": x.numpy(), "t": np.full(3, 5), "z": z.numpy()})[0]
@@ -193,12 +258,33 @@ def test_a_network_the_trace_cannot_capture_is_refused():
 @pytest.mark.parametrize("args, message", [
     (["--format", "onnx,pickle"], "unknown --format pickle"),
     (["--batch", "1"], "must be >= 2"),
+    (["--sampler", "euler", "--steps", "10"], "--sampler: unknown sampler 'euler'; choose one of"),
+    (["--steps", "0"], "--steps must be"),
+    (["--steps", "21"], "--steps must be"),
+    (["--sampler", "dpm++3m", "--steps", "2"], "dpm++3m is of order 3 and needs at least 3 steps"),
+    (["--sampler", "ddpm", "--steps", "10"], "--steps"),
 ])
 def test_bad_arguments_are_clear_errors(args, message, tmp_path_factory, tmp_path, capsys):
+    """One line naming the flag, exit 2, nothing written (not even the output directory)."""
     run = trained_run(tmp_path_factory, "toy")
     assert main([str(run), "--out", str(tmp_path / "x"), *args]) == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_sampler_and_steps_choose_the_export_s_default_plan(tmp_path_factory, tmp_path, capsys):
+    """--sampler/--steps add the plan asked for (here one outside the NFEs every export carries) and make it the
+    default of the export's hosts; the files of Algorithm 2 stay what a plain export writes."""
+    run = trained_run(tmp_path_factory, "toy")
+    assert main([str(run), "--out", str(tmp_path), "--format", "onnx", "--sampler", FEW_STEP[0], "--steps", "7"]) == 0
+    assert "solver_step.onnx" in capsys.readouterr().out
+    solvers = json.loads((tmp_path / "manifest.json").read_text())["solvers"]
+    assert solvers["default"] == {"sampler": FEW_STEP[0], "steps": 7}
+    assert [(p["sampler"], p["steps"]) for p in solvers["plans"]].count((FEW_STEP[0], 7)) == 1
+    plain = exported(tmp_path_factory, "toy")
+    for name in ("denoiser.onnx", "step.onnx"):  # the same graph and metadata, whatever the plans
+        assert onnx_metadata(tmp_path / name) == onnx_metadata(plain / name)
 
 
 def test_missing_run_directory_is_a_clear_error(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """export/js: the Node.js sampler against pyddpm-sample (the same seed gives the same samples, scored the same on
-the Chequerboard), its Philox port bit for bit against pyddpm's, its refusal of files that do not match the
-manifest, and the demo page in headless Chromium sampling an exported model."""
+the Chequerboard, by Algorithm 2 and every few-step sampler), its Philox port bit for bit against pyddpm's, its
+refusal of files that do not match the manifest and of plans the export does not carry, and the demo page in
+headless Chromium sampling an exported model (a 10-call plan, and Algorithm 2)."""
 import functools
 import json
 import os
@@ -13,7 +14,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from export_runs import EXPORT_NETS, ROOT, exported, pyddpm_samples, trained_run
+from export_runs import (EXPORT_NETS, FEW_STEP, ROOT, exported, plan_flags, pyddpm_samples,
+                         trained_run)
 from PIL import Image
 
 from pyddpm import philox
@@ -26,7 +28,9 @@ CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed (the JS sampler needs Node.js >= 20)")
 SUPPORT_POINTS = 0.03  # the issue's bound: support fraction within 3 points of pyddpm-sample's
 # onnxruntime (Node: native CPU, browser: wasm) and PyTorch round the network's sums in different orders (~1e-7
-# relative per step); over the T steps of these tiny runs that stays far below 1e-4 in data space
+# relative per call); the noise is the same bit for bit and the update the same float32 operations in the same
+# order, so over the T steps (or a plan's 10 calls, coefficients below 2 here) of these tiny runs the samples stay
+# far below 1e-4 apart in data space
 ATOL = 1e-4
 
 
@@ -82,14 +86,14 @@ def test_same_seed_same_samples_as_pyddpm_sample(net, tmp_path_factory, tmp_path
     out, run = exported(tmp_path_factory, net), trained_run(tmp_path_factory, net)
     num, seed = (5000, 5) if net == "toy" else (3, 11)
     expected = pyddpm_samples(run, tmp_path, num, seed)
-    got = js_samples(tmp_path, out, num, seed)
+    got = js_samples(tmp_path, out, num, seed, "--sampler", "ddpm")
     assert got.shape == expected.shape and got.dtype == np.float32
     assert np.abs(got - expected).max() <= ATOL
     if net == "toy":
         assert abs(support_fraction(got) - support_fraction(expected)) <= SUPPORT_POINTS
         # sample i depends only on (seed, i): other batch sizes, and a JSON output, give the same samples
         result = node(JS / "sample.mjs", out, "--num", 40, "--seed", seed, "--batch-size", 16, "--out",
-                      tmp_path / "s.json", "--time")
+                      tmp_path / "s.json", "--time", "--sampler", "ddpm")
         assert result.returncode == 0, result.stderr
         assert "ms/step" in result.stdout
         written = json.loads((tmp_path / "s.json").read_text())
@@ -97,12 +101,44 @@ def test_same_seed_same_samples_as_pyddpm_sample(net, tmp_path_factory, tmp_path
         assert np.abs(np.array(written["samples"], dtype=np.float32).reshape(40, 2) - got[:40]).max() <= 1e-6
 
 
-def modified_copy(out, target, name="step.onnx"):
-    """A copy of the export with ``name`` changed in a way that still loads (its doc string)."""
+@pytest.mark.parametrize("sampler", FEW_STEP)
+def test_few_step_plans_give_pyddpm_sample_s_samples(sampler, tmp_path_factory, tmp_path):
+    out, run = exported(tmp_path_factory, "toy"), trained_run(tmp_path_factory, "toy")
+    expected = pyddpm_samples(run, tmp_path, 2000, 6, *plan_flags(sampler, 10))
+    got = js_samples(tmp_path, out, 2000, 6, "--batch-size", 700, *plan_flags(sampler, 10))
+    assert got.shape == expected.shape and np.abs(got - expected).max() <= ATOL
+    assert abs(support_fraction(got) - support_fraction(expected)) <= SUPPORT_POINTS
+
+
+def test_plan_flags_that_the_export_does_not_carry_are_refused(tmp_path_factory, tmp_path):
+    out = exported(tmp_path_factory, "toy")
+    old = tmp_path / "old"  # an export that predates the plans
+    shutil.copytree(out, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    default = manifest.pop("solvers")["default_sampler"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    cases = [
+        ((out, "--sampler", "euler", "--steps", 10), "unknown --sampler euler: this export carries"),
+        ((out, "--steps", 7), f"re-export the run with `pyddpm-export RUN --out DIR --sampler {default} --steps 7`"),
+        ((out, "--steps", 21), "--steps must be an integer in [1, T = 20], got 21"),
+        ((out, "--steps", 0), "--steps must be a positive integer"),
+        ((old, "--steps", 10), "carries no few-step plans (it predates them)"),
+    ]
+    for args, message in cases:
+        result = node(JS / "sample.mjs", *args, "--out", tmp_path / "x.npy")
+        assert result.returncode == 2 and message in result.stderr and "    at " not in result.stderr, (
+            args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.npy").exists()
+    assert node(JS / "sample.mjs", old, "--num", 4, "--out", tmp_path / "a2.npy").returncode == 0
+
+
+def modified_copy(out, target, names=("step.onnx", "solver_step.onnx")):
+    """A copy of the export with the graphs ``names`` changed in a way that still loads (their doc string)."""
     shutil.copytree(out, target)
-    model = onnx.load(str(target / name))
-    model.doc_string = "modified after the export"
-    onnx.save(model, str(target / name))
+    for name in names:
+        model = onnx.load(str(target / name))
+        model.doc_string = "modified after the export"
+        onnx.save(model, str(target / name))
     return target
 
 
@@ -162,14 +198,18 @@ def run_page(base, tmp_path, query, screenshot=None, pick=None):
 
 @pytest.mark.parametrize("net", EXPORT_NETS)
 def test_demo_page_samples_in_headless_chromium(net, served, tmp_path_factory, tmp_path):
+    """The toy run by the export's default sampler in the form's 10 calls, drawn live; the U-Net by Algorithm 2."""
     root, base = served
     out, run = exported(tmp_path_factory, net), trained_run(tmp_path_factory, net)
     (root / "model").symlink_to(out, target_is_directory=True)
     num, seed = (5000, 7) if net == "toy" else (4, 2)
     screenshot = tmp_path / f"demo-{net}.png"
-    result, page = run_page(base, tmp_path, f"model=../../model/&num={num}&seed={seed}", screenshot)
+    query = f"model=../../model/&num={num}&seed={seed}" + ("" if net == "toy" else "&sampler=ddpm&steps=")
+    result, page = run_page(base, tmp_path, query, screenshot)
     assert result.returncode == 0 and page["state"] == "done", (result.stderr, page.get("message"))
-    expected = pyddpm_samples(run, tmp_path, num, seed)
+    default = json.loads((out / "manifest.json").read_text())["solvers"]["default_sampler"]
+    assert page["calls"] == (10 if net == "toy" else page["T"])
+    expected = pyddpm_samples(run, tmp_path, num, seed, *plan_flags(default, 10)) if net == "toy" else pyddpm_samples(run, tmp_path, num, seed)
     got = np.array(page["samples"], dtype=np.float32).reshape(page["shape"])
     assert got.shape == expected.shape and np.abs(got - expected).max() <= ATOL
     if net == "toy":
@@ -183,16 +223,16 @@ def test_demo_page_samples_in_headless_chromium(net, served, tmp_path_factory, t
 
 def test_demo_page_refuses_a_modified_file(served, tmp_path_factory, tmp_path):
     root, base = served
-    modified_copy(exported(tmp_path_factory, "toy"), root / "model")
-    result, page = run_page(base, tmp_path, "model=../../model/&num=10")
+    modified_copy(exported(tmp_path_factory, "toy"), root / "model", ["solver_step.onnx"])
+    result, page = run_page(base, tmp_path, "model=../../model/&num=10")  # the form's 10 calls: solver_step.onnx
     assert result.returncode == 2 and page["state"] == "error" and page["samples"] is None
-    assert "step.onnx does not match its SHA-256 in manifest.json" in page["message"]
+    assert "solver_step.onnx does not match its SHA-256 in manifest.json" in page["message"]
 
 
 def test_demo_page_samples_a_picked_directory_in_batches(served, tmp_path_factory, tmp_path):
     _, base = served
     out, run = exported(tmp_path_factory, "toy"), trained_run(tmp_path_factory, "toy")
-    result, page = run_page(base, tmp_path, "num=40&seed=5&batch=16", pick=out)
+    result, page = run_page(base, tmp_path, f"num=40&seed=5&batch=16&sampler={FEW_STEP[0]}&steps=8", pick=out)
     assert result.returncode == 0 and page["state"] == "done", (result.stderr, page.get("message"))
     got = np.array(page["samples"], dtype=np.float32).reshape(page["shape"])
-    assert np.abs(got - pyddpm_samples(run, tmp_path, 40, 5)).max() <= ATOL
+    assert np.abs(got - pyddpm_samples(run, tmp_path, 40, 5, *plan_flags(FEW_STEP[0], 8))).max() <= ATOL

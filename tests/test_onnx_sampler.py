@@ -1,5 +1,6 @@
-"""export/onnx_sampler.py: run where torch cannot be imported, against pyddpm-sample with the same seed; its numpy
-Philox port against pyddpm's; its pictures, its errors and its refusal of files that do not match the manifest."""
+"""export/onnx_sampler.py: run where torch cannot be imported, against pyddpm-sample with the same seed (Algorithm 2
+and every few-step sampler); its numpy Philox port against pyddpm's; its pictures, its errors and its refusal of
+files that do not match the manifest."""
 import hashlib
 import importlib.util
 import io
@@ -12,7 +13,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from export_runs import EXPORT_NETS, ONNX_SAMPLER, PYTHON, exported, pyddpm_samples, torchless_env, trained_run, unet_available
+from export_runs import (EXPORT_NETS, FEW_STEP, ONNX_SAMPLER, PYTHON, exported, plan_flags,
+                         pyddpm_samples, torchless_env, trained_run, unet_available)
 from PIL import Image
 
 from pyddpm import philox
@@ -46,11 +48,65 @@ def test_same_seed_same_samples_as_pyddpm_sample(net, tmp_path_factory, tmp_path
     models = [out, out / "denoiser.onnx"] if net == "toy" else [out]  # step.onnx, or denoiser.onnx + numpy step
     for model in models:
         result = run_sampler(tmp_path, model, "--num", num, "--seed", seed, "--out", tmp_path / "onnx.npy",
-                             "--batch-size", 16)
+                             "--batch-size", 16, "--sampler", "ddpm")
         assert result.returncode == 0, result.stderr
         got = np.load(tmp_path / "onnx.npy")
         assert got.shape == expected.shape and got.dtype == np.float32
         assert np.abs(got - expected).max() <= 1e-3, model
+
+
+# A few-step plan against pyddpm-sample's: the same Philox noise bit for bit and the same float32 update order, so
+# the samples differ only by the network's float32 rounding (onnxruntime and PyTorch sum in different orders,
+# ~1e-7 relative per call), carried through 5-10 calls whose coefficients stay below 2 in magnitude on these runs:
+# far below 1e-4 in data space.
+PLAN_ATOL = 1e-4
+
+
+@pytest.mark.parametrize("net, sampler, steps", [("toy", s, 10) for s in FEW_STEP] + [
+    pytest.param("unet", FEW_STEP[0], 5, marks=pytest.mark.skipif(not unet_available()[0], reason=unet_available()[1]))])
+def test_few_step_plans_give_pyddpm_sample_s_samples(net, sampler, steps, tmp_path_factory, tmp_path):
+    out, run = exported(tmp_path_factory, net), trained_run(tmp_path_factory, net)
+    num, seed = (40, 6) if net == "toy" else (3, 11)
+    expected = pyddpm_samples(run, tmp_path, num, seed, *plan_flags(sampler, steps))
+    result = run_sampler(tmp_path, out, "--num", num, "--seed", seed, "--out", tmp_path / "plan.npy",
+                         "--batch-size", 16, *plan_flags(sampler, steps))
+    assert result.returncode == 0, result.stderr
+    got = np.load(tmp_path / "plan.npy")
+    assert got.shape == expected.shape and got.dtype == np.float32
+    assert np.abs(got - expected).max() <= PLAN_ATOL
+    # --steps alone is the export's default sampler
+    default = json.loads((out / "manifest.json").read_text())["solvers"]["default_sampler"]
+    if default == sampler:
+        result = run_sampler(tmp_path, out, "--num", num, "--seed", seed, "--out", tmp_path / "alone.npy",
+                             "--batch-size", 16, "--steps", steps)
+        assert result.returncode == 0 and np.array_equal(np.load(tmp_path / "alone.npy"), got), result.stderr
+
+
+def test_plan_flags_that_the_export_does_not_carry_are_refused(tmp_path_factory, tmp_path):
+    """Unknown sampler, steps not exported, bad steps, an export that predates the plans: one line naming the
+    flag and saying how to re-export, exit 2, nothing written."""
+    out = exported(tmp_path_factory, "toy")
+    manifest = json.loads((out / "manifest.json").read_text())
+    old = altered_export(out, tmp_path / "old", solvers=None)
+    cases = [
+        (("--sampler", "euler", "--steps", 10), "unknown --sampler 'euler': this export carries"),
+        (("--sampler", FEW_STEP[0], "--steps", 7), f"--sampler {FEW_STEP[0]} --steps 7`"),
+        (("--steps", 7), f"re-export the run with `pyddpm-export RUN --out DIR --sampler "
+                         f"{manifest['solvers']['default_sampler']} --steps 7`"),
+        (("--steps", 0), "--steps must be in [1, T = 20], got 0"),
+        (("--steps", 21), "--steps must be in [1, T = 20], got 21"),
+        (("--sampler", "ddpm", "--steps", 10), "--sampler ddpm at --steps 20, not 10"),
+    ]
+    for args, message in cases + [((old, "--steps", 10), "carries no few-step plans (it predates them)")]:
+        model = () if args[0] == old else (out,)
+        result = run_sampler(tmp_path, *model, *args, "--out", tmp_path / "x.npy")
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (
+            args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert not (tmp_path / "x.npy").exists()
+    # an export that predates the plans still samples by Algorithm 2, as does --sampler ddpm
+    for args in ((old,), (out, "--sampler", "ddpm")):
+        assert run_sampler(tmp_path, *args, "--num", 4, "--out", tmp_path / "a2.npy").returncode == 0
 
 
 def test_numpy_philox_is_bit_identical_to_pyddpm():
@@ -78,7 +134,8 @@ def test_png_output(tmp_path_factory, tmp_path):
 def test_image_png_is_pyddpm_samples_grid(tmp_path_factory, tmp_path):
     out, run = exported(tmp_path_factory, "unet"), trained_run(tmp_path_factory, "unet")
     samples = pyddpm_samples(run, tmp_path, 5, 2)
-    assert run_sampler(tmp_path, out, "--num", 5, "--seed", 2, "--out", tmp_path / "g.png").returncode == 0
+    assert run_sampler(tmp_path, out, "--num", 5, "--seed", 2, "--out", tmp_path / "g.png", "--sampler",
+                       "ddpm").returncode == 0
     grid = np.asarray(Image.open(tmp_path / "g.png"))
     assert grid.shape == (2 + 2 * 30, 2 + 3 * 30)  # 3 per row, 28 x 28 images with 2-pixel borders
     first = grid[2:30, 2:30].astype(int)
@@ -114,8 +171,10 @@ def test_errors_name_the_problem(tmp_path_factory, tmp_path):
     cases = [
         ((tmp_path / "missing",), "does not exist"),
         ((tmp_path / "other",), "holds no manifest.json"),
-        ((altered_export(out, tmp_path / "text", replace={"step.onnx": b"not a model"}),), "not a loadable ONNX model"),
-        ((altered_export(out, tmp_path / "shape", sample_shape=[3]),), "input x_t has shape"),
+        ((altered_export(out, tmp_path / "text", replace={"step.onnx": b"not a model", "solver_step.onnx": b"no"}),),
+         "not a loadable ONNX model"),
+        ((altered_export(out, tmp_path / "shape", sample_shape=[3]),), "input x has shape"),
+        ((altered_export(out, tmp_path / "shape2", sample_shape=[3]), "--sampler", "ddpm"), "input x_t has shape"),
         ((altered_export(out, tmp_path / "future", pyddpm_export="2"),), "export format 2"),
         ((altered_export(out, tmp_path / "noise", noise={**noise, "rule": "other-rng"}),), "noise rule"),
         ((altered_export(out, tmp_path / "partial", T=None),), "malformed pyddpm manifest"),

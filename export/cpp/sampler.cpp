@@ -1,14 +1,20 @@
-// pyddpm-sampler-cpp: Algorithm 2 (Ho et al. 2020) over a model exported by pyddpm-export, without Python.
+// pyddpm-sampler-cpp: a model exported by pyddpm-export, sampled without Python: Algorithm 2 (Ho et al. 2020) or
+// one of the export's few-step plans.
 //
-//   pyddpm-sampler-cpp MODEL.pt --num N --seed S --out samples.npy [--batch-size B] [--threads K]
+//   pyddpm-sampler-cpp MODEL.pt --num N --seed S --out samples.npy [--sampler NAME] [--steps N] [--batch-size B]
+//                      [--threads K]
 //
 // MODEL.pt is sampler.pt or denoiser.pt; both carry T, the sample shape, the data transform and the per-step
 // coefficients (attributes T, sample_shape, center, scale, clamp_output, value_lo, value_hi; buffers step.a,
-// step.b, step.sigma) and a `denoise(x_t, t)` method (t: 1-based int64 steps, shape (batch,)). The network runs
-// in libtorch; x_T, every z and the update x_{t-1} = (a_t x_t + b_t eps_hat) + sigma_t z run in pyddpm's fused
-// CPU kernel with in-kernel Philox noise (csrc/), as `pyddpm-sample RUN --seed S` does, so the same seed gives
-// the same samples. Output: float32 .npy in data space (x / scale + center, clamped for images). MODEL.pt must
-// match the SHA-256 that manifest.json beside it records; a modified file is refused.
+// step.b, step.sigma), a `denoise(x_t, t)` method (t: 1-based int64 steps, shape (batch,)), and the few-step plans
+// (attributes plan_names "SAMPLER:STEPS", plan_timesteps, plan_rows, plan_clip, plan_history, default_sampler,
+// default_steps, default_plan). --sampler/--steps are pyddpm-sample's flags (--steps alone: the export's default
+// sampler; --sampler alone: its default steps; neither: its default plan; --sampler ddpm: Algorithm 2). The network runs in libtorch; x_T, every z and the
+// update run in pyddpm's fused CPU kernel with its in-kernel Philox noise (csrc/): Algorithm 2's
+// x_{t-1} = (a_t x_t + b_t eps_hat) + sigma_t z, or a plan's row with its K history buffers, as
+// `pyddpm-sample RUN --seed S` does, so the same seed gives the same samples. Output: float32 .npy in data space
+// (x / scale + center, clamped for images). MODEL.pt must match the SHA-256 that manifest.json beside it records;
+// a modified file is refused.
 #include <ATen/Parallel.h>
 #include <torch/script.h>
 
@@ -29,17 +35,21 @@
 namespace {
 
 constexpr const char* kUsage =
-    "usage: pyddpm-sampler-cpp MODEL.pt [--num N] [--seed S] [--out FILE.npy] [--batch-size B] [--threads K]\n"
+    "usage: pyddpm-sampler-cpp MODEL.pt [--num N] [--seed S] [--out FILE.npy] [--sampler NAME] [--steps N]\n"
+    "                          [--batch-size B] [--threads K]\n"
     "  MODEL.pt      sampler.pt or denoiser.pt written by pyddpm-export\n"
     "  --num N       number of samples (default 1000)\n"
     "  --seed S      noise seed in [0, 2^63); sample i depends only on (seed, i) (default 0)\n"
     "  --out FILE    output .npy, data space as pyddpm-sample writes it (default samples.npy)\n"
+    "  --sampler S   few-step sampler, as pyddpm-sample's: one the export carries (ddpm: Algorithm 2)\n"
+    "                (default: the export's)\n"
+    "  --steps N     its number of network calls, as pyddpm-sample's; alone: the export's default sampler\n"
     "  --batch-size  samples per batch (default 10000)\n"
     "  --threads K   CPU threads for libtorch and the kernel (default: their choice)\n";
 
 struct Options {
-  std::string model, out = "samples.npy";
-  int64_t num = 1000, batch_size = 10000;
+  std::string model, out = "samples.npy", sampler;  // sampler empty: not given
+  int64_t num = 1000, batch_size = 10000, steps = 0;  // steps 0: not given
   uint64_t seed = 0;
   int threads = 0;
 };
@@ -51,7 +61,12 @@ struct Model {
   double center = 0, scale = 1, lo = 0, hi = 0;
   bool clamp = false;
   std::vector<pyddpm::StepCoef> coefs;  // index t - 1
+  bool has_plan = false, clip = false;   // has_plan false: Algorithm 2
+  int history = 0;                       // the plan's K
+  torch::Tensor timesteps, rows;         // the plan's t_i (int64) and rows (float32, N x 11)
 };
+
+constexpr const char* kAlgorithm2 = "ddpm";  // with all T steps: Algorithm 2, not a few-step plan
 
 int64_t parse_int(const std::string& flag, const std::string& value, int64_t lo, int64_t hi) {
   size_t used = 0;
@@ -85,6 +100,8 @@ Options parse_args(int argc, char** argv) {
     if (arg == "--num") o.num = parse_int(arg, value, 1, INT64_MAX / 2);
     else if (arg == "--seed") o.seed = static_cast<uint64_t>(parse_int(arg, value, 0, INT64_MAX));
     else if (arg == "--out") o.out = value;
+    else if (arg == "--sampler") o.sampler = value;
+    else if (arg == "--steps") o.steps = parse_int(arg, value, 1, INT64_MAX);
     else if (arg == "--batch-size") o.batch_size = parse_int(arg, value, 1, INT64_MAX / 2);
     else if (arg == "--threads") o.threads = static_cast<int>(parse_int(arg, value, 0, 1024));
     else throw std::invalid_argument("unknown option " + arg + "\n" + kUsage);
@@ -132,6 +149,59 @@ std::string verified_bytes(const std::string& path) {
   return bytes;
 }
 
+// "SAMPLER:STEPS", the key of a plan in the module's plan_names.
+std::string plan_key(const std::string& sampler, int64_t steps) { return sampler + ":" + std::to_string(steps); }
+
+// Picks the plan for pyddpm-sample's --sampler/--steps (the rule of the manifest's "solvers"), or Algorithm 2.
+void choose_plan(Model& m, const std::string& path, std::string sampler, int64_t steps) {
+  if (steps != 0 && steps > m.T)
+    throw std::invalid_argument("--steps must be in [1, T = " + std::to_string(m.T) + "], got " + std::to_string(steps));
+  const bool plans = m.module.hasattr("plan_names");
+  auto algorithm_2 = [&](const std::string& name, int64_t n) { return name == kAlgorithm2 && (n == 0 || n == m.T); };
+  if (!plans) {  // an export that predates the few-step plans
+    if (algorithm_2(sampler.empty() ? kAlgorithm2 : sampler, steps)) return;
+    throw std::invalid_argument(path + " carries no few-step plans (it predates them): re-export the run with "
+                                "`pyddpm-export RUN --out DIR --sampler NAME --steps N`, or leave out --sampler/--steps");
+  }
+  if (sampler.empty() && steps == 0) {
+    const std::string key = m.module.attr("default_plan").toStringRef();
+    sampler = key.substr(0, key.rfind(':'));
+    steps = std::stoll(key.substr(key.rfind(':') + 1));
+  } else if (sampler.empty()) {
+    sampler = m.module.attr("default_sampler").toStringRef();
+  }
+  if (algorithm_2(sampler, steps)) return;
+  if (steps == 0) steps = m.module.attr("default_steps").toInt();  // a sampler alone: pyddpm-sample's default
+  const auto names = m.module.attr("plan_names").toListRef();
+  std::string carried = kAlgorithm2, calls;
+  for (size_t k = 0; k < names.size(); ++k) {
+    const std::string key = names[k].toStringRef();
+    const std::string name = key.substr(0, key.rfind(':'));
+    if (key == plan_key(sampler, steps)) {
+      m.has_plan = true;
+      m.timesteps = m.module.attr("plan_timesteps").toListRef()[k].toTensor().to(torch::kInt64).contiguous();
+      m.rows = m.module.attr("plan_rows").toListRef()[k].toTensor().to(torch::kFloat32).contiguous();
+      m.clip = m.module.attr("plan_clip").toListRef()[k].toBool();
+      m.history = static_cast<int>(m.module.attr("plan_history").toListRef()[k].toInt());
+      if (m.rows.dim() != 2 || m.rows.size(0) != steps || m.rows.size(1) != pyddpm::kRowWidth ||
+          m.timesteps.numel() != steps || m.history < 0 || m.history > pyddpm::kMaxHistory ||
+          m.timesteps.min().item<int64_t>() < 1 || m.timesteps.max().item<int64_t>() > m.T ||
+          !torch::isfinite(m.rows).all().item<bool>() || (m.rows.select(1, 2) < 0).any().item<bool>())
+        throw std::runtime_error(path + ": the plan " + key + " needs that many time steps in [1, T] and rows of 11 "
+                                 "finite coefficients with sigma >= 0");
+      return;
+    }
+    if (name == sampler) calls += (calls.empty() ? "" : ", ") + key.substr(key.rfind(':') + 1);
+    if (carried.find(name) == std::string::npos) carried += ", " + name;
+  }
+  if (calls.empty() && sampler != kAlgorithm2)
+    throw std::invalid_argument("unknown --sampler '" + sampler + "': this export carries " + carried);
+  throw std::invalid_argument("this export carries --sampler " + sampler + " at --steps " +
+                              (calls.empty() ? std::to_string(m.T) : calls) + ", not " + std::to_string(steps) +
+                              ": re-export the run with `pyddpm-export RUN --out DIR --sampler " + sampler +
+                              " --steps " + std::to_string(steps) + "`");
+}
+
 Model load_model(const std::string& path) {
   Model m;
   if (!std::ifstream(path))
@@ -174,7 +244,17 @@ Model load_model(const std::string& path) {
   return m;
 }
 
-// x_0 in data space for samples [start, start + batch): Algorithm 2 with the fused kernel and its Philox noise.
+// The network's eps_hat for x at the 1-based step t, checked to be float32 of x's shape.
+torch::Tensor denoise(torch::jit::Method& method, const torch::Tensor& x, int64_t t) {
+  torch::Tensor eps = method({x, torch::full({x.size(0)}, t, torch::kInt64)}).toTensor();
+  if (eps.sizes() != x.sizes() || eps.scalar_type() != torch::kFloat32)
+    throw std::runtime_error("the model's denoise returned " + std::string(c10::toString(eps.scalar_type())) +
+                             " of shape " + c10::str(eps.sizes()) + " for x_t of shape " + c10::str(x.sizes()));
+  return eps.contiguous();
+}
+
+// x_0 in data space for samples [start, start + batch): Algorithm 2, or the plan's calls (its rows and K history
+// buffers), with the fused kernel and its Philox noise (z of the call at t drawn at step t where sigma != 0).
 torch::Tensor sample_batch(Model& m, int64_t batch, int64_t start, uint64_t seed, int threads) {
   std::vector<int64_t> sizes{batch};
   sizes.insert(sizes.end(), m.shape.begin(), m.shape.end());
@@ -182,16 +262,30 @@ torch::Tensor sample_batch(Model& m, int64_t batch, int64_t start, uint64_t seed
   const int64_t n = x.numel() / batch;
   const uint64_t offset = static_cast<uint64_t>(start);
   pyddpm::normal_cpu(x.data_ptr<float>(), batch, n, {seed, 0, offset}, threads);  // x_T: step 0 (Alg. 2 line 1)
-  auto denoise = m.module.get_method("denoise");
-  for (int64_t t = m.T; t >= 1; --t) {
-    torch::Tensor eps = denoise({x, torch::full({batch}, t, torch::kInt64)}).toTensor();
-    if (eps.sizes() != x.sizes() || eps.scalar_type() != torch::kFloat32)
-      throw std::runtime_error("the model's denoise returned " + std::string(c10::toString(eps.scalar_type())) +
-                               " of shape " + c10::str(eps.sizes()) + " for x_t of shape " + c10::str(x.sizes()));
-    eps = eps.contiguous();
-    const pyddpm::PhiloxArgs rng{seed, static_cast<uint32_t>(t), offset};  // z of step t
-    pyddpm::reverse_step_cpu(x.data_ptr<float>(), x.data_ptr<float>(), eps.data_ptr<float>(), nullptr, batch, n,
-                             m.coefs[t - 1], rng, threads);  // Alg. 2 line 4, in place
+  auto method = m.module.get_method("denoise");
+  if (m.has_plan) {
+    std::vector<torch::Tensor> buffers;
+    pyddpm::History history;
+    for (int k = 0; k < m.history; ++k) {
+      buffers.push_back(torch::zeros(sizes, torch::kFloat32));
+      history.p[k] = buffers.back().data_ptr<float>();
+    }
+    history.count = m.history;
+    for (int64_t i = 0; i < m.timesteps.numel(); ++i) {
+      const int64_t t = m.timesteps[i].item<int64_t>();
+      torch::Tensor eps = denoise(method, x, t);
+      const pyddpm::StepCoef coef = pyddpm::schedule_row(m.rows[i].data_ptr<float>(), m.clip);
+      const pyddpm::PhiloxArgs rng{seed, static_cast<uint32_t>(t), offset};
+      pyddpm::reverse_step_cpu(x.data_ptr<float>(), x.data_ptr<float>(), eps.data_ptr<float>(), nullptr, batch, n,
+                               coef, rng, threads, history);  // in place, the history shifted
+    }
+  } else {
+    for (int64_t t = m.T; t >= 1; --t) {
+      torch::Tensor eps = denoise(method, x, t);
+      const pyddpm::PhiloxArgs rng{seed, static_cast<uint32_t>(t), offset};  // z of step t
+      pyddpm::reverse_step_cpu(x.data_ptr<float>(), x.data_ptr<float>(), eps.data_ptr<float>(), nullptr, batch, n,
+                               m.coefs[t - 1], rng, threads);  // Alg. 2 line 4, in place
+    }
   }
   torch::Tensor data = x / m.scale + m.center;
   return m.clamp ? data.clamp(m.lo, m.hi) : data;
@@ -223,6 +317,7 @@ int main(int argc, char** argv) {
     if (o.threads > 0) at::set_num_threads(o.threads);
     c10::InferenceMode guard;
     Model m = load_model(o.model);
+    choose_plan(m, o.model, o.sampler, o.steps);
     const auto begin = std::chrono::steady_clock::now();
     std::vector<torch::Tensor> parts;
     for (int64_t start = 0; start < o.num; start += o.batch_size)

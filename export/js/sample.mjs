@@ -1,12 +1,14 @@
 #!/usr/bin/env node
 // Sample a pyddpm model exported to ONNX with Node.js and onnxruntime-node (no Python).
 //
-//   node export/js/sample.mjs EXPORT_DIR --num 1000 --seed 0 --out samples.npy [--batch-size N] [--threads N] [--time]
+//   node export/js/sample.mjs EXPORT_DIR --num 1000 --seed 0 --out samples.npy [--sampler NAME] [--steps N]
+//        [--batch-size N] [--threads N] [--time]
 //
-// EXPORT_DIR is what `pyddpm-export RUN --out EXPORT_DIR` wrote (manifest.json and step.onnx are read; step.onnx
-// must match its SHA-256 in the manifest). The same seed gives the samples `pyddpm-sample RUN --seed S` gives.
-// Writes data-space samples as .npy (float32) or .json ({"shape": [...], "samples": [flat, row-major]}).
-// --time prints the milliseconds per reverse step (noise + step.onnx), the median over all steps run.
+// EXPORT_DIR is what `pyddpm-export RUN --out EXPORT_DIR` wrote (manifest.json and solver_step.onnx or step.onnx
+// are read; the graph must match its SHA-256 in the manifest). --sampler/--steps are pyddpm-sample's flags, so the
+// same seed and flags give the samples `pyddpm-sample RUN --seed S` gives. Writes data-space samples as .npy
+// (float32) or .json ({"shape": [...], "samples": [flat, row-major]}). --time prints the milliseconds per network
+// call (noise + the graph), the median over all calls run.
 import { readFile, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -15,17 +17,19 @@ import * as ort from "onnxruntime-node";
 
 import { Sampler, SamplerError } from "./sampler.mjs";
 
-const USAGE = `usage: sample.mjs EXPORT_DIR [--num N] [--seed S] [--out FILE] [--batch-size N] [--threads N] [--time]
+const USAGE = `usage: sample.mjs EXPORT_DIR [--num N] [--seed S] [--out FILE] [--sampler NAME] [--steps N] [--batch-size N] [--threads N] [--time]
 
 Sample a pyddpm model exported to ONNX with Node.js and onnxruntime-node.
 
-  EXPORT_DIR      directory pyddpm-export wrote (manifest.json, step.onnx)
+  EXPORT_DIR      directory pyddpm-export wrote (manifest.json, solver_step.onnx, step.onnx)
   --num N         number of samples (default 1000)
   --seed S        noise seed in [0, 2**63); sample i depends only on (seed, i) (default 0)
+  --sampler NAME  few-step sampler, as pyddpm-sample's: one the export carries (ddpm: Algorithm 2) (default: the export's)
+  --steps N       its number of network calls, as pyddpm-sample's; alone: the export's default sampler
   --out FILE      output: .npy (float32, data space) or .json (default samples.npy)
   --batch-size N  samples per batch (default 10000)
   --threads N     onnxruntime intra-op threads (default 0: its choice)
-  --time          print the milliseconds per reverse step (median over all steps)`;
+  --time          print the milliseconds per network call (median over all calls)`;
 
 /** Files of a local directory, read with node:fs. */
 export function directorySource(dir) {
@@ -69,6 +73,7 @@ async function main(argv) {
         num: { type: "string", default: "1000" }, seed: { type: "string", default: "0" },
         out: { type: "string", default: "samples.npy" }, "batch-size": { type: "string", default: "10000" },
         threads: { type: "string", default: "0" }, time: { type: "boolean", default: false },
+        sampler: { type: "string" }, steps: { type: "string" },
         help: { type: "boolean", short: "h", default: false },
       },
     });
@@ -90,7 +95,12 @@ async function main(argv) {
   const out = values.out;
   if (!/\.(npy|json)$/i.test(out)) throw new SamplerError(`--out must end in .npy or .json, got ${out}`);
 
-  const sampler = await Sampler.load(directorySource(positionals[0]), ort, { intraOpNumThreads: threads });
+  const steps = values.steps === undefined ? null : Number(values.steps);
+  if (steps !== null && !(/^\d+$/.test(values.steps) && steps >= 1)) {
+    throw new SamplerError(`--steps must be a positive integer, got ${values.steps}`);
+  }
+  const sampler = await Sampler.load(directorySource(positionals[0]), ort, { intraOpNumThreads: threads },
+    { sampler: values.sampler ?? null, steps });
   const stepMs = [];
   let last = performance.now();
   const onStep = values.time ? () => {
@@ -108,7 +118,7 @@ async function main(argv) {
   if (values.time) {
     const sorted = [...stepMs].sort((a, b) => a - b);
     const median = sorted[Math.floor(sorted.length / 2)];
-    console.log(`ms/step ${median.toFixed(3)} (median of ${sorted.length} steps at batch ${Math.min(batchSize, num)})`);
+    console.log(`ms/step ${median.toFixed(3)} (median of ${sorted.length} network calls at batch ${Math.min(batchSize, num)})`);
   }
 }
 

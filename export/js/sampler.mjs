@@ -5,16 +5,20 @@
 //   const sampler = await Sampler.load(urlSource("https://host/exported/"), ort);
 //   const { samples, shape } = await sampler.sample(1000, 0n, { onStep: ({ t, x }) => draw(sampler.toData(x)) });
 //
-// Reads the export's manifest.json (pyddpm/export/manifest.py) for T, the sample shape and the map to data
-// space, checks step.onnx against the SHA-256 the manifest records (a modified file is refused by name), and
-// runs Algorithm 2 of Ho et al. (2020): x_T ~ N(0, I), then x_{t-1} = step(x_t, t, z) for t = T..1. x_T and every z
-// are drawn with pyddpm's counter-based noise rule (Philox4x32-10 + Box-Muller, pyddpm/philox.py), every float
-// operation rounded to binary32 as the spec demands, so a seed gives the samples `pyddpm-sample --seed` gives.
+// Reads the export's manifest.json (pyddpm/export/manifest.py) for T, the sample shape, the few-step plans and the
+// map to data space, checks the graph it runs against the SHA-256 the manifest records (a modified file is refused
+// by name), and runs either a few-step plan with solver_step.onnx (pyddpm-sample's --sampler/--steps, passed to
+// load as {sampler, steps}; neither: the export's default plan) or Algorithm 2 of Ho et al. (2020) with step.onnx:
+// x_T ~ N(0, I), then x_{t-1} = step(x_t, t, z) for t = T..1. x_T and every z are drawn with pyddpm's
+// counter-based noise rule (Philox4x32-10 + Box-Muller, pyddpm/philox.py), every float operation rounded to
+// binary32 as the spec demands, so a seed gives the samples `pyddpm-sample --seed` gives.
 // Uses only ECMAScript and Web APIs (fetch, crypto.subtle), which Node.js 20 and browsers both provide.
 
 export const EXPORT_FORMAT = "1";
 export const NOISE_RULE = "pyddpm-philox4x32-10-boxmuller-1";
 export const MANIFEST = "manifest.json";
+export const ALGORITHM_2 = "ddpm"; // with all T steps: step.onnx, not a few-step plan
+const ROW = 11, HISTORY = 3; // a plan's coefficients per call; the history buffers solver_step.onnx carries
 
 /** A file or manifest that is not a usable pyddpm export, or bad arguments. */
 export class SamplerError extends Error {
@@ -199,10 +203,51 @@ function checkManifest(manifest, where) {
   }
 }
 
+/** The manifest's few-step plan for pyddpm-sample's flags (sampler, steps; null when not given: the export's
+ *  default plan, its default sampler with `steps`, or `sampler` with its default steps), or null for Algorithm 2
+ *  (step.onnx). */
+export function choosePlan(manifest, sampler = null, steps = null) {
+  const { T, solvers } = manifest;
+  if (steps !== null && !(Number.isInteger(steps) && steps >= 1 && steps <= T)) {
+    throw new SamplerError(`--steps must be an integer in [1, T = ${T}], got ${steps}`);
+  }
+  const algorithm2 = (name, n) => name === ALGORITHM_2 && (n === null || n === T);
+  if (!solvers) { // an export that predates the few-step plans
+    if (algorithm2(sampler ?? ALGORITHM_2, steps)) return null;
+    throw new SamplerError("this export carries no few-step plans (it predates them): re-export the run with " +
+      "`pyddpm-export RUN --out DIR --sampler NAME --steps N`, or leave out --sampler/--steps");
+  }
+  if (sampler === null && steps === null) ({ sampler, steps } = solvers.default);
+  else if (sampler === null) sampler = solvers.default_sampler;
+  if (algorithm2(sampler, steps)) return null;
+  if (steps === null) steps = solvers.default_steps; // a sampler alone: pyddpm-sample's default number of calls
+  const plan = solvers.plans.find((p) => p.sampler === sampler && p.steps === steps);
+  if (plan) return plan;
+  const carried = [...new Set([...solvers.plans.map((p) => p.sampler), ALGORITHM_2])].sort();
+  if (!carried.includes(sampler)) {
+    throw new SamplerError(`unknown --sampler ${sampler}: this export carries ${carried.join(", ")}`);
+  }
+  const calls = solvers.plans.filter((p) => p.sampler === sampler).map((p) => p.steps).sort((a, b) => a - b);
+  throw new SamplerError(`this export carries --sampler ${sampler} at --steps ${calls.join(", ") || T}, not ` +
+    `${steps}: re-export the run with \`pyddpm-export RUN --out DIR --sampler ${sampler} --steps ${steps}\``);
+}
+
+function checkPlan(plan, T, where) {
+  const { timesteps, rows } = plan;
+  const good = Array.isArray(timesteps) && Array.isArray(rows) && timesteps.length === plan.steps &&
+    rows.length === plan.steps && timesteps.every((t) => Number.isInteger(t) && t >= 1 && t <= T) &&
+    rows.every((r) => Array.isArray(r) && r.length === ROW && r.every(Number.isFinite) && r[2] >= 0);
+  if (!good) {
+    throw new SamplerError(`${where}: the plan ${plan.sampler} at ${plan.steps} steps needs that many time steps ` +
+      `in [1, T] and rows of ${ROW} finite coefficients with sigma >= 0`);
+  }
+}
+
 export class Sampler {
   /** The export read from `source` ({read(name) -> Uint8Array}, see urlSource and fileListSource) with `ort`,
-   *  the onnxruntime module (onnxruntime-node or onnxruntime-web); `sessionOptions` go to InferenceSession. */
-  static async load(source, ort, sessionOptions = {}) {
+   *  the onnxruntime module (onnxruntime-node or onnxruntime-web); `sessionOptions` go to InferenceSession;
+   *  `sampler` and `steps` are pyddpm-sample's --sampler/--steps (choosePlan). */
+  static async load(source, ort, sessionOptions = {}, { sampler = null, steps = null } = {}) {
     const where = `${MANIFEST} in ${source.where}`;
     let manifest;
     try {
@@ -212,7 +257,9 @@ export class Sampler {
         `(${err.message}); export a trained run with \`pyddpm-export RUN_DIR --out DIR\``);
     }
     checkManifest(manifest, where);
-    const name = "step.onnx";
+    const plan = choosePlan(manifest, sampler, steps);
+    if (plan) checkPlan(plan, manifest.T, where);
+    const name = plan ? "solver_step.onnx" : "step.onnx";
     const entry = manifest.files?.[name];
     if (!entry?.sha256) throw new SamplerError(`${name} is not listed in ${where}; export with --format onnx`);
     const bytes = await source.read(name);
@@ -231,17 +278,20 @@ export class Sampler {
     if ([...session.inputNames].sort().join() !== [...expected].sort().join()) {
       throw new SamplerError(`${name} has inputs ${session.inputNames}, the manifest lists ${expected}`);
     }
-    return new Sampler(manifest, session, ort);
+    return new Sampler(manifest, session, ort, plan);
   }
 
-  constructor(manifest, session, ort) {
+  constructor(manifest, session, ort, plan = null) {
     this.manifest = manifest;
     this.session = session;
     this.ort = ort;
+    this.plan = plan;
     this.T = manifest.T;
+    this.calls = plan ? plan.steps : manifest.T; // network calls per sample
     this.sampleShape = manifest.sample_shape;
     this.size = manifest.sample_shape.reduce((a, b) => a * b, 1);
-    this.outputName = manifest.files["step.onnx"].outputs[0].name;
+    this.outputNames = manifest.files[plan ? "solver_step.onnx" : "step.onnx"].outputs.map((o) => o.name);
+    this.outputName = this.outputNames[0];
   }
 
   /** x_{t-1} = step.onnx(x_t, t, z) for a batch (Alg. 2 line 4), Float32Arrays of count * size values. */
@@ -260,6 +310,27 @@ export class Sampler {
     return out.data;
   }
 
+  /** (x_next, h_next) = solver_step.onnx(x, t, z, h, row, clip) for one call of the plan, Float32Arrays of
+   *  count * size (x, z) and count * 3 * size (h) values; `row` the call's 11 coefficients. */
+  async solverStep(x, t, z, h, row, count) {
+    const { Tensor } = this.ort;
+    const dims = [count, ...this.sampleShape];
+    const feeds = {
+      x: new Tensor("float32", x, dims),
+      t: new Tensor("int64", new BigInt64Array(count).fill(BigInt(t)), [count]),
+      z: new Tensor("float32", z, dims),
+      h: new Tensor("float32", h, [count, HISTORY, ...this.sampleShape]),
+      row: new Tensor("float32", Float32Array.from(row), [ROW]),
+      clip: new Tensor("bool", Uint8Array.of(this.plan.clip ? 1 : 0), []),
+    };
+    const out = await this.session.run(feeds);
+    const [xNext, hNext] = this.outputNames.map((n) => out[n]);
+    if (xNext.data.length !== x.length || hNext.data.length !== h.length) {
+      throw new SamplerError(`solver_step.onnx returned ${xNext.dims} for x of shape ${dims}`);
+    }
+    return [xNext.data, hNext.data];
+  }
+
   /** Model space -> data space as the manifest's numbers say: clamp(x / divide + add), binary32. */
   toData(x) {
     const { divide, add, clamp } = this.manifest.to_data;
@@ -273,9 +344,10 @@ export class Sampler {
     return out;
   }
 
-  /** `num` samples in data space by Algorithm 2 with pyddpm's noise for `seed` (sample i depends only on
-   *  (seed, i)), as {samples: Float32Array, shape}. `onStep({t, T, start, count, x})` is awaited after every step
-   *  with x = x_t of samples start .. start + count - 1 (model space) for t = T - 1, ..., 0. */
+  /** `num` samples in data space by the plan (or Algorithm 2) with pyddpm's noise for `seed` (sample i depends
+   *  only on (seed, i)), as {samples: Float32Array, shape}. `onStep({t, T, start, count, x})` is awaited after
+   *  every network call with x = x_t of samples start .. start + count - 1 (model space) at the step t it reached
+   *  (the plan's next t_i, or t - 1 for Algorithm 2; 0 at the end). */
   async sample(num, seed, { batchSize = 10000, onStep = null } = {}) {
     if (!Number.isInteger(num) || num < 1) throw new SamplerError(`num must be a positive integer, got ${num}`);
     if (!Number.isInteger(batchSize) || batchSize < 1) {
@@ -286,6 +358,18 @@ export class Sampler {
     for (let start = 0; start < num; start += batchSize) {
       const count = Math.min(batchSize, num - start);
       let x = philoxNormal(count, this.size, seed, 0, start); // x_T (Alg. 2 line 1)
+      if (this.plan) {
+        const { timesteps, rows } = this.plan;
+        let h = new Float32Array(count * HISTORY * this.size);
+        for (let i = 0; i < timesteps.length; i++) {
+          // the z of call i at Philox step t_i, drawn only where sigma != 0
+          const z = rows[i][2] !== 0 ? philoxNormal(count, this.size, seed, timesteps[i], start) : new Float32Array(x.length);
+          [x, h] = await this.solverStep(x, timesteps[i], z, h, rows[i], count);
+          if (onStep) await onStep({ t: timesteps[i + 1] ?? 0, T: this.T, start, count, x });
+        }
+        samples.set(this.toData(x), start * this.size);
+        continue;
+      }
       for (let t = this.T; t >= 1; t--) {
         // sigma_1 = 0, so z is not read at t = 1 (the manifest's z_read_at_t_1): zeros, as pyddpm passes
         const z = t > 1 ? philoxNormal(count, this.size, seed, t, start) : new Float32Array(x.length);

@@ -1,8 +1,10 @@
-"""`pyddpm-export RUN_DIR --out DIR [--format onnx,torchscript]`: export a trained run to ONNX and TorchScript.
+"""`pyddpm-export RUN_DIR --out DIR [--format onnx,torchscript] [--sampler NAME] [--steps N]`: export a trained run to ONNX and TorchScript.
 
 Writes denoiser.onnx ((x_t, t) -> eps_hat) and step.onnx ((x_t, t, z) -> x_{t-1}, the schedule baked in), both
 with a dynamic batch and pyddpm metadata, and denoiser.pt and sampler.pt (TorchScript). t is the 1-based step
-of Algorithm 2 (int64, shape (batch,)); a host loops t = T..1. Every file is checked and run once against
+of Algorithm 2 (int64, shape (batch,)); a host loops t = T..1. Beside them, solver_step.onnx ((x, t, z, h, row,
+clip) -> (x_next, h_next)) takes one network call of a few-step plan; manifest.json carries the plan asked for
+with --sampler/--steps and every sampler at 5, 8, 10 and 20 calls. Every file is checked and run once against
 PyTorch before the command reports success.
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 import warnings
 
 from ..store import CheckpointError
-from ..export import ExportError, export_run
+from ..export import SAMPLERS, ExportError, export_run
 from ..schedules import VARIANCES
 from .common import check_int, check_output_dir
 
@@ -30,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "sampler.pt) (default: both)")
     p.add_argument("--variance", choices=VARIANCES, default=None,
                    help="reverse variance sigma_t^2 baked into the step (default: the run's, normally beta)")
+    p.add_argument("--sampler", default=None,
+                   help="the few-step sampler the export's hosts run by default, as pyddpm-sample's --sampler "
+                        f"({', '.join(SAMPLERS)}; default: pyddpm-sample's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="its number of network calls, as pyddpm-sample's --steps (alone: pyddpm's default sampler "
+                        "with N calls)")
     p.add_argument("--batch", type=int, default=4,
                    help=f"size of the random batch used to trace and validate, 2 to {MAX_BATCH} (default 4)")
     return p
@@ -43,7 +51,8 @@ def main(argv=None) -> int:
         check_output_dir(args.out, "--out")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
-            written = export_run(args.run_dir, args.out, formats, args.variance, args.batch)
+            written = export_run(args.run_dir, args.out, formats, args.variance, args.batch, args.sampler,
+                                 args.steps)
     except (CheckpointError, ExportError, ValueError) as err:
         print(f"pyddpm-export: error: {err}", file=sys.stderr)
         return 2

@@ -19,6 +19,12 @@ Schema (``pyddpm_export`` "1"; every key is always present, null where it does n
                          "round": "half_to_even", "clamp": [0, 255], "dtype": "uint8", "image_shape": [C, H, W]}
     noise                the rule the seeds refer to: {"rule": NOISE_SPEC, "generator", "rounds", "multipliers",
                          "weyl", "key", "counter", "lane", "x_T_step", "seed_range", "about"} (spec: pyddpm/philox.py)
+    solvers              the few-step plans (pyddpm.export.plans), run by solver_step.onnx (or sampler.pt's
+                         solver_step): {"default": {"sampler", "steps"} (what a host runs without --sampler/--steps;
+                         "ddpm" with steps T is Algorithm 2, step.onnx), "default_sampler" (what --steps N alone
+                         runs), "default_steps" (what --sampler NAME alone runs, but ddpm: T), "row": the 11 names of a row, "history_buffers": 3, "update", "noise": in words, and
+                         "plans": [{"sampler", "steps", "spacing", "timesteps" (t_0 > ... > t_{N-1}, 1-based), "rows" (N rows
+                         of float32 values), "history" (K), "clip", "stochastic"}]}
     files                {name: {"model", "format", "inputs", "outputs", "bytes", "sha256"}}: every file written,
                          inputs/outputs as {"name", "dtype", "shape"} with "batch" for the dynamic dimension
 """
@@ -36,14 +42,17 @@ from ..data import is_toy
 from ..diffusion import DDPM
 from ..schedules import StepCoefficients
 from ..philox import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
-from .metadata import EXPORT_FORMAT, NOISE, NOISE_SPEC
+from .metadata import EXPORT_FORMAT, NOISE, NOISE_SPEC, SOLVER_NOISE, SOLVER_UPDATE
+from .plans import HISTORY, ROW, ExportPlans
 
 MANIFEST_FILE = "manifest.json"
-_ONNX_DTYPES = {1: "float32", 7: "int64"}  # onnx.TensorProto.FLOAT, INT64: the only types the exports use
+_ONNX_DTYPES = {1: "float32", 7: "int64", 9: "bool"}  # onnx.TensorProto.FLOAT, INT64, BOOL: the types the exports use
 
 
-def build_manifest(model: DDPM, config: dict, coefs: list[StepCoefficients], variance: str) -> dict:
-    """The manifest of an export of ``model`` (sampled with ``coefs``, sigma_t^2 = ``variance``) without ``files``."""
+def build_manifest(model: DDPM, config: dict, coefs: list[StepCoefficients], variance: str,
+                   plans: ExportPlans) -> dict:
+    """The manifest of an export of ``model`` (sampled with ``coefs``, sigma_t^2 = ``variance``, and the few-step
+    ``plans``) without ``files``."""
     data = config["data"]
     image = not is_toy(data["name"])
     value_range = data.get("value_range") if image else None
@@ -74,6 +83,9 @@ def build_manifest(model: DDPM, config: dict, coefs: list[StepCoefficients], var
                   "weyl": [PHILOX_W0, PHILOX_W1], "key": ["seed & 0xffffffff", "seed >> 32"],
                   "counter": ["element >> 2", "sample & 0xffffffff", "sample >> 32", "step"],
                   "lane": "element & 3", "x_T_step": 0, "seed_range": [0, 2**63 - 1], "about": NOISE},
+        "solvers": {"default": plans.default, "default_sampler": plans.default_sampler,
+                    "default_steps": plans.default_steps, "row": list(ROW),
+                    "history_buffers": HISTORY, "update": SOLVER_UPDATE, "noise": SOLVER_NOISE, "plans": plans.plans},
     }
 
 

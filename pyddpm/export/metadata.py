@@ -4,8 +4,10 @@ source). All values are strings (JSON where structured), so any host can read th
 
 Keys (``EXPORT_FORMAT`` 1): every manifest key but ``files``, its value as is when a string, else as JSON
 (pyddpm_export, pyddpm_version, T, schedule, beta_1, beta_T, variance, data, sample_shape, t_input, z_read_at_t_1,
-step_coefficients, to_data, pixels, noise), then ``model`` per file ("denoiser" ((x_t, t) -> eps_hat), "step"
-((x_t, t, z) -> x_{t-1}) or "sampler"), and the format-1 keys the manifest's numbers also give:
+step_coefficients, to_data, pixels, noise; and ``solvers`` in the files that run few-step plans, solver_step.onnx
+and the TorchScript files, so denoiser.onnx and step.onnx stay as they were), then ``model`` per file ("denoiser"
+((x_t, t) -> eps_hat), "step" ((x_t, t, z) -> x_{t-1}), "solver_step" ((x, t, z, h, row, clip) -> (x_next, h_next))
+or "sampler"), and the format-1 keys the manifest's numbers also give:
     t, update          what the input t means and the formula of the step, in words
     data_transform     JSON {"center", "scale"}; value_range: JSON [lo, hi] or null; image_shape: JSON or null
     pixel_mapping      the pixel mapping in words ("none: ..." for point data)
@@ -30,9 +32,20 @@ NOISE = ("seed s, global sample index i (sample k of a run of --num samples has 
          "the Box-Muller normals; the full rule is in pyddpm/philox.py and csrc/philox.h")
 
 
-def export_metadata(manifest: dict) -> dict[str, str]:
-    """The metadata shared by every exported file of a run (``model`` is added per file), from its manifest
-    (``pyddpm.export.manifest.build_manifest``)."""
+SOLVER_UPDATE = ("one network call i of a few-step plan, in float32 and this order (the fused kernel's): "
+                 "eps = eps_theta(x, (t_i - 1) / T); d = p x + q eps, clamped to [lo, hi] if clip; "
+                 "x_next = a x + b eps, + c d, + h_0 H_0, + h_1 H_1, + h_2 H_2, + sigma z; the history H "
+                 "(batch, 3, *sample_shape), zero before the first call, becomes [d, H_0, H_1]; row = [a, b, sigma, "
+                 "c, p, q, lo, hi, h_0, h_1, h_2] (h_k = 0 for k >= K)")
+SOLVER_NOISE = ("x_T at Philox step 0; the z of call i at Philox step t_i, drawn only where sigma != 0 (zeros "
+                "otherwise), sample index sample_offset + i, as the noise rule says")
+PLANS_KEY = "solvers"  # the manifest key that only the files which run plans repeat
+
+
+def export_metadata(manifest: dict, plans: bool = True) -> dict[str, str]:
+    """The metadata shared by the exported files of a run (``model`` is added per file), from its manifest
+    (``pyddpm.export.manifest.build_manifest``); ``plans`` False leaves the few-step plans out (the files that
+    predate them, denoiser.onnx and step.onnx)."""
     to_data, pixels = manifest["to_data"], manifest["pixels"]
     if pixels:
         lo, hi = to_data["clamp"]
@@ -42,7 +55,7 @@ def export_metadata(manifest: dict) -> dict[str, str]:
     else:
         pixel = "none: samples are points, written as they are in data space"
     metadata = {key: value if isinstance(value, str) else json.dumps(value)
-                for key, value in manifest.items() if key != "files"}
+                for key, value in manifest.items() if key != "files" and (plans or key != PLANS_KEY)}
     return {
         **metadata,
         "t": T_MEANING,

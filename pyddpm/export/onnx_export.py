@@ -1,12 +1,11 @@
-"""ONNX export: ``denoiser.onnx`` and ``step.onnx`` with a dynamic batch, pyddpm metadata, checked by
-``onnx.checker`` and validated against PyTorch under onnxruntime before they count as written."""
+"""ONNX export: ``denoiser.onnx``, ``step.onnx`` and ``solver_step.onnx`` with a dynamic batch, pyddpm metadata,
+checked by ``onnx.checker`` and validated against PyTorch under onnxruntime before they count as written."""
 from __future__ import annotations
 
 import io
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -32,12 +31,13 @@ def require_onnx():
     return onnx, onnxruntime
 
 
-def onnx_proto(module: nn.Module, args: tuple, input_names: list[str], output_name: str, dynamo: bool,
+def onnx_proto(module: nn.Module, args: tuple, input_names: list[str], output_name: str | list[str], dynamo: bool,
                static_inputs: tuple[str, ...] = ()):
-    """The ONNX model of ``module`` with dim 0 of every input but ``static_inputs`` dynamic ("batch"), and the
-    exporter that made it: torch.export-based (``dynamo=True``) where it works, else (or with ``dynamo=False``)
-    the deprecated TorchScript-based one, with a warning naming why."""
+    """The ONNX model of ``module`` (outputs named ``output_name``, one name or a list) with dim 0 of every input but
+    ``static_inputs`` dynamic ("batch"), and the exporter that made it: torch.export-based (``dynamo=True``) where
+    it works, else (or with ``dynamo=False``) the deprecated TorchScript-based one, with a warning naming why."""
     batch_inputs = [name not in static_inputs for name in input_names]
+    output_names = [output_name] if isinstance(output_name, str) else list(output_name)
     onnx, _ = require_onnx()
     if dynamo:
         batch = torch.export.Dim("batch")
@@ -45,7 +45,7 @@ def onnx_proto(module: nn.Module, args: tuple, input_names: list[str], output_na
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
                 program = torch.onnx.export(module, args, dynamo=True, input_names=input_names,
-                                            output_names=[output_name], external_data=False, verbose=False,
+                                            output_names=output_names, external_data=False, verbose=False,
                                             dynamic_shapes=tuple({0: batch} if b else None for b in batch_inputs))
             return program.model_proto, DYNAMO
         except Exception as err:  # noqa: BLE001 - any failure of the new exporter falls back to the old one
@@ -59,23 +59,25 @@ def onnx_proto(module: nn.Module, args: tuple, input_names: list[str], output_na
     with warnings.catch_warnings():
         for category in (FutureWarning, DeprecationWarning, torch.jit.TracerWarning):
             warnings.simplefilter("ignore", category)
-        torch.onnx.export(module, args, buffer, dynamo=False, input_names=input_names, output_names=[output_name],
+        torch.onnx.export(module, args, buffer, dynamo=False, input_names=input_names, output_names=output_names,
                           dynamic_axes={name: {0: "batch"} for name, b in zip(input_names, batch_inputs) if b},
                           opset_version=17)
     return onnx.load_from_string(buffer.getvalue()), FALLBACK
 
 
-def export_onnx(module: nn.Module, args: tuple, path: str | Path, input_names: list[str], output_name: str,
-                metadata: dict[str, str], atol: float = 1e-4, dynamo: bool = True) -> str:
+def export_onnx(module: nn.Module, args: tuple, path: str | Path, input_names: list[str],
+                output_name: str | list[str], metadata: dict[str, str], atol: float = 1e-4, dynamo: bool = True,
+                static_inputs: tuple[str, ...] = ()) -> str:
     """Write ``module`` to ``path`` as ONNX with ``metadata`` in metadata_props; returns the exporter used
-    (``DYNAMO``, or ``FALLBACK`` when the dynamo exporter fails or ``dynamo`` is False).
+    (``DYNAMO``, or ``FALLBACK`` when the dynamo exporter fails or ``dynamo`` is False). Dim 0 of every input but
+    ``static_inputs`` is the dynamic batch.
 
     The file is checked with ``onnx.checker`` (full check) and run once under onnxruntime on ``args`` and on a
-    batch of another size; ExportError if it differs from PyTorch by more than ``atol`` (relative to 1 or the
-    output's magnitude, whichever is larger).
+    batch of another size; ExportError if any output differs from PyTorch by more than ``atol`` (relative to 1 or
+    the output's magnitude, whichever is larger).
     """
     onnx, _ = require_onnx()
-    proto, exporter = onnx_proto(module, args, input_names, output_name, dynamo)
+    proto, exporter = onnx_proto(module, args, input_names, output_name, dynamo, static_inputs)
     metadata = {**metadata, "exporter": exporter}
     del proto.metadata_props[:]
     for key, value in metadata.items():
@@ -88,29 +90,29 @@ def export_onnx(module: nn.Module, args: tuple, path: str | Path, input_names: l
         raise ExportError(f"{Path(path).name}: onnx.checker rejected the exported model: {err}") from None
     path = Path(path)
     onnx.save(proto, path)
-    validate_onnx(path, module, args, atol)
+    validate_onnx(path, module, args, atol, static_inputs)
     return exporter
 
 
-def run_onnx(session, names: list[str], args: tuple) -> np.ndarray:
-    """The first output of an onnxruntime session for torch tensors ``args``."""
-    return session.run(None, {n: a.detach().cpu().numpy() for n, a in zip(names, args)})[0]
-
-
-def validate_onnx(path: Path, module: nn.Module, args: tuple, atol: float) -> None:
-    """Run the ONNX file under onnxruntime on ``args`` and on them cut to a smaller batch; compare with PyTorch."""
+def validate_onnx(path: Path, module: nn.Module, args: tuple, atol: float, static_inputs: tuple[str, ...] = ()) -> None:
+    """Run the ONNX file under onnxruntime on ``args`` and on them cut to a smaller batch (all but
+    ``static_inputs``); compare every output with PyTorch."""
     _, ort = require_onnx()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     batch = args[0].shape[0]
-    for inputs in (args, tuple(a[: max(1, batch // 2)] for a in args)):
+    cut = tuple(a if n in static_inputs else a[: max(1, batch // 2)] for n, a in zip(names, args))
+    for inputs in (args, cut):
         with torch.no_grad():
-            expected = module(*inputs).numpy()
-        got = run_onnx(session, names, inputs)
-        if got.shape != expected.shape:
-            raise ExportError(f"{path.name}: onnxruntime returned shape {got.shape}, PyTorch {expected.shape}")
-        diff = float(abs(got - expected).max())
-        tol = atol * max(1.0, float(abs(expected).max()))
-        if not diff <= tol:
-            raise ExportError(f"{path.name} does not reproduce PyTorch: max abs difference {diff:.3g} > {tol:.3g} "
-                              f"at batch {inputs[0].shape[0]}; the network may use an op the exporter mistranslates")
+            expected = module(*inputs)
+        expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+        outputs = session.run(None, {n: a.detach().cpu().numpy() for n, a in zip(names, inputs)})
+        for got, want in zip(outputs, (e.numpy() for e in expected)):
+            if got.shape != want.shape:
+                raise ExportError(f"{path.name}: onnxruntime returned shape {got.shape}, PyTorch {want.shape}")
+            diff = float(abs(got - want).max())
+            tol = atol * max(1.0, float(abs(want).max()))
+            if not diff <= tol:
+                raise ExportError(f"{path.name} does not reproduce PyTorch: max abs difference {diff:.3g} > {tol:.3g} "
+                                  f"at batch {inputs[0].shape[0]}; the network may use an op the exporter "
+                                  "mistranslates")

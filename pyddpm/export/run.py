@@ -2,8 +2,10 @@
 
 Writes denoiser.onnx ((x_t, t) -> eps_hat) and step.onnx ((x_t, t, z) -> x_{t-1}, the schedule baked in), both
 with a dynamic batch and pyddpm metadata, and denoiser.pt and sampler.pt (TorchScript). t is the 1-based step
-of Algorithm 2 (int64, shape (batch,)); a host loops t = T..1. Every file is checked and run once against
-PyTorch; then manifest.json (``pyddpm.export.manifest``) records them with their SHA-256.
+of Algorithm 2 (int64, shape (batch,)); a host loops t = T..1. Beside them, solver_step.onnx ((x, t, z, h, row,
+clip) -> (x_next, h_next)) runs one network call of any few-step plan, whose time steps and coefficient rows the
+manifest carries (``pyddpm.export.plans``). Every file is checked and run once against PyTorch; then manifest.json
+(``pyddpm.export.manifest``) records them with their SHA-256.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from ..diffusion import DDPM
 from ..store import load_model
 from .manifest import build_manifest, write_manifest
 from .metadata import export_metadata
-from .modules import Denoiser, ReverseStep
+from .modules import Denoiser, ReverseStep, SolverStep
+from .plans import HISTORY, ROW, export_plans
 from .onnx_export import DYNAMO, export_onnx
 from .torchscript import export_torchscript
 
@@ -24,11 +27,12 @@ FORMATS = ("onnx", "torchscript")
 
 
 def export_run(run_dir: str | Path, out: str | Path, formats=FORMATS, variance: str | None = None,
-               batch: int = 4) -> list[tuple[Path, str]]:
+               batch: int = 4, sampler: str | None = None, steps: int | None = None) -> list[tuple[Path, str]]:
     """Export the run in ``run_dir`` into ``out``; returns (path, note) per file written.
 
     ``variance`` overrides the run's sigma_t^2 (``beta`` or ``beta_tilde``); ``batch`` is the size of the random
-    example batch the files are traced and validated with.
+    example batch the files are traced and validated with; ``sampler`` and ``steps`` name the few-step plan the
+    export's hosts run by default (``pyddpm.export.plans.export_plans``).
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
@@ -42,30 +46,41 @@ def export_run(run_dir: str | Path, out: str | Path, formats=FORMATS, variance: 
     model.requires_grad_(False)
     variance = variance or model.variance
     coefs = model.step_coefficients(variance)
-    manifest = build_manifest(model, config, coefs, variance)
+    plans = export_plans(model, run_dir, sampler, steps)
+    manifest = build_manifest(model, config, coefs, variance, plans)
     metadata = export_metadata(manifest)
     step = ReverseStep(Denoiser(model.network, model.T), coefs).eval()
+    solver = SolverStep(step.denoiser).eval()
     data = config["data"]
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *data["shape"], generator=generator)
     t = torch.randint(1, model.T + 1, (batch,), generator=generator)
     z = torch.randn(x.shape, generator=generator)
+    # a row with every term at work (the clamp too) and a random history: the graph is checked beyond the plans
+    h = torch.randn(batch, HISTORY, *data["shape"], generator=generator)
+    row = torch.randn(len(ROW), generator=generator)
+    row[ROW.index("lo")], row[ROW.index("hi")] = -0.5, 0.5
+    clip = torch.tensor(True)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if "onnx" in formats:
         exporter = DYNAMO
-        for name, module, args, inputs, output in (
-                ("denoiser", step.denoiser, (x, t), ["x_t", "t"], "eps_hat"),
-                ("step", step, (x, t, z), ["x_t", "t", "z"], "x_prev")):
+        legacy = export_metadata(manifest, plans=False)
+        for name, module, args, inputs, outputs, meta in (
+                ("denoiser", step.denoiser, (x, t), ["x_t", "t"], "eps_hat", legacy),
+                ("step", step, (x, t, z), ["x_t", "t", "z"], "x_prev", legacy),
+                ("solver_step", solver, (x, t, z, h, row, clip), ["x", "t", "z", "h", "row", "clip"],
+                 ["x_next", "h_next"], metadata)):
             path = out / f"{name}.onnx"
-            # the step holds the denoiser: where dynamo failed on that, it fails again
-            exporter = export_onnx(module, args, path, inputs, output, {**metadata, "model": name},
-                                   dynamo=exporter == DYNAMO)
+            # the steps hold the denoiser: where dynamo failed on that, it fails again
+            exporter = export_onnx(module, args, path, inputs, outputs, {**meta, "model": name},
+                                   dynamo=exporter == DYNAMO, static_inputs=("row", "clip"))
             written.append((path, f"ONNX, {exporter} exporter"))
     if "torchscript" in formats:
         value_range = json.loads(metadata["value_range"])  # images only: toy samples are not clamped
-        for path in export_torchscript(step, coefs, list(data["shape"]), data, value_range, out, metadata, (x, t, z)):
+        for path in export_torchscript(step, coefs, list(data["shape"]), data, value_range, out, metadata,
+                                       (x, t, z, h, row, clip), plans):
             written.append((path, "TorchScript"))
     manifest_path = write_manifest(out, manifest, [path for path, _ in written])
     written.append((manifest_path, "manifest: the metadata as JSON numbers and the SHA-256 of each file above, all of them validated against PyTorch"))

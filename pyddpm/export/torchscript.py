@@ -19,8 +19,9 @@ from ..schedules import StepCoefficients
 from ..diffusion import network_time
 from ..philox import philox_normal
 from .metadata import METADATA_FILE
-from .modules import Denoiser, ReverseStep, ScriptDenoiser, ScriptSampler
+from .modules import Denoiser, ReverseStep, ScriptDenoiser, ScriptSampler, SolverStep
 from .onnx_export import ExportError
+from .plans import ExportPlans
 
 
 @contextlib.contextmanager
@@ -45,16 +46,18 @@ def trace_network(network: nn.Module, x: torch.Tensor, t_input: torch.Tensor) ->
     return traced
 
 
-def export_torchscript(step: ReverseStep, coefs: list[StepCoefficients], sample_shape: list[int], transform: dict, value_range, out: Path,
-                       metadata: dict[str, str], example: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+def export_torchscript(step: ReverseStep, coefs: list[StepCoefficients], sample_shape: list[int], transform: dict,
+                       value_range, out: Path, metadata: dict[str, str], example: tuple, plans: ExportPlans,
                        atol: float = 1e-4) -> list[Path]:
-    """Write ``denoiser.pt`` and ``sampler.pt`` for the eager ``step`` (built from ``coefs``); ``example`` = (x_t, t, z) is used to
-    trace the network and to validate the files after loading them back. Returns the paths written."""
-    x, t, z = example
+    """Write ``denoiser.pt`` and ``sampler.pt`` for the eager ``step`` (built from ``coefs``), carrying the few-step
+    ``plans``; ``example`` = (x, t, z, h, row, clip) (the solver step's inputs, the reverse step's first three) is
+    used to trace the network and to validate the files after loading them back. Returns the paths written."""
+    x, t = example[:2]
     denoiser = step.denoiser
     traced = trace_network(denoiser.network, x, network_time(t, denoiser.T))
     scripted_step = ReverseStep(Denoiser(traced, denoiser.T), coefs)
-    args = (sample_shape, transform["center"], transform["scale"], value_range)
+    args = (sample_shape, transform["center"], transform["scale"], value_range, plans.plans, plans.default,
+            plans.default_sampler, plans.default_steps)
     paths = []
     for cls, name, kind in ((ScriptDenoiser, "denoiser.pt", "denoiser"), (ScriptSampler, "sampler.pt", "sampler")):
         path = out / name
@@ -69,9 +72,12 @@ def export_torchscript(step: ReverseStep, coefs: list[StepCoefficients], sample_
 
 
 def _validate(path: Path, loaded, step: ReverseStep, example, atol: float) -> None:
-    x, t, z = example
+    x, t, z, h, row, clip = example
     with torch.no_grad():
+        solver = SolverStep(step.denoiser)(x, t, z, h, row, clip)
         checks = [("denoise", loaded.denoise(x, t), step.denoiser(x, t))]
+        checks += [(f"solver_step output {k}", got, want)
+                   for k, (got, want) in enumerate(zip(loaded.solver_step(x, t, z, h, row, clip), solver))]
         if hasattr(loaded, "reverse_step"):
             checks.append(("reverse_step", loaded.reverse_step(x, t, z), step(x, t, z)))
             shape = [2] + list(x.shape[1:])

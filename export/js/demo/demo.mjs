@@ -1,7 +1,8 @@
-// The demo page: samples an exported pyddpm model with onnxruntime-web and draws x_t after every reverse step
-// (point data as a scatter plot, images as a grid). The state is exposed as window.pyddpmDemo:
-// {state: "idle" | "loading" | "sampling" | "done" | "error", message, t, T, shape, samples (data space, flat,
-// once done), msPerStep (sampling time without drawing, per reverse step)}.
+// The demo page: samples an exported pyddpm model with onnxruntime-web and draws x_t after every network call
+// (point data as a scatter plot, images as a grid), by a few-step plan (sampler and network calls, as
+// pyddpm-sample's --sampler/--steps) or Algorithm 2 (sampler ddpm). The state is exposed as window.pyddpmDemo:
+// {state: "idle" | "loading" | "sampling" | "done" | "error", message, t, T, calls, sampler, shape, samples (data
+// space, flat, once done), msPerStep (sampling time without drawing, per network call)}.
 import * as ort from "onnxruntime-web";
 
 import { Sampler, fileListSource, urlSource } from "../sampler.mjs";
@@ -70,18 +71,19 @@ function drawImages(images, count, pixels) {
   ctx.drawImage(grid, 0, 0, width * scale, height * scale);
 }
 
-async function run(source, num, seed, batchSize) {
+async function run(source, num, seed, batchSize, plan) {
   report("loading", `loading ${source.where} ...`);
   Object.assign(demo, { samples: null, shape: null, msPerStep: null, t: null });
-  const sampler = await Sampler.load(source, ort);
-  const { T, size, manifest } = sampler;
+  const sampler = await Sampler.load(source, ort, {}, plan);
+  const { T, size, manifest, calls } = sampler;
+  const method = sampler.plan ? `${sampler.plan.sampler}, ${calls} calls` : `Algorithm 2, ${T} calls`;
   const pixels = manifest.pixels;
   const shown = pixels ? Math.min(num, 64) : num; // a grid of at most 64 images
   const current = new Float32Array(num * size).fill(NaN);
   const view = { lo: Infinity, hi: -Infinity };
   const draw = () => (pixels ? drawImages(sampler.toData(current), shown, pixels) : drawPoints(sampler.toData(current), view));
-  Object.assign(demo, { T });
-  report("sampling", `sampling ${num} from ${manifest.data} (T = ${T}) ...`);
+  Object.assign(demo, { T, calls, sampler: sampler.plan ? sampler.plan.sampler : "ddpm" });
+  report("sampling", `sampling ${num} from ${manifest.data} (${method}) ...`);
   let drawing = 0, lastPaint = 0;
   const began = performance.now();
   const { samples, shape } = await sampler.sample(num, BigInt(seed), {
@@ -99,21 +101,22 @@ async function run(source, num, seed, batchSize) {
       drawing += performance.now() - entered;
     },
   });
-  const steps = T * Math.ceil(num / batchSize);
+  const steps = calls * Math.ceil(num / batchSize);
   Object.assign(demo, { samples: Array.from(samples), shape, msPerStep: (performance.now() - began - drawing) / steps });
   if (pixels) drawImages(samples, shown, pixels);
   else drawPoints(samples, view);
-  report("done", `${num} samples from ${manifest.data} (T = ${T}, seed ${seed}): ` +
-    `${demo.msPerStep.toFixed(2)} ms per step at batch ${Math.min(num, batchSize)}`);
+  report("done", `${num} samples from ${manifest.data} (${method}, T = ${T}, seed ${seed}): ` +
+    `${demo.msPerStep.toFixed(2)} ms per network call at batch ${Math.min(num, batchSize)}`);
 }
 
 function start(source) {
   const num = Number($("num").value), seed = $("seed").value, batch = Number($("batch").value);
-  run(source, num, seed, batch).catch((err) => report("error", `error: ${err.message}`));
+  const plan = { sampler: $("sampler").value || null, steps: $("steps").value ? Number($("steps").value) : null };
+  run(source, num, seed, batch, plan).catch((err) => report("error", `error: ${err.message}`));
 }
 
 const params = new URLSearchParams(location.search);
-for (const key of ["num", "seed", "batch"]) if (params.has(key)) $(key).value = params.get(key);
+for (const key of ["num", "seed", "batch", "sampler", "steps"]) if (params.has(key)) $(key).value = params.get(key);
 $("controls").addEventListener("submit", (event) => {
   event.preventDefault();
   const files = $("picker").files;
