@@ -55,10 +55,15 @@ DIFFUSERS = {  # row -> (scheduler class name, its options)
 
 
 def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    return platform.processor()
+    """The CPU's model name, family/model and widest vector extension, with the threads used."""
+    info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    flags = info.get("flags", "").split()
+    vector = "AMX" if "amx_tile" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else \
+        "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    name = info.get("model name", platform.processor())
+    return f"{name} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, {vector}), " \
+           f"{torch.get_num_threads()} threads"
 
 
 def diffusers_sample(model, network, name: str, nfe: int, x_T: torch.Tensor, seed: int) -> torch.Tensor:
