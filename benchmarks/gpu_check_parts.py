@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 import pyddpm
+from pyddpm import step_schedule
 from pyddpm import DDPM, ops
 from pyddpm.nets import build_network
 from pyddpm.samplers import capture_step, ddpm_sample, plan_for, run_plan, step_runner
@@ -620,14 +621,14 @@ def exercise_kernels(device: str) -> int:
                 checks += 5
             for clip in (False, True):  # the scheduled step: rows read on the device, then one row out of range
                 rows = [CLIP, CLIP._replace(sigma=0.0)] if clip else [NOISY, coefs["no noise"]]
-                schedule = ops.step_schedule(rows, [9, 1], device=dev)
+                schedule = step_schedule.step_schedule(rows, [9, 1], device=dev)
                 for coef, t in zip(rows, [9, 1]):
                     want = ops.reverse_step_reference(x_cpu, e_cpu, coef, seed=7 if coef.sigma else None, step=t,
                                                       sample_offset=2)
-                    got = ops.reverse_step_scheduled(placed(x_cpu), e, schedule, seed=7, sample_offset=2)
+                    got = step_schedule.reverse_step_scheduled(placed(x_cpu), e, schedule, seed=7, sample_offset=2)
                     _assert_matches(got, want, f"{name} {shape}+{offset} scheduled row {t} clip={clip}")
                     schedule.index.add_(1)
-                _assert_matches(ops.reverse_step_scheduled(placed(x_cpu), e, schedule, seed=7), x_cpu,
+                _assert_matches(step_schedule.reverse_step_scheduled(placed(x_cpu), e, schedule, seed=7), x_cpu,
                                 f"{name} {shape}+{offset} scheduled, row out of range")
                 checks += 3
             noise = ops.normal_noise(shape, seed=3, step=4, sample_offset=1, device=dev, dtype=dtype)

@@ -12,7 +12,7 @@ exactly as the exercise does.
 
 On CUDA, with the fused backend, one whole call (the network's time input, eps_theta, the fused update with its
 history and the advance to the next call) is captured once in a CUDA graph and replayed N times: the update reads
-its row and Philox step from a schedule on the device (``ops.reverse_step_scheduled``), so a replay needs nothing
+its row and Philox step from a schedule on the device (``step_schedule.reverse_step_scheduled``), so a replay needs nothing
 from the host and gives the same samples as the eager loop.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ from .accel import check_runtime_options, loop_network
 from .data import DataTransform, is_toy
 from .diffusion import DDPM
 from .solvers import SolverPlan, solver_plan
+from .step_schedule import reverse_step_scheduled, step_schedule
 
 BACKENDS = ("fused", "torch")
 
@@ -78,7 +79,7 @@ def step_runner(model, x: torch.Tensor, plan: SolverPlan, seed: int, sample_offs
     """
     network = model.network if network is None else network
     device, batch = x.device, x.shape[0]
-    schedule = ops.step_schedule(list(plan.coefs), list(plan.timesteps), device=device)
+    schedule = step_schedule(list(plan.coefs), list(plan.timesteps), device=device)
     t_inputs = model.time_input(torch.tensor(list(plan.timesteps), device=device))  # (N, 1): row s for call s
     t_row = t_inputs[:1].clone()
     # on the CPU the batch's time input is that row seen batch times (stride 0: a network sees at no cost that the
@@ -90,7 +91,7 @@ def step_runner(model, x: torch.Tensor, plan: SolverPlan, seed: int, sample_offs
     def step() -> None:
         t_target.copy_(t_inputs.index_select(0, schedule.index.reshape(1)).expand_as(t_target))
         eps_hat = network(x, t_in).contiguous()
-        ops.reverse_step_scheduled(x, eps_hat, schedule, seed=seed, sample_offset=sample_offset, history=history)
+        reverse_step_scheduled(x, eps_hat, schedule, seed=seed, sample_offset=sample_offset, history=history)
         schedule.index.add_(1)
 
     step.warm_up = lambda: network(x, t_in)  # the network alone, leaving x and the schedule as they are

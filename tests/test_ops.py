@@ -11,6 +11,7 @@ import pytest
 import scipy.stats
 import torch
 
+from pyddpm import step_schedule
 from pyddpm import ops, philox
 from pyddpm.ops import StepCoefficients
 
@@ -197,7 +198,7 @@ def test_opcheck():
                           (x.clone(), e, None, [h.clone() for h in history], solver, False, 5, 4, 0))
     torch.library.opcheck(torch.ops.pyddpm.reverse_step_out.default,
                           (x, e, None, [h.clone() for h in history], torch.empty_like(x), solver, False, 5, 4, 0))
-    schedule = ops.step_schedule([ops.StepCoefficients(0.9, 0.0, 0.1, c=0.3, p=1.2, q=-0.4, h=(0.2, -0.1))], [4])
+    schedule = step_schedule.step_schedule([ops.StepCoefficients(0.9, 0.0, 0.1, c=0.3, p=1.2, q=-0.4, h=(0.2, -0.1))], [4])
     torch.library.opcheck(torch.ops.pyddpm.reverse_step_scheduled.default,
                           (x.clone(), e, [h.clone() for h in history], *schedule[:3], False, 5, 0))
     torch.library.opcheck(torch.ops.pyddpm.normal_noise.default, ([4, 5], 3, 1, 0, torch.device("cpu"), torch.float32))

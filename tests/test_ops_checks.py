@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from pyddpm import step_schedule
 from pyddpm import ops
 
 CUDA = torch.cuda.is_available()
@@ -141,7 +142,7 @@ def test_fake_kernel_accepts_good_input():
 def schedule(steps, device="cpu"):
     coefs = [ops.StepCoefficients(*COEF[:3])] * len(steps)
     table = torch.tensor([COEF] * len(steps), dtype=torch.float32, device=device)
-    return ops.StepSchedule(table, torch.tensor(steps, dtype=torch.int64, device=device),
+    return step_schedule.StepSchedule(table, torch.tensor(steps, dtype=torch.int64, device=device),
                             torch.zeros((), dtype=torch.int64, device=device), coefs[0].clip)
 
 
@@ -149,7 +150,7 @@ def schedule(steps, device="cpu"):
 def test_scheduled_step_refuses_philox_steps_out_of_range(spy, steps):
     s = schedule(steps)
     with pytest.raises(ValueError, match=r"Philox steps in \[0, 2\*\*32\)"):
-        ops.reverse_step_scheduled(x.clone(), e, s, seed=1)
+        step_schedule.reverse_step_scheduled(x.clone(), e, s, seed=1)
     with pytest.raises(ValueError, match=r"Philox steps in \[0, 2\*\*32\)"):
         torch.ops.pyddpm.reverse_step_scheduled(x.clone(), e, [], s.table, s.steps, s.index, False, 1, 0)
     assert spy.launches == 0
@@ -195,5 +196,5 @@ def test_a_cpu_tensor_beside_a_cuda_one_is_refused(spy, which):
         torch.ops.pyddpm.reverse_step(*args, COEF, False, -1, 1, 0)
     s = schedule([3])
     with pytest.raises(ValueError, match="schedule.table must be"):
-        ops.reverse_step_scheduled(xc, ec, s, seed=1)
+        step_schedule.reverse_step_scheduled(xc, ec, s, seed=1)
     assert spy.launches == 0

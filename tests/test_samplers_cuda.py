@@ -4,6 +4,7 @@ CPU asking for a graph is a clear error."""
 import pytest
 import torch
 
+from pyddpm import step_schedule
 from pyddpm import DDPM, ops
 from pyddpm.nets import DDPMUNet, ExerciseUNet
 from pyddpm.samplers import ddim_sample, ddpm_sample, plan_for, run_plan, step_runner
@@ -82,17 +83,17 @@ def test_scheduled_step_equals_the_plain_fused_step_and_ignores_rows_out_of_rang
     g = torch.Generator().manual_seed(4)
     x, eps = torch.randn(5, 37, generator=g), torch.randn(5, 37, generator=g)
     coefs = [ops.StepCoefficients(1.01, -0.3, 0.2), ops.StepCoefficients(0.9, 0.1, 0.0)]
-    schedule = ops.step_schedule(coefs, [7, 1])
+    schedule = step_schedule.step_schedule(coefs, [7, 1])
     for s, (coef, t) in enumerate(zip(coefs, [7, 1])):
         expected = ops.reverse_step(x, eps, coef, seed=11 if coef.sigma else None, step=t, sample_offset=2)
-        got = ops.reverse_step_scheduled(x.clone(), eps, schedule, seed=11, sample_offset=2)
+        got = step_schedule.reverse_step_scheduled(x.clone(), eps, schedule, seed=11, sample_offset=2)
         assert torch.equal(got, expected), s
         schedule.index.add_(1)
-    assert torch.equal(ops.reverse_step_scheduled(x.clone(), eps, schedule, seed=11), x)  # index 2 of 2 rows
+    assert torch.equal(step_schedule.reverse_step_scheduled(x.clone(), eps, schedule, seed=11), x)  # index 2 of 2 rows
     with pytest.raises(ValueError, match="same coef.clip"):
-        ops.step_schedule([coefs[0], coefs[1]._replace(clip=True)], [2, 1])
+        step_schedule.step_schedule([coefs[0], coefs[1]._replace(clip=True)], [2, 1])
     with pytest.raises(ValueError, match="one Philox step per coefficient row"):
-        ops.step_schedule(coefs, [1])
+        step_schedule.step_schedule(coefs, [1])
 
 
 def test_graph_needs_the_fused_backend():
