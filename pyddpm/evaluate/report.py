@@ -13,7 +13,7 @@ import torch
 from ..data import is_toy, load_images, to_data_space, toy_distribution
 from ..diffusion import DDPM
 from ..samplers import generate_samples, plan_for
-from ..solvers import DEFAULT_STEPS, resolve_sampler
+from ..solvers import DEFAULT_STEPS, UNIPC_DEFAULT_ORDER, resolve_sampler
 from ..step_tuning import tune_timesteps
 from ..store import tuned_timesteps, write_json, write_tuned_timesteps
 from .plots import describe_run, plot_forward_process, plot_loss, plot_toy_samples, save_image_grid
@@ -51,16 +51,18 @@ def default_plan(model, steps: int = 0, run_dir: Path | None = None):
         return None
     sampler, calls = resolve_sampler(None, min(steps, model.T) or None, model.T)
     tuned = tuned_timesteps(run_dir).get((sampler, calls)) if run_dir is not None else None
-    return plan_for(model, sampler, timesteps=tuned) if tuned else plan_for(model, sampler, calls)
+    order = {"order": min(UNIPC_DEFAULT_ORDER, len(tuned or range(calls)))} if sampler == "unipc" else {}
+    return plan_for(model, sampler, timesteps=tuned, **order) if tuned else plan_for(model, sampler, calls, **order)
 
 
 def plan_options(plan) -> dict:
     """``generate_samples``' keywords that draw by ``plan`` ({} for a baseline's None)."""
     if plan is None:
         return {}
+    order = {"order": plan.history} if plan.sampler == "unipc" else {}  # UniPC keeps one buffer per order
     if plan.spacing == "model":
-        return {"sampler": plan.sampler, "timesteps": list(plan.timesteps)}
-    return {"sampler": plan.sampler, "steps": plan.nfe, "spacing": plan.spacing}
+        return {"sampler": plan.sampler, "timesteps": list(plan.timesteps), **order}
+    return {"sampler": plan.sampler, "steps": plan.nfe, "spacing": plan.spacing, **order}
 
 
 TUNING_SWEEPS = 2
