@@ -12,6 +12,7 @@ from torch import nn
 from pyddpm import DDPM, __version__
 from pyddpm.export.modules import Denoiser, ReverseStep
 from pyddpm.export.onnx_export import export_onnx
+from pyddpm.export.plans import HISTORY, ROW, export_plans
 from pyddpm.export.torchscript import export_torchscript
 from activation_range import NETWORKS, TARGET, push_preactivations
 
@@ -44,8 +45,11 @@ def test_export_reproduces_pytorch_at_trained_activation_ranges(name, tmp_path):
         # each call raises ExportError if onnxruntime's output is not finite or differs beyond the tolerance
         export_onnx(step.denoiser, (x, t), tmp_path / "denoiser.onnx", ["x_t", "t"], "eps_hat", metadata)
         export_onnx(step, (x, t, z), tmp_path / "step.onnx", ["x_t", "t", "z"], "x_prev", metadata)
+        h = torch.randn(4, HISTORY, *shape, generator=generator)
+        row = torch.randn(len(ROW), generator=generator)
+        row[ROW.index("lo")], row[ROW.index("hi")] = -0.5, 0.5
         written = export_torchscript(step, coefs, list(shape), {"center": 0.0, "scale": 1.0}, None, tmp_path,
-                                     metadata, (x, t, z))
+                                     metadata, (x, t, z, h, row, torch.tensor(True)), export_plans(model, tmp_path))
     assert [p.name for p in written] == ["denoiser.pt", "sampler.pt"]
 
 

@@ -54,7 +54,7 @@ def export_plans(model, run_dir, sampler: str | None = None, steps: int | None =
     if sampler is not None:
         check_sampler(sampler)
     sampler, steps = resolve_sampler(sampler, steps)
-    if not asked and steps > model.T:  # pyddpm-sample's default needs more calls than T has: Algorithm 2
+    if not asked and steps >= model.T:  # T no more than the default's calls: Algorithm 2, as pyddpm-sample runs
         sampler, steps = ALGORITHM_2, model.T
     tuned = tuned_timesteps(run_dir)
 
