@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from .evaluate.toy import energy_distance
 from .samplers import plan_for, run_plan
 
 REFERENCE_NFE = 200
@@ -34,12 +35,6 @@ def tune_timesteps(model, sampler: str, steps: int, sample_shape, *, order: int 
                    objective)
 
 
-def _energy_distance(x, y) -> float:
-    """2 E|X - Y| - E|X - X'| - E|Y - Y'| of two sample sets (flattened, float64)."""
-    x, y = x.flatten(1).double(), y.flatten(1).double()
-    return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
-
-
 def _search(model, sampler, steps, shape, seed, sweeps, progress, plan_options, run_options, objective):
     calls = [0]
 
@@ -52,7 +47,7 @@ def _search(model, sampler, steps, shape, seed, sweeps, progress, plan_options, 
     def distance(ts) -> float:
         x = solve(plan_for(model, sampler, timesteps=ts, **plan_options))
         if objective == "distribution":
-            return _energy_distance(x, reference)
+            return energy_distance(x.flatten(1), reference.flatten(1))
         return float((x - reference).pow(2).flatten(1).sum(1).mean())
 
     starts = {}
