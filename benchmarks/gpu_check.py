@@ -6,7 +6,7 @@ On a CUDA machine, in this order, each part within its own time budget (about 8 
 
     install     pip install --no-build-isolation --no-deps --no-index . (with the machine's torch; offline),
                 falling back to a CMake build into pyddpm/ if pip cannot build
-    cuda_tests  pytest tests/test_ops_cuda.py tests/test_samplers_cuda.py: pass / fail counts
+    cuda_tests  pytest tests/ops/test_ops_cuda.py tests/sampling/test_samplers_cuda.py: pass / fail counts
     sanitizer   compute-sanitizer memcheck and racecheck over every fused kernel and dtype
                 (``gpu_check_parts.py exercise-kernels``)
     op          the fused op vs device copy bandwidth at 2^24 elements, the eager update and torch.compile at 256x784
@@ -49,7 +49,7 @@ from gpu_check_report import judge_targets, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS_SCRIPT = Path(__file__).resolve().parent / "gpu_check_parts.py"
-CUDA_TESTS = [ROOT / "tests" / "test_ops_cuda.py", ROOT / "tests" / "test_samplers_cuda.py"]
+CUDA_TESTS = [ROOT / "tests" / "ops" / "test_ops_cuda.py", ROOT / "tests" / "sampling" / "test_samplers_cuda.py"]
 PROBE = ("import json, pyddpm; from pyddpm import ops; print('PROBE ' + json.dumps({'file': pyddpm.__file__, "
          "'version': pyddpm.__version__, 'cuda_built': ops.cuda_built(), "
          "'build_info': ops._C.build_info() if ops.extension_available() else None}))")

@@ -16,7 +16,7 @@ sigma_t = sqrt(1 - abar_t) and the half log-SNR lambda_t = log(alpha_t / sigma_t
 
 Orders warm up (order <= i + 1) and, with ``lower_order_final`` (as diffusers does below 15 steps), drop to 1 on
 the last call and <= 2 on the one before; the last call to sigma = 0 is always first order. The formulas follow
-diffusers' DPMSolverMultistepScheduler and UniPCMultistepScheduler, against which tests/test_solvers.py checks
+diffusers' DPMSolverMultistepScheduler and UniPCMultistepScheduler, against which tests/sampling/test_solvers.py checks
 every step.
 """
 from __future__ import annotations

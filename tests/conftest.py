@@ -2,7 +2,7 @@
 and a trained Chequerboard DDPM (each made once per session)."""
 import pytest
 import torch
-from export_runs import MNIST_DIR, exported, trained_run
+from helpers.export_runs import MNIST_DIR, exported, trained_run
 
 from pyddpm import DDPM
 from pyddpm.data import toy_distribution

@@ -1,5 +1,5 @@
 // SHA-256 (FIPS 180-4) of a byte string, as lowercase hex: the checksum pyddpm-export records for each file in
-// manifest.json. Small and dependency-free; checked against Python's hashlib in tests/test_cpp_sampler.py.
+// manifest.json. Small and dependency-free; checked against Python's hashlib in tests/export/test_cpp_sampler.py.
 #pragma once
 
 #include <array>

@@ -7,7 +7,7 @@ import torch
 
 from pyddpm.store import read_checkpoint
 from pyddpm.cli.train import main as train_main
-from export_runs import MNIST_DIR
+from helpers.export_runs import MNIST_DIR
 
 pytestmark = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"shared MNIST not found at {MNIST_DIR}")
 

@@ -9,7 +9,7 @@ import torch
 from pyddpm.data import DataError, DataTransform, data_config_entries, load_images, load_training_data, to_data_space
 from pyddpm.data import mnist
 from pyddpm.cli.train import main as train_main
-from export_runs import MNIST_DIR
+from helpers.export_runs import MNIST_DIR
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_shared = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"shared MNIST not found at {MNIST_DIR}")

@@ -17,7 +17,7 @@ from pyddpm.solvers import SAMPLERS
 from pyddpm.cli.sample import main as sample_main
 from pyddpm.cli.train import main as train_main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ONNX_SAMPLER = ROOT / "export" / "onnx_sampler.py"
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
 PYTHON = sys.executable

@@ -17,9 +17,9 @@ from pyddpm.store import CHECKPOINT_FILE, CheckpointError, load_model, read_chec
 from pyddpm.diffusion import DDPM
 from pyddpm.cli.sample import main as sample_main
 from pyddpm.cli.train import main as train_main
-from export_runs import MNIST_DIR
+from helpers.export_runs import MNIST_DIR
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"shared MNIST not found at {MNIST_DIR}")
 TINY = ["--data", "mnist", "--data-dir", str(MNIST_DIR), "--net", "unet", "--channels", "4,8", "--num-train", "320",
         "--batch-size", "16", "--T", "20", "--grid-samples", "0", "--device", "cpu"]

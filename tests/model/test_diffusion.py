@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from gaussian_model import ExactGaussianEpsilon, algorithm2_moments, expected_loss
+from helpers.gaussian_model import ExactGaussianEpsilon, algorithm2_moments, expected_loss
 
 from pyddpm import DDPM, FcNetwork
 from pyddpm.diffusion import normal_kl

@@ -1,6 +1,6 @@
 """The probability-flow ODE likelihood (``pyddpm.evaluate.ode_likelihood``) against closed forms.
 
-With the exact predictor of Gaussian data at every s (tests/gaussian_model.py) the ODE is linear, its flow map from
+With the exact predictor of Gaussian data at every s (tests/helpers/gaussian_model.py) the ODE is linear, its flow map from
 s0 to 1 is y -> C_1^{1/2} C_{s0}^{-1/2} y in y = x - sqrt(abar(s)) m (C_s = abar(s) S + (1 - abar(s)) I; all C_s
 commute), so the model's density is known exactly: log N(Phi(x); 0, I) + 1/2 log det C_1 - 1/2 log det C_{s0}. It
 differs from the data's own density only by the step-1 noise sigma_1 = 0.01 (the ODE starts at s0 = 1/T) and by
@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from gaussian_model import ContinuousMixtureEpsilon
+from helpers.gaussian_model import ContinuousMixtureEpsilon
 
 from pyddpm import DDPM, FcNetwork
 from pyddpm.data import DataTransform, toy_distribution

@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from activation_range import NETWORKS, TARGET, push_preactivations
+from helpers.activation_range import NETWORKS, TARGET, push_preactivations
 from pyddpm.accel import levers, linear
 from pyddpm.accel.elementwise import FastDropout, FastLogSigmoid
 from pyddpm.accel.fast_network import fast_network, native_bf16, training_network

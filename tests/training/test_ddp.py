@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from pyddpm.store import read_checkpoint
-from export_runs import MNIST_DIR
+from helpers.export_runs import MNIST_DIR
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"shared MNIST not found at {MNIST_DIR}")
@@ -22,7 +22,7 @@ def test_two_process_gloo_run_ends_with_identical_parameters(tmp_path):
             "--grid-samples", "4", "--grid-steps", "2", "--device", "cpu", "--out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1")  # pyddpm as this test process imports it (installed in CI)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(ROOT / "tests" / "ddp_worker.py"), *args],
+                             str(ROOT / "tests" / "helpers" / "ddp_worker.py"), *args],
                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "cpu x 2; 20 steps of batch 32 (= 16 x 2)" in result.stdout  # the effective batch is reported

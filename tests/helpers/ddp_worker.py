@@ -1,4 +1,4 @@
-"""Run by tests/test_ddp.py under torchrun: trains with pyddpm-train's Trainer, then saves this rank's weights
+"""Run by tests/training/test_ddp.py under torchrun: trains with pyddpm-train's Trainer, then saves this rank's weights
 (raw and EMA) as rank{RANK}.safetensors in the run directory, so the test can compare the ranks."""
 import sys
 from pathlib import Path

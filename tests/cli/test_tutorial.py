@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from export_runs import MNIST_DIR, ROOT
+from helpers.export_runs import MNIST_DIR, ROOT
 
 
 def test_tutorial_runs_on_the_tiny_budget(tmp_path):

@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from export_runs import (EXPORT_NETS, FEW_STEP, plan_flags, exported, pyddpm_samples, trained_run,
+from helpers.export_runs import (EXPORT_NETS, FEW_STEP, plan_flags, exported, pyddpm_samples, trained_run,
                          unet_available)
 
 from pyddpm import philox
@@ -212,7 +212,7 @@ def test_torchscript_noise_is_bit_identical_to_pyddpm_philox():
         got = noise(list(shape), seed, step, offset, cpu)
         assert torch.equal(got.view(torch.int32), philox.philox_normal(shape, seed, step, offset).view(torch.int32))
     # ln u1 and Box-Muller over a spread of the 2**24 inputs: compiled by TorchScript, the same bits as eager
-    # (eager against the kernels' bit casts of the spec: tests/test_philox.py)
+    # (eager against the kernels' bit casts of the spec: tests/ops/test_philox.py)
     words = (torch.arange(0, 2**24, 97, dtype=torch.int64) << 8) | 0x5A
     scripted = torch.jit.script(philox.normal_pair)
     for got, expected in zip(scripted(words, words.flip(0)), philox.normal_pair(words, words.flip(0))):

@@ -28,7 +28,7 @@ from pyddpm.ema import EMA
 from pyddpm.store import (CHECKPOINT_FILE, CONFIG_FILE, load_model, read_checkpoint, read_safetensors_metadata,
                           save_checkpoint)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--T", "10", "--hidden", "16", "--depth", "1", "--num-train", "256", "--batch-size", "64",
         "--num-samples", "8", "--device", "cpu"]
 MAINS = {"train": train_main, "sample": sample_main, "eval": eval_main, "export": export_main}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "pyddpm"
+PACKAGE = Path(__file__).resolve().parents[2] / "pyddpm"
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -14,7 +14,7 @@ from pyddpm.export.modules import Denoiser, ReverseStep
 from pyddpm.export.onnx_export import export_onnx
 from pyddpm.export.plans import HISTORY, ROW, export_plans
 from pyddpm.export.torchscript import export_torchscript
-from activation_range import NETWORKS, TARGET, push_preactivations
+from helpers.activation_range import NETWORKS, TARGET, push_preactivations
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit\..* is deprecated:FutureWarning")
 T = 10

@@ -4,7 +4,7 @@ import platform
 import sys
 
 import pytest
-from export_runs import RUNS
+from helpers.export_runs import RUNS
 
 from pyddpm.accel import memory
 from pyddpm.cli import eval as eval_cli

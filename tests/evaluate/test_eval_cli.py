@@ -12,7 +12,7 @@ from pyddpm.evaluate.classifier import ImageClassifier, checksum_path, save_clas
 from pyddpm.cli.eval import main as eval_main
 from pyddpm.cli.eval import samples_to_pixels
 from pyddpm.cli.train import main as train_main
-from export_runs import MNIST_DIR
+from helpers.export_runs import MNIST_DIR
 
 needs_shared = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"shared MNIST not found at {MNIST_DIR}")
 

@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from export_runs import EXPORT_NETS, FEW_STEP, plan_flags, exported, pyddpm_samples, trained_run
+from helpers.export_runs import EXPORT_NETS, FEW_STEP, plan_flags, exported, pyddpm_samples, trained_run
 
 from pyddpm import philox
 from pyddpm.store import load_model

@@ -1,6 +1,6 @@
 """The variational bound (Ho et al. eq. 5) in bits/dim, checked against closed forms.
 
-With the exact noise predictor of Gaussian data (tests/gaussian_model.py) eps*(x_t) is affine in x_t, so
+With the exact noise predictor of Gaussian data (tests/helpers/gaussian_model.py) eps*(x_t) is affine in x_t, so
 mu_theta(x_t) = A_t x_t + c_t and, for a fixed image x0, every term of the bound has a closed form:
 
     E_eps L_{t-1} = d/2 (log(sigma_t^2 / beta_tilde_t) + beta_tilde_t / sigma_t^2 - 1)
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import scipy.special
 import torch
-from gaussian_model import ExactGaussianEpsilon
+from helpers.gaussian_model import ExactGaussianEpsilon
 
 from pyddpm import DDPM, FcNetwork
 from pyddpm.evaluate.likelihood import (bound_terms, discretized_gaussian_log_likelihood, pixels_to_model,

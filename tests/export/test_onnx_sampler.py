@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from export_runs import (EXPORT_NETS, FEW_STEP, ONNX_SAMPLER, PYTHON, exported, plan_flags,
+from helpers.export_runs import (EXPORT_NETS, FEW_STEP, ONNX_SAMPLER, PYTHON, exported, plan_flags,
                          pyddpm_samples, torchless_env, trained_run, unet_available)
 from PIL import Image
 

@@ -14,7 +14,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from export_runs import (EXPORT_NETS, FEW_STEP, ROOT, exported, plan_flags, pyddpm_samples,
+from helpers.export_runs import (EXPORT_NETS, FEW_STEP, ROOT, exported, plan_flags, pyddpm_samples,
                          trained_run)
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit\..* is deprecated:FutureWarning")

@@ -12,7 +12,7 @@ from pyddpm.store import load_model
 from pyddpm.nets import DDPMUNet, ExerciseUNet, build_network
 from pyddpm.cli.sample import main as sample_main
 from pyddpm.cli.train import main as train_main
-from export_runs import MNIST_DIR
+from helpers.export_runs import MNIST_DIR
 
 needs_shared = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"shared MNIST not found at {MNIST_DIR}")
 

@@ -1,0 +1,2 @@
+"""What the test files share: the exact Gaussian model, the tiny trained and exported runs, networks pushed to
+trained activation ranges, and the DDP worker that test_ddp runs under torchrun."""
