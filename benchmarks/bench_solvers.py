@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import platform
 import shlex
@@ -65,6 +66,13 @@ def cpu_name() -> str:
     name = info.get("model name", platform.processor())
     return f"{name} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, {vector}), " \
            f"{torch.get_num_threads()} threads"
+
+
+def run_description(run: str) -> str:
+    """What trained ``run``: its data, network, epochs and seed, from its config.json."""
+    train = json.loads((Path(run) / "config.json").read_text())["train"]
+    return (f"`pyddpm-train --data {train['data']} --net {train['net']} --epochs {train['epochs']} "
+            f"--seed {train['seed']}`")
 
 
 def diffusers_sample(model, network, name: str, nfe: int, x_T: torch.Tensor, seed: int) -> torch.Tensor:
@@ -235,8 +243,11 @@ def main(argv=None) -> int:
     p.add_argument("--docs", default="docs", help="where solvers.md and the plots go (default docs)")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
+    argv = [{args.toy: "TOY_RUN", args.mnist: "MNIST_RUN"}.get(a, a) for a in sys.argv[1:]]
+    runs = "; ".join(f"{name}: {run_description(run)}"
+                     for name, run in (("TOY_RUN", args.toy), ("MNIST_RUN", args.mnist)) if run)
     stamp = (f"{cpu_name()}, torch {torch.__version__}, {datetime.date.today()}; command: "
-             f"`python benchmarks/bench_solvers.py {shlex.join(sys.argv[1:])}`")
+             f"`python benchmarks/bench_solvers.py {shlex.join(argv)}` ({runs})")
     docs = Path(args.docs)
     rows = list(PYDDPM) + list(DIFFUSERS)
     model, config = load_model(args.toy, "cpu")
@@ -279,7 +290,8 @@ def main(argv=None) -> int:
                  "", table, "", "| workload | ms per call, loop | ms per call, network alone | ratio |",
                  "|---|---:|---:|---:|", loop_cost(mnist, mconfig, 64)]
         whole_run = args.mnist
-    page += ["", f"## The whole command: `pyddpm-sample {Path(whole_run).name} --num 64 --steps N`", "",
+    whole = "MNIST_RUN" if args.mnist else "TOY_RUN"
+    page += ["", f"## The whole command: `pyddpm-sample {whole} --num 64 --steps N`", "",
              f"Measured on {stamp}. Median wall seconds of three runs each, interleaved, the process included.", "",
              "| NFE | default | --eager | ratio |", "|---:|---:|---:|---:|",
              command_cost(whole_run, NFES[:4], 64)]
