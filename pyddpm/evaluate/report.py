@@ -154,7 +154,7 @@ def metrics_table(metrics: dict, config: dict) -> str:
     if not rows:  # images: the bound and the Frechet distance need pyddpm-eval
         lines = [f"{describe_run(config)}: trained {metrics['steps']} steps in {metrics['train_seconds']:.0f} s"]
         if "sampling_seconds" in metrics:
-            lines.append(f"samples.png: {metrics['sampled_images']} images by Algorithm 2 in "
+            lines.append(f"samples.png: {metrics['sampled_images']} images by {metrics['sampler']} in "
                          f"{metrics['sampling_seconds']:.0f} s")
         lines.append("for bits/dim and the Frechet distance beside their floors run: pyddpm-eval RUN")
         return "\n".join(lines)
@@ -166,8 +166,8 @@ def metrics_table(metrics: dict, config: dict) -> str:
 
 def write_run_report(run_dir: Path, model, config: dict, timing: dict, metrics_csv: Path) -> dict:
     """Write ``loss.png``, ``metrics.json`` and ``samples.png`` for a finished run and return the metrics: toy data
-    beside its true density (with the toy metrics of ``num_samples`` samples), images as a grid drawn by Algorithm 2
-    with all T steps. ``model`` is the sampling model, ``timing`` the training's steps and seconds."""
+    beside its true density (with the toy metrics of ``num_samples`` samples), images as a grid; both drawn by
+    ``default_plan``, whose sampler and calls metrics.json names. ``model`` is the sampling model, ``timing`` the training's steps and seconds."""
     train = config["train"]
     with open(metrics_csv) as f:
         rows = list(csv.DictReader(f))
@@ -188,7 +188,9 @@ def write_run_report(run_dir: Path, model, config: dict, timing: dict, metrics_c
         if train["grid_samples"] > 0:
             seconds = write_sample_grid(model, config, run_dir / "samples.png", train["grid_samples"], train["seed"],
                                         when=f"after step {timing['steps']}", run_dir=run_dir)
-            metrics.update(sampling_seconds=round(seconds, 2), sampled_images=train["grid_samples"])
+            plan = default_plan(model, run_dir=run_dir)
+            metrics.update(sampling_seconds=round(seconds, 2), sampled_images=train["grid_samples"],
+                           sampler=sampler_label(model, plan), nfe=plan.nfe if plan else 1)
         write_json(run_dir / "metrics.json", metrics)
         return metrics
     model.eval()

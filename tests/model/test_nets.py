@@ -12,6 +12,8 @@ from pyddpm.store import load_model
 from pyddpm.nets import DDPMUNet, ExerciseUNet, build_network
 from pyddpm.cli.sample import main as sample_main
 from pyddpm.cli.train import main as train_main
+from pyddpm.samplers import plan_for
+from pyddpm.solvers import DEFAULT_SAMPLER, DEFAULT_STEPS
 from helpers.export_runs import MNIST_DIR
 
 needs_shared = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"shared MNIST not found at {MNIST_DIR}")
@@ -113,6 +115,8 @@ def test_a_few_hundred_cpu_steps_lower_the_loss(name, tmp_path):
         assert sorted(p.name for p in (run / "grids").iterdir()) == ["epoch_001.png", "epoch_002.png"]
         assert (run / "samples.png").read_bytes()[:4] == b"\x89PNG"
         model, _ = load_model(run)
+        plan = plan_for(model, DEFAULT_SAMPLER, DEFAULT_STEPS)  # the grid's sampler, which metrics.json names
+        assert metrics["sampler"].startswith(plan.label()) and metrics["nfe"] == plan.nfe == DEFAULT_STEPS
         npy = tmp_path / "s.npy"
         assert sample_main([str(run), "--num", "6", "--steps", "10", "--out", str(npy), "--device", "cpu"]) == 0
         samples = np.load(npy)
