@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..diffusion import DDPM
 
+BAR_FORMAT = "{l_bar}{bar}| {n:.0f}/{total} [{elapsed}<{remaining}{postfix}]"  # n: examples, fractional in a batch
 SOLVER = "dopri5"  # torchdiffeq's adaptive Dormand-Prince 5(4), as in Song et al. and FFJORD
 
 
@@ -156,7 +157,7 @@ def ode_log_likelihood(model: DDPM, x: torch.Tensor, *, rtol: float = 1e-5, atol
     probe_variance = torch.empty(n, dtype=torch.float64) if probes and probes > 1 else None
     calls, sizes = [], []
     bar = tqdm(total=n, desc=f"ODE likelihood ({SOLVER}, rtol {rtol:g})", unit="ex", disable=not progress,
-               dynamic_ncols=True, leave=False)
+               dynamic_ncols=True, leave=False, bar_format=BAR_FORMAT)
     times = torch.tensor([schedule.start, 1.0], dtype=torch.float64, device=device)
     for start in range(0, n, batch_size):
         x0 = x[start:start + batch_size].to(device, torch.float64)
@@ -173,8 +174,11 @@ def ode_log_likelihood(model: DDPM, x: torch.Tensor, *, rtol: float = 1e-5, atol
                 eps = network(xg, time)
                 div_eps = divergence(eps, xg, v)
             count[0] += 1
-            if count[0] % 8 == 0:
+            # examples, counting s's share of this batch (dopri5 may step past s = 1 and interpolate back)
+            done = start + b * min(1.0, (s - schedule.start) / (1.0 - schedule.start))
+            if done > bar.n:
                 bar.set_postfix(s=f"{s:.3f}", calls=count[0], refresh=False)
+                bar.update(done - bar.n)
             drift = -0.5 * beta * (state[0] - eps.detach().double() / sigma)  # eq. 13
             return drift, -0.5 * beta * (dims - div_eps / sigma)
 
@@ -189,7 +193,7 @@ def ode_log_likelihood(model: DDPM, x: torch.Tensor, *, rtol: float = 1e-5, atol
             probe_variance[start:start + b] = (per_probe.var(1) / probes).cpu()
         calls.append(count[0])
         sizes.append(b)
-        bar.update(b)
+        bar.update(start + b - bar.n)
     bar.close()
     return OdeLikelihood(log_density=log_density, probe_variance=probe_variance, network_calls=calls,
                          batch_sizes=sizes, rtol=rtol, atol=atol, probes=probes)

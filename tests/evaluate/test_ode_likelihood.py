@@ -145,3 +145,24 @@ def test_a_network_in_training_mode_is_refused():
     model.train()
     with pytest.raises(ValueError, match="training mode"):
         ode_log_likelihood(model, torch.zeros(2, 4))
+
+
+def test_the_progress_bar_advances_within_a_batch(monkeypatch):
+    """The bar counts examples and moves with the integration time inside each batch, so its ETA is live from the
+    first network calls, not only after a whole batch has been solved; it ends at the number of examples."""
+    import pyddpm.evaluate.ode_likelihood as module
+
+    seen = []
+
+    class Recorder(module.tqdm):
+        def update(self, n=1):
+            super().update(n)
+            seen.append(self.n)
+
+    monkeypatch.setattr(module, "tqdm", Recorder)
+    model = exact_ddpm(MEAN[None], COV[None], torch.ones(1), T=100)
+    x = MEAN + torch.randn(10, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 0.1
+    ode_log_likelihood(model, x, batch_size=5, rtol=1e-4, atol=1e-4, progress=True)
+    inside_first = [n for n in seen if 0 < n < 5]
+    assert len(inside_first) >= 3 and inside_first == sorted(inside_first), seen
+    assert all(b >= a - 1e-9 for a, b in zip(seen, seen[1:])) and seen[-1] == pytest.approx(10), seen
