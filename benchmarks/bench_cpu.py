@@ -6,10 +6,10 @@ Sampling, per network and batch, each a loop of --steps reverse steps, medians o
     network alone      the network's forward in eager float32 (what any loop costs at least)
     course loop        the exercise's Algorithm 2: eager network, torch.randn and the update formula
     diffusers          the eager network and diffusers' DDPMScheduler.step (when diffusers is installed)
-    pyddpm --eager     pyddpm's samplers with the network as trained (the default until this benchmark)
-    pyddpm fp32        pyddpm's default: the fused update around the network's fast copy (pyddpm.accel)
+    pyddpm --eager     pyddpm's samplers with the network as trained (DDPM.sample; short loops of the CLI)
+    pyddpm fp32        the fused update around the network's fast copy (pyddpm.accel; the CLI's long loops)
     pyddpm bf16        pyddpm.accel.fast_network with --precision bf16
-    pyddpm's network alone   the chosen network's forward; the loop's overhead over it is the median ratio of
+    pyddpm's network alone   the fast copy's forward; the loop's overhead over it is the median ratio of
                        --overhead-pairs adjacent pairs of runs (A B, B A, ...), with a ~95% interval
     onnxruntime        pyddpm's own step.onnx (network and update) in onnxruntime, numpy noise
 
@@ -53,7 +53,7 @@ from pyddpm.cli.train import main as train_main
 from pyddpm.config import TrainConfig
 from pyddpm.export import export_run
 from pyddpm import ops
-from pyddpm.accel import keep_freed_memory, levers_for, loop_network, native_bf16, training_network
+from pyddpm.accel import keep_freed_memory, levers_for, native_bf16, sampling_network, training_network
 from pyddpm.accel.fast_network import fast_network
 from pyddpm.accel.levers import CPU_CLASSES
 from pyddpm.nets import build_network
@@ -178,8 +178,9 @@ def sampling_row(name: str, run_dir: Path, args, tmp: Path) -> dict:
     x, t_in = torch.randn(shape), torch.full((batch, 1), 0.5)
     start = time.perf_counter()
     with torch.no_grad():
-        chosen = loop_network(short, x, t_in, steps)
-    choice_seconds = time.perf_counter() - start
+        chosen = sampling_network(short)  # the fast copy, as the console scripts' long loops get it
+        chosen(x, t_in)
+    copy_seconds = time.perf_counter() - start  # making the copy and its first call
 
     def network_alone():
         for _ in range(steps):
@@ -193,8 +194,8 @@ def sampling_row(name: str, run_dir: Path, args, tmp: Path) -> dict:
         "course loop": lambda: course_loop(short, shape),
         "diffusers": None if scheduler is None else lambda: diffusers_loop(short, shape, scheduler),
         "pyddpm --eager": lambda: ddpm_sample(short, shape, seed=0, fast=False),
-        "pyddpm fp32": lambda: ddpm_sample(short, shape, seed=0),
-        "pyddpm bf16": (lambda: ddpm_sample(short, shape, seed=0, precision="bf16")) if BF16 else None,
+        "pyddpm fp32": lambda: ddpm_sample(short, shape, seed=0, fast=True, runtime="torch"),
+        "pyddpm bf16": (lambda: ddpm_sample(short, shape, seed=0, precision="bf16", fast=True)) if BF16 else None,
         "pyddpm's network alone": fast_alone,
         "onnxruntime": onnx_loop(run_dir, shape, steps, args.threads, tmp / name),
     }
@@ -202,7 +203,7 @@ def sampling_row(name: str, run_dir: Path, args, tmp: Path) -> dict:
     ms = {k: 1e3 * v for k, v in interleaved(candidates, args.repeats, steps, spinning={"onnxruntime"}).items()}
     overhead = loop_overhead(fast_alone, candidates["pyddpm fp32"], args.overhead_pairs)
     return {"net": name, "label": NETS[name][0], "batch": batch, "ms_per_step": ms, "loop_overhead": overhead,
-            "choice_seconds": choice_seconds}
+            "copy_seconds": copy_seconds}
 
 
 def training_seconds(trainers: dict, args) -> dict[str, float]:
@@ -364,7 +365,7 @@ def paths_tables(sampling: list[dict], training: list[dict], args) -> str:
             out.append(f"| {label} | " + " | ".join(f"{r['ms_per_step'][slow] / r['ms_per_step'][fast]:.2f}x"
                                                if {slow, fast} <= r["ms_per_step"].keys() else "n/a"
                                                for r in sampling) + " |")
-        out.append("| the fast copy's one-time cost | " + " | ".join(f"{r['choice_seconds']:.2f} s" for r in sampling)
+        out.append("| the fast copy's one-time cost | " + " | ".join(f"{r['copy_seconds']:.2f} s" for r in sampling)
               + " |")
         out.append(f"| loop overhead over the chosen network's forward: median of {args.overhead_pairs} paired runs "
               "(~95% interval) | " + " | ".join(

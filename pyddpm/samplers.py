@@ -170,8 +170,7 @@ def run_plan(model, shape, plan: SolverPlan, *, seed: int | None = None, backend
                  disable=not progress, leave=False)
     reached = list(timesteps[1:]) + [0]  # the step each call arrives at
     with torch.no_grad():
-        network = loop_network(model, x, model.time_input(timesteps[0], shape[0]), len(timesteps), precision, fast,
-                               runtime)
+        network = loop_network(model, len(timesteps), precision, fast, runtime)
         if callback is not None:
             callback(timesteps[0], x)
         if use_graph:

@@ -9,9 +9,10 @@ import torch
 from .fast_network import check_network_options, fast_network
 
 RUNTIMES = ("auto", "torch")
-# runtime="auto" makes the fast copy only for float32 loops the network as built would take this long over: making
-# it costs about as much as a short loop saves (docs/solvers.md, the whole command); bf16 always takes the copy
-FAST_FROM_SECONDS = 1.0
+# runtime="auto" moves a float32 loop to the fast copy only when its remaining calls, at the first call's time, would
+# take this long: making the copy (and its first calls) costs seconds on a U-Net, and the copy saves about a quarter
+# of each call there (docs/solvers.md, the whole command; docs/performance.md, the levers); bf16 always takes it
+FAST_FROM_SECONDS = 10.0
 
 
 def sampling_network(model, precision: str = "fp32", fast: bool = True):
@@ -58,17 +59,29 @@ def check_runtime_options(precision: str, fast: bool, runtime: str) -> None:
                          "exported models: pyddpm-export, then export/onnx_sampler.py)")
 
 
-def loop_network(model, x: torch.Tensor, t_in: torch.Tensor, steps: int, precision: str = "fp32",
-                 fast: bool = True, runtime: str = "auto"):
-    """What evaluates eps_theta in a loop of ``steps`` steps on batches shaped like ``x`` (time input ``t_in``):
-    ``sampling_network(model, precision, fast)``; with ``runtime="auto"`` a float32 loop that the network as built
-    would finish in under ``FAST_FROM_SECONDS`` (one call timed after a warm-up call) keeps the network as built,
-    whose first calls need no copy. Run under torch.no_grad()."""
+def loop_network(model, steps: int, precision: str = "fp32", fast: bool = True, runtime: str = "auto"):
+    """What evaluates eps_theta in a loop of ``steps`` calls: ``sampling_network(model, precision, fast)``, except
+    that with ``runtime="auto"`` a float32 loop without a fast copy yet makes its first call with the network as
+    built, timed, and moves to the fast copy only if the remaining ``steps - 1`` calls would take
+    ``FAST_FROM_SECONDS`` or more at that time (no call is spent on measuring). Run under torch.no_grad()."""
     check_runtime_options(precision, fast, runtime)
     if fast and runtime == "auto" and precision == "fp32" and not _has_fast_copy(model, precision):
-        model.network(x, t_in)
-        start = time.perf_counter()
-        model.network(x, t_in)
-        if (time.perf_counter() - start) * steps < FAST_FROM_SECONDS:
-            return model.network
+        return _FirstCallDecides(model, steps)
     return sampling_network(model, precision, fast)
+
+
+class _FirstCallDecides:
+    """eps_theta for ``loop_network``'s auto runtime: the network as built for the first call, then the network
+    that call's time chose."""
+
+    def __init__(self, model, steps: int):
+        self.model, self.steps, self.network = model, steps, None
+
+    def __call__(self, x: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
+        if self.network is not None:
+            return self.network(x, t_in)
+        start = time.perf_counter()
+        eps = self.model.network(x, t_in)
+        repays = (time.perf_counter() - start) * (self.steps - 1) >= FAST_FROM_SECONDS
+        self.network = sampling_network(self.model, "fp32") if repays else self.model.network
+        return eps

@@ -106,18 +106,30 @@ def test_defaults(given, want):
 
 
 def test_auto_makes_the_fast_copy_only_for_loops_that_repay_it(chequerboard_model, monkeypatch):
-    """runtime="auto": a loop the network as built finishes quickly keeps it (no copy made); a long one (here: any,
-    the threshold set to 0) gets the fast copy, which then serves later loops without timing again."""
+    """runtime="auto": the first call runs on the network as built, and no call is spent on timing; a loop whose
+    remaining calls are quick keeps that network (no copy made), a long one (here: any, the threshold set to 0)
+    moves to the fast copy from its second call, and the copy then serves later loops at once."""
     from pyddpm.accel import loop_network, runtime
 
     x, t_in = torch.randn(50, 2), chequerboard_model.time_input(200, 50)
+    network = chequerboard_model.network
+    calls = []
+    handle = network.register_forward_hook(lambda *_: calls.append(1))
     chequerboard_model.__dict__.pop("_fast_network_cache", None)
-    with torch.no_grad():
-        assert loop_network(chequerboard_model, x, t_in, 1, fast=True, runtime="auto") is chequerboard_model.network
-        assert "fp32" not in chequerboard_model.__dict__.get("_fast_network_cache", {})
-        monkeypatch.setattr(runtime, "FAST_FROM_SECONDS", 0.0)
-        fast = loop_network(chequerboard_model, x, t_in, 1, fast=True, runtime="auto")
-        assert fast is not chequerboard_model.network
-        monkeypatch.setattr(runtime, "FAST_FROM_SECONDS", 1e9)
-        assert loop_network(chequerboard_model, x, t_in, 1, fast=True, runtime="auto") is fast
-        assert loop_network(chequerboard_model, x, t_in, 1, fast=True, runtime="torch") is fast
+    try:
+        with torch.no_grad():
+            short = loop_network(chequerboard_model, 3, fast=True, runtime="auto")
+            eps = [short(x, t_in) for _ in range(3)]
+            assert len(calls) == 3  # every call on the network as built: the user's hooks see each one
+            assert "fp32" not in chequerboard_model.__dict__.get("_fast_network_cache", {})
+            monkeypatch.setattr(runtime, "FAST_FROM_SECONDS", 0.0)
+            long = loop_network(chequerboard_model, 3, fast=True, runtime="auto")
+            assert torch.equal(long(x, t_in), eps[0]) and len(calls) == 4  # the first call: the network as built
+            fast = runtime.sampling_network(chequerboard_model)  # the copy the first call made
+            assert long.network is fast and fast is not network
+            assert torch.allclose(long(x, t_in), eps[0], rtol=1e-5, atol=1e-5)
+            monkeypatch.setattr(runtime, "FAST_FROM_SECONDS", 1e9)
+            assert loop_network(chequerboard_model, 3, fast=True, runtime="auto") is fast
+            assert loop_network(chequerboard_model, 3, fast=True, runtime="torch") is fast
+    finally:
+        handle.remove()
