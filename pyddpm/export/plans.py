@@ -1,4 +1,4 @@
-"""The few-step plans an export carries (/work/solver-contract.md, issue 32): the one ``pyddpm-export`` was asked
+"""The few-step plans an export carries (docs/export.md, issue 32): the one ``pyddpm-export`` was asked
 for, and every shipped sampler at the NFEs of ``TABLE_STEPS``, as numbers for the manifest and as float32 tables
 for the scripted sampler. Algorithm 2 itself ("ddpm" with all T steps) is not a plan here: ``step.onnx`` and the
 manifest's ``step_coefficients`` already carry it.
@@ -50,12 +50,11 @@ def export_plans(model, run_dir, sampler: str | None = None, steps: int | None =
     pyddpm-sample's defaults (``solvers.resolve_sampler``) and, as pyddpm-sample takes them, the run's tuned time
     steps where stored. ValueError naming --sampler or --steps for a plan that cannot be built, before anything is
     written."""
-    asked = sampler is not None or steps is not None
     if sampler is not None:
         check_sampler(sampler)
-    sampler, steps = resolve_sampler(sampler, steps)
-    if not asked and steps >= model.T:  # T no more than the default's calls: Algorithm 2, as pyddpm-sample runs
-        sampler, steps = ALGORITHM_2, model.T
+    sampler, steps = resolve_sampler(sampler, steps, model.T)
+    if sampler == ALGORITHM_2 and steps is None:  # T no more than the default's calls, or asked for
+        steps = model.T
     tuned = tuned_timesteps(run_dir)
 
     def plan(name: str, n: int):

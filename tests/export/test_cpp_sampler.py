@@ -80,7 +80,7 @@ def test_plan_flags_that_the_export_does_not_carry_are_refused(cpp_sampler, tmp_
     cases = [
         (("--sampler", "euler", "--steps", 10), "unknown --sampler 'euler': this export carries"),
         (("--steps", 7), f"re-export the run with `pyddpm-export RUN --out DIR --sampler {default} --steps 7`"),
-        (("--steps", 21), "--steps must be in [1, T = 20], got 21"),
+        (("--steps", 31), "--steps must be in [1, T = 30], got 31"),
         (("--steps", 0), "--steps must be an integer in [1, "),
     ]
     for args, message in cases:

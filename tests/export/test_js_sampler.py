@@ -120,7 +120,7 @@ def test_plan_flags_that_the_export_does_not_carry_are_refused(tmp_path_factory,
     cases = [
         ((out, "--sampler", "euler", "--steps", 10), "unknown --sampler euler: this export carries"),
         ((out, "--steps", 7), f"re-export the run with `pyddpm-export RUN --out DIR --sampler {default} --steps 7`"),
-        ((out, "--steps", 21), "--steps must be an integer in [1, T = 20], got 21"),
+        ((out, "--steps", 31), "--steps must be an integer in [1, T = 30], got 31"),
         ((out, "--steps", 0), "--steps must be a positive integer"),
         ((old, "--steps", 10), "carries no few-step plans (it predates them)"),
     ]

@@ -93,9 +93,9 @@ def test_plan_flags_that_the_export_does_not_carry_are_refused(tmp_path_factory,
         (("--sampler", FEW_STEP[0], "--steps", 7), f"--sampler {FEW_STEP[0]} --steps 7`"),
         (("--steps", 7), f"re-export the run with `pyddpm-export RUN --out DIR --sampler "
                          f"{manifest['solvers']['default_sampler']} --steps 7`"),
-        (("--steps", 0), "--steps must be in [1, T = 20], got 0"),
-        (("--steps", 21), "--steps must be in [1, T = 20], got 21"),
-        (("--sampler", "ddpm", "--steps", 10), "--sampler ddpm at --steps 20, not 10"),
+        (("--steps", 0), "--steps must be in [1, T = 30], got 0"),
+        (("--steps", 31), "--steps must be in [1, T = 30], got 31"),
+        (("--sampler", "ddpm", "--steps", 10), "--sampler ddpm at --steps 30, not 10"),
     ]
     for args, message in cases + [((old, "--steps", 10), "carries no few-step plans (it predates them)")]:
         model = () if args[0] == old else (out,)

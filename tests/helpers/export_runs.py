@@ -35,7 +35,7 @@ def unet_available(name: str = "unet") -> tuple[bool, str]:
 EXPORT_NETS = ["toy", pytest.param("unet", marks=pytest.mark.skipif(not unet_available()[0], reason=unet_available()[1]))]
 
 RUNS = {
-    "toy": ["--data", "cb", "--hidden", "16", "--depth", "2", "--T", "20"],
+    "toy": ["--data", "cb", "--hidden", "16", "--depth", "2", "--T", "30"],
     "unet": ["--data", "mnist", "--data-dir", str(MNIST_DIR), "--net", "unet", "--channels", "8,16,16",
              "--T", "8", "--grid-samples", "4", "--grid-steps", "2"],
     "unet-ddpm": ["--data", "mnist", "--data-dir", str(MNIST_DIR), "--net", "unet-ddpm", "--channels", "16,32",

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from pyddpm.cli.sample import main as sample_main
 from pyddpm.samplers import generate_samples, plan_for
+from pyddpm.solvers import DEFAULT_SAMPLER
 from pyddpm.step_tuning import tune_timesteps
 from pyddpm.store import STEPS_FILE, load_model, save_checkpoint, tuned_timesteps, write_tuned_timesteps
 
@@ -40,14 +41,15 @@ def test_stored_steps_belong_to_the_weights_they_were_tuned_for(run, chequerboar
 
 
 def test_pyddpm_sample_uses_the_stored_steps(run, tmp_path, capsys):
-    write_tuned_timesteps(run, "unipc", [200, 150, 90, 40, 8], {"tuned": 0.1})
+    write_tuned_timesteps(run, DEFAULT_SAMPLER, [200, 150, 90, 40, 8], {"tuned": 0.1})  # --steps alone
     out = tmp_path / "s.npy"
     assert sample_main([str(run), "--num", "50", "--steps", "5", "--out", str(out), "--device", "cpu",
                         "--eager"]) == 0
     loaded, config = load_model(run)  # the same samples as the explicit time steps (the network as trained)
-    want = generate_samples(loaded, config["data"], 50, seed=0, sampler="unipc", timesteps=[200, 150, 90, 40, 8])
+    want = generate_samples(loaded, config["data"], 50, seed=0, sampler=DEFAULT_SAMPLER,
+                            timesteps=[200, 150, 90, 40, 8])
     np.testing.assert_array_equal(np.load(out), want.numpy())
-    assert plan_for(loaded, "unipc", timesteps=[200, 150, 90, 40, 8]).spacing == "model"
+    assert plan_for(loaded, DEFAULT_SAMPLER, timesteps=[200, 150, 90, 40, 8]).spacing == "model"
     # --spacing asks for a fixed spacing instead
     assert sample_main([str(run), "--num", "50", "--steps", "5", "--spacing", "trailing", "--out", str(out),
                         "--device", "cpu", "--eager"]) == 0
