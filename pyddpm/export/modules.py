@@ -69,7 +69,7 @@ class ReverseStep(nn.Module):
 
 
 def solver_update(x: Tensor, eps: Tensor, z: Tensor, h: Tensor, row: Tensor, clip: Tensor) -> Tuple[Tensor, Tensor]:
-    """One call of a few-step plan after the network (/work/solver-contract.md), in the fused kernel's float32
+    """One call of a few-step plan after the network (docs/export.md), in the fused kernel's float32
     order: d = p x + q eps (clamped to [lo, hi] where ``clip``); x_next = a x + b eps, + c d, + h_k H_k for
     k = 0, 1, 2, + sigma z; the history shifts to [d, H_0, H_1]. ``row`` holds [a, b, sigma, c, p, q, lo, hi,
     h_0, h_1, h_2]; ``h`` (batch, 3, *x.shape[1:]) the buffers H_k (zero at the start; unused ones meet h_k = 0)."""

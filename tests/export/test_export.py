@@ -101,7 +101,7 @@ def test_step_onnx_matches_the_pytorch_step(net, tmp_path_factory):
 
 
 def contract_step(x, eps, z, h, row, clip):
-    """One call of a few-step plan in float64 (/work/solver-contract.md): (x_next, [d, H_0, H_1])."""
+    """One call of a few-step plan in float64 (docs/export.md): (x_next, [d, H_0, H_1])."""
     x, eps, z, h, row = (np.asarray(v, dtype=np.float64) for v in (x, eps, z, h, row))
     a, b, sigma, c, p, q, lo, hi = row[:8]
     d = p * x + q * eps
