@@ -104,7 +104,7 @@ LEVERS = [
     Lever("onednn-linear", "linear", _LINEARS,
           "oneDNN's Linear, the activation after it fused (ReLU and LeakyReLU everywhere, others where not AVX2 "
           "only), in bf16 with bfloat16 weights made once", "any", _ANY, ("sample",),
-          f"toy FcNetwork sampling 1.11x, DDPM U-Net sampling 1.00x ({HERE})", BENCH,
+          f"toy FcNetwork sampling 1.07-1.11x; DDPM U-Net sampling 0.92-1.11x over five runs ({HERE})", BENCH,
           lambda m, a, c: _linear(m, c, a),
           linear.onednn_linear_works, followed_by=tuple(linear.POST_OPS)),
     Lever("onednn-linear", "linear", _LINEARS, "oneDNN's Linear", "any", _ANY, ("sample",),
