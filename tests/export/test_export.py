@@ -260,7 +260,7 @@ def test_a_network_the_trace_cannot_capture_is_refused():
     (["--batch", "1"], "must be >= 2"),
     (["--sampler", "euler", "--steps", "10"], "--sampler: unknown sampler 'euler'; choose one of"),
     (["--steps", "0"], "--steps must be"),
-    (["--steps", "21"], "--steps must be"),
+    (["--steps", "31"], "--steps must be"),
     (["--sampler", "dpm++3m", "--steps", "2"], "dpm++3m is of order 3 and needs at least 3 steps"),
     (["--sampler", "ddpm", "--steps", "10"], "--steps"),
 ])
