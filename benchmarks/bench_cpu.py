@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 import tempfile
@@ -48,6 +47,7 @@ import torch
 
 from bench_export import onnx_sampler_module
 from gpu_check_parts import course_loop, ddpm_scheduler, diffusers_loop
+from machine import cpu_model
 from pyddpm import DDPM
 from pyddpm.cli.train import main as train_main
 from pyddpm.config import TrainConfig
@@ -331,16 +331,9 @@ def write_docs(section: str, text: str, args) -> None:
 
 
 def cpu_name() -> str:
-    """The CPU's model name and its vector extensions as torch uses them."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
-        info = {k.strip(): v.strip() for k, v in info.items()}
-        model = f"{info['model name']}, family {info['cpu family']} model {info['model']}"
-    except (OSError, KeyError):
-        model = platform.processor() or platform.machine()
+    """The CPU (machine.cpu_model) and the lever classes it falls in."""
     flags = [name for name, (_, test) in CPU_CLASSES.items() if test() and name != "any"]
-    return f"{model} ({torch.backends.cpu.get_cpu_capability()}; {', '.join(flags) or 'no class'})"
+    return f"{cpu_model()} ({', '.join(flags) or 'no class'})"
 
 
 def paths_tables(sampling: list[dict], training: list[dict], args) -> str:

@@ -19,7 +19,6 @@ import argparse
 import datetime
 import json
 import math
-import platform
 import re
 import shlex
 import subprocess
@@ -33,6 +32,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from machine import cpu_model  # noqa: E402
 from pyddpm import ops  # noqa: E402
 from pyddpm.accel import sampling_network  # noqa: E402
 from pyddpm.data import load_images, toy_distribution  # noqa: E402
@@ -60,15 +60,8 @@ DIFFUSERS = {  # row -> (scheduler class name, its options)
 
 
 def cpu_name() -> str:
-    """The CPU's model name, family/model and widest vector extension, with the threads used."""
-    info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
-    info = {k.strip(): v.strip() for k, v in info.items()}
-    flags = info.get("flags", "").split()
-    vector = "AMX" if "amx_tile" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else \
-        "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    name = info.get("model name", platform.processor())
-    return f"{name} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, {vector}), " \
-           f"{torch.get_num_threads()} threads"
+    """The CPU (machine.cpu_model) with the threads used."""
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def run_description(run: str) -> str:

@@ -22,7 +22,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import re
 import shlex
 import subprocess
@@ -38,6 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from machine import cpu_model  # noqa: E402
 from pyddpm.baselines import default_kwargs  # noqa: E402
 from pyddpm.cli.train import DDPM_SETTINGS  # noqa: E402
 from pyddpm.config import TrainConfig  # noqa: E402
@@ -638,19 +638,8 @@ def _threads_phrase(page: Page) -> str:
 
 
 def machine_phrase(page: Page) -> str:
-    """This CPU (model name, family and model, vector capability), its cores, torch and the runs' threads."""
-    info = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines():
-            key, _, value = line.partition(":")
-            info[key.strip()] = value.strip()
-    except OSError:
-        pass
-    name = info.get("model name", platform.processor() or platform.machine())
-    if "cpu family" in info:
-        name += f", family {info['cpu family']} model {info.get('model', '?')}"
-    return (f"the CPU ({name}, {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores, torch "
-            f"{torch.__version__}, {_threads_phrase(page)})")
+    """This CPU (machine.cpu_model), its cores, torch and the runs' threads."""
+    return f"the CPU ({cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {_threads_phrase(page)})"
 
 
 def render_header(page: Page) -> list[str]:
