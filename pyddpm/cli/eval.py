@@ -43,6 +43,9 @@ from .common import (add_sampler_flags, add_sampling_network_flags, check_float,
 EVAL_FILE = "eval.json"
 GRID_IMAGES = 100
 LIKELIHOODS = ("bound", "ode", "both")
+# |x(1)| / sqrt(D) beyond which an image's ODE end point is far outside N(0, I)'s typical set (1 +- D^-1/2):
+# its prior log-density, about -D radius^2 / 2, then carries the image's bits/dim
+ESCAPE_RADIUS = 2.0
 ODE_FLAGS = ("rtol", "atol", "probes")  # flags of --likelihood ode; their defaults are set in main
 
 
@@ -208,7 +211,8 @@ def image_ode_likelihood(model, pixels: torch.Tensor, args) -> dict:
     n = len(bpd)
     record = {"ode_bits_per_dim": float(bpd.mean()), "ode_bits_per_dim_se": float(bpd.std() / math.sqrt(n)),
               "ode_bits_per_dim_median": float(bpd.median()), "ode_bits_per_dim_max": float(bpd.max()),
-              "test_images": n, **ode_settings(result, args, seconds),
+              "images_escaped": int((result.end_radius > ESCAPE_RADIUS).sum()), "test_images": n,
+              **ode_settings(result, args, seconds),
               "convention": "pixels dequantised once, x = 2(k + u)/255 - 1; bits/dim = (-log p(x)/D + log(255/2)) / "
                             "log 2, as the flow's exact bits/dim"}
     if result.probe_variance is not None:  # the probes' share of the standard error
@@ -224,7 +228,9 @@ def ode_row(ode: dict) -> str:
         return (f"| bits/dim, {how} ({ode['test_images']} test images) | {ode['ode_bits_per_dim']:.4f} ± "
                 f"{ode['ode_bits_per_dim_se']:.4f} | |\n"
                 f"| the same, median (largest) over the images | {ode['ode_bits_per_dim_median']:.4f} "
-                f"({ode['ode_bits_per_dim_max']:.2f}) | |")
+                f"({ode['ode_bits_per_dim_max']:.4g}) | |\n"
+                f"| images whose ODE end point x(1) lies beyond {ESCAPE_RADIUS:g} sqrt(D) (N(0, I): 1 sqrt(D)) | "
+                f"{ode.get('images_escaped', '')} | |")
     return (f"| -log p(x) in nats, {how} ({ode['test_points']} test points) | {ode['ode_nll_nats']:.4f} ± "
             f"{ode['ode_nll_se']:.4f} | {ode['true_nats']:.4f} (truth) |\n"
             f"| ODE NLL minus the truth's, paired point by point | {ode['paired_gap_nats']:.4f} ± "

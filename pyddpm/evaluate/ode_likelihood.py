@@ -106,6 +106,7 @@ class OdeLikelihood:
     """log p_{s0}(x) per example in nats of model space (float64, shape (n,)), with how it was computed."""
 
     log_density: torch.Tensor
+    end_radius: torch.Tensor  # per example |x(1)| / sqrt(D): 1 +- O(D^-1/2) where x(1) lies in the prior's typical set
     probe_variance: torch.Tensor | None  # per example: variance of the mean over its probes (Hutchinson, K >= 2)
     network_calls: list[int]  # per batch: evaluations of the ODE's right-hand side
     batch_sizes: list[int]
@@ -154,6 +155,7 @@ def ode_log_likelihood(model: DDPM, x: torch.Tensor, *, rtol: float = 1e-5, atol
     generator = torch.Generator().manual_seed(seed)
     n, dims = x.shape[0], x[0].numel()
     log_density = torch.empty(n, dtype=torch.float64)
+    end_radius = torch.empty(n, dtype=torch.float64)
     probe_variance = torch.empty(n, dtype=torch.float64) if probes and probes > 1 else None
     calls, sizes = [], []
     bar = tqdm(total=n, desc=f"ODE likelihood ({SOLVER}, rtol {rtol:g})", unit="ex", disable=not progress,
@@ -189,11 +191,12 @@ def ode_log_likelihood(model: DDPM, x: torch.Tensor, *, rtol: float = 1e-5, atol
         prior = -0.5 * x1.pow(2).sum(1) - 0.5 * dims * math.log(2 * math.pi)  # log N(x(1); 0, I)
         per_probe = prior[:, None] + delta
         log_density[start:start + b] = per_probe.mean(1).cpu()
+        end_radius[start:start + b] = (x1.norm(dim=1) / math.sqrt(dims)).cpu()
         if probe_variance is not None:
             probe_variance[start:start + b] = (per_probe.var(1) / probes).cpu()
         calls.append(count[0])
         sizes.append(b)
         bar.update(start + b - bar.n)
     bar.close()
-    return OdeLikelihood(log_density=log_density, probe_variance=probe_variance, network_calls=calls,
+    return OdeLikelihood(log_density=log_density, end_radius=end_radius, probe_variance=probe_variance, network_calls=calls,
                          batch_sizes=sizes, rtol=rtol, atol=atol, probes=probes)

@@ -162,3 +162,4 @@ def test_mnist_run_writes_the_ode_bits_per_dim(mnist_run, capsys):
     # median and the largest value are written beside it
     assert ode["ode_bits_per_dim_median"] <= ode["ode_bits_per_dim_max"]
     assert ode["ode_bits_per_dim_max"] >= ode["ode_bits_per_dim"] - 1e-9
+    assert 0 <= ode["images_escaped"] <= 4

@@ -68,6 +68,7 @@ def test_the_gaussian_identity():
     exact = (gaussian_log_prob(phi, torch.zeros(3, dtype=torch.float64), eye)
              + 0.5 * (torch.logdet(c1) - torch.logdet(c0)))
     assert (result.log_density - exact).abs().max() / 3 <= 1e-3
+    torch.testing.assert_close(result.end_radius, phi.norm(dim=1) / math.sqrt(3), rtol=0, atol=1e-3)  # the flow map
     assert abs(float((result.log_density - gaussian_log_prob(x, MEAN, COV)).mean())) / 3 <= 1e-3
     assert result.probes is None and result.probe_variance is None
     assert len(result.network_calls) == 2 and 20 < result.mean_network_calls < 1000
