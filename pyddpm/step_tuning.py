@@ -1,11 +1,13 @@
 """A trained model's own N time steps for a few-step sampler, chosen by measurement: the steps whose N-call samples
 come closest to the model's probability-flow ODE solved finely, from the same x_T.
 
-The objective compares the sampler's x_0 with steps (t_0 = T, t_1, ..., t_{N-1}) and a reference x_0 from
-DPM-Solver++(2M) with ``REFERENCE_NFE`` calls uniform in log-SNR, on a small batch of shared Philox noise: the mean
-squared distance of each sample to its own reference ("path"), or the energy distance of the two sets
-("distribution"). Search: start from the best of the fixed spacings, then coordinate descent, each
-interior step moved within its neighbours while the distance falls (the first step stays at T, where x_T is drawn).
+The objective compares the sampler's x_0 with steps (t_0, t_1, ..., t_{N-1}) and a reference x_0 from the same
+small batch of shared Philox noise: the mean squared distance of each sample to its own reference ("path"), or the
+energy distance of the two sets, the reference drawn from other noise ("distribution"). The reference is what the sampler approximates: for a
+deterministic sampler, the probability-flow ODE solved by DPM-Solver++(2M) with ``REFERENCE_NFE`` calls uniform in
+log-SNR; for a stochastic one (whose samples have no ODE solution of their own, so only "distribution" applies),
+Algorithm 2 with all T calls. Search: start from the best of the fixed spacings (leading's first step is below T),
+then coordinate descent, each interior step moved within its neighbours while the distance falls.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from .evaluate.toy import energy_distance
 from .samplers import plan_for, run_plan
 
 REFERENCE_NFE = 200
-START_SPACINGS = ("trailing", "logsnr", "uniform")
+START_SPACINGS = ("trailing", "leading", "logsnr", "uniform")
 OBJECTIVES = {"path": "mean squared distance of each sample", "distribution": "energy distance of the samples"}
 
 
@@ -38,11 +40,17 @@ def tune_timesteps(model, sampler: str, steps: int, sample_shape, *, order: int 
 def _search(model, sampler, steps, shape, seed, sweeps, progress, plan_options, run_options, objective):
     calls = [0]
 
-    def solve(plan) -> torch.Tensor:
+    def solve(plan, seed=seed) -> torch.Tensor:
         calls[0] += plan.nfe
         return run_plan(model, shape, plan, seed=seed, **run_options)
 
-    reference = solve(plan_for(model, "dpm++2m", min(REFERENCE_NFE, model.T), spacing="logsnr"))  # x_T: Philox
+    reference_plan, described = reference_for(model, sampler, steps, plan_options)
+    if objective == "path" and reference_plan.sampler == "ddpm":
+        raise ValueError(f"objective 'path' compares each sample with its own ODE solution, but {sampler} draws "
+                         "noise at every call; use 'distribution'")
+    # "path" pairs each sample with its reference from the same x_T; "distribution" draws the reference from other
+    # noise: from the same x_T a sampler close to the reference's path would look close in distribution too
+    reference = solve(reference_plan, seed if objective == "path" else seed + 1)  # Philox
 
     def distance(ts) -> float:
         x = solve(plan_for(model, sampler, timesteps=ts, **plan_options))
@@ -72,15 +80,24 @@ def _search(model, sampler, steps, shape, seed, sweeps, progress, plan_options, 
         bar.set_postfix(distance=f"{best:.3g}")
         if not improved:
             break
-    record = {"objective": f"{OBJECTIVES[objective]} to the ODE solved with dpm++2m, 200 calls, logsnr spacing",
+    record = {"objective": f"{OBJECTIVES[objective]} to {described}",
               "start": {k: v[0] for k, v in starts.items()}, "tuned": best, "samples": shape[0], "seed": seed,
               "network_calls": calls[0]}
     return ts, record
 
 
-def most_calls(steps: int, sweeps: int) -> int:
-    """The network calls a tuning of ``steps`` calls can spend at most (for progress estimates)."""
-    return REFERENCE_NFE + len(START_SPACINGS) * steps + sweeps * (steps - 1) * 8 * steps
+def reference_for(model, sampler: str, steps: int, plan_options: dict):
+    """(plan, description) of the reference ``sampler`` with ``steps`` calls is tuned towards (module docstring)."""
+    if plan_for(model, sampler, steps, **plan_options).stochastic:
+        return plan_for(model, "ddpm"), f"Algorithm 2's samples ({model.T} calls)"
+    nfe = min(REFERENCE_NFE, model.T)
+    return plan_for(model, "dpm++2m", nfe, spacing="logsnr"), f"the ODE solved with dpm++2m, {nfe} calls, logsnr spacing"
+
+
+def most_calls(model, sampler: str, steps: int, sweeps: int) -> int:
+    """The network calls a tuning of ``sampler`` with ``steps`` calls can spend at most (for progress estimates)."""
+    reference = reference_for(model, sampler, steps, {})[0].nfe
+    return reference + len(START_SPACINGS) * steps + sweeps * (steps - 1) * 8 * steps
 
 
 def _moves(t: int, lower: int, upper: int) -> list[int]:

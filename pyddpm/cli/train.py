@@ -20,9 +20,9 @@ from ..config import (IMAGE_DEFAULTS, LEGACY_SETTINGS, LR_SCHEDULES, NET_DEFAULT
                       network_settings)
 from ..data import canonical_name, data_config_entries, is_toy
 from ..diffusion import DDPM
-from ..evaluate.report import (TUNING_SWEEPS, metrics_table, tuning_samples, worth_tuning, write_run_report,
-                               write_sample_grid)
-from ..solvers import DEFAULT_STEPS
+from ..evaluate.report import (TUNED_STEPS, TUNING_SWEEPS, metrics_table, tuning_samples, worth_tuning,
+                               write_run_report, write_sample_grid)
+from ..solvers import DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..step_tuning import most_calls
 from ..accel import PRECISIONS, keep_freed_memory
 from ..nets import NETWORKS
@@ -169,9 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images: network calls of the default sampler for the per-epoch grids (0: its default, "
                         "as samples.png and the toy metrics use)")
     g.add_argument("--tune-steps", action=argparse.BooleanOptionalAction, default=d.tune_steps,
-                   help="after training, choose the default sampler's time steps for the trained weights by "
-                        "measurement (pyddpm.step_tuning) and store them in steps.json, which pyddpm-sample uses "
-                        "(default off: on some runs the tuned steps measured worse than trailing spacing)")
+                   help="after training, choose the default sampler's time steps at 5 and 10 calls for the "
+                        "trained weights by measurement (pyddpm.step_tuning: closest to Algorithm 2's samples) and "
+                        "store them in steps.json, which pyddpm-sample uses (default off: it costs more network "
+                        "calls than the run's sampling)")
     add_model_arguments(p)
     return p
 
@@ -375,7 +376,8 @@ class OtherWork:
         if not is_toy(self.cfg.data):
             epochs_left = trainer.total_steps // trainer.steps_per_epoch - trainer.step // trainer.steps_per_epoch
             grids = max(epochs_left, 0) * min(self.cfg.grid_steps or DEFAULT_STEPS, model.T)
-        tuning = most_calls(DEFAULT_STEPS, TUNING_SWEEPS) * tuning_samples(trainer.config) / self.batch \
+        tuning = sum(most_calls(model, DEFAULT_SAMPLER, s, TUNING_SWEEPS) for s in TUNED_STEPS) \
+            * tuning_samples(trainer.config) / self.batch \
             if self.cfg.tune_steps and worth_tuning(model) else 0
         return self._forward_seconds * (grids + DEFAULT_STEPS + tuning)
 
