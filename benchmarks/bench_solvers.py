@@ -48,6 +48,7 @@ PYDDPM = {  # row -> plan options
     "pyddpm dpm++2m": dict(sampler="dpm++2m"),
     "pyddpm dpm++3m": dict(sampler="dpm++3m"),
     "pyddpm sde-dpm++2m": dict(sampler="sde-dpm++2m"),
+    "pyddpm sde-dpm++2m, leading": dict(sampler="sde-dpm++2m", spacing="leading"),
     "pyddpm unipc": dict(sampler="unipc"),
 }
 DIFFUSERS = {  # row -> (scheduler class name, its options)
@@ -69,6 +70,14 @@ def run_description(run: str) -> str:
     train = json.loads((Path(run) / "config.json").read_text())["train"]
     return (f"`pyddpm-train --data {train['data']} --net {train['net']} --epochs {train['epochs']} "
             f"--seed {train['seed']}`")
+
+
+def tuned_rows(run: str) -> dict:
+    """{row: {NFE: plan options}} of the time steps ``run`` stored for its weights (``pyddpm.step_tuning``)."""
+    rows = {}
+    for (sampler, nfe), timesteps in tuned_timesteps(run).items():
+        rows.setdefault(f"pyddpm {sampler}, tuned steps", {})[nfe] = dict(sampler=sampler, timesteps=timesteps)
+    return rows
 
 
 def diffusers_sample(model, network, name: str, nfe: int, x_T: torch.Tensor, seed: int) -> torch.Tensor:
@@ -101,7 +110,7 @@ def draw(model, config, row: str, nfe: int | None, num: int, batch: int, tuned: 
                 x = diffusers_sample(model, network, row, nfe, x_T, seed=lo)
             else:
                 plan = plan_for(model, "ddpm") if row == "Algorithm 2" else \
-                    plan_for(model, **tuned[row]) if row in tuned else plan_for(model, steps=nfe, **PYDDPM[row])
+                    plan_for(model, **tuned[row][nfe]) if row in tuned else plan_for(model, steps=nfe, **PYDDPM[row])
                 x = run_plan(model, (b, *shape), plan, seed=0, sample_offset=lo, fast=True, runtime="torch")
             out.append(model_to_data(x, config["data"]))
     return torch.cat(out), 1000 * (time.perf_counter() - start) / num
@@ -151,6 +160,8 @@ def quality_table(model, config, score, cell, num: int, batch: int, nfes, tuned:
     results = {}
     for row in rows:
         for nfe in nfes:
+            if row in tuned and nfe not in tuned[row]:  # a run's steps are tuned for some NFEs only
+                continue
             try:
                 samples, ms = draw(model, config, row, nfe, num, batch, tuned)
             except ValueError as err:  # e.g. a third-order sampler at too few steps
@@ -261,14 +272,15 @@ def main(argv=None) -> int:
         return 0
     rows = list(PYDDPM) + list(DIFFUSERS)
     model, config = load_model(args.toy, "cpu")
-    tuned = {f"pyddpm {s}, tuned steps": dict(sampler=s, timesteps=ts) for (s, n), ts in tuned_timesteps(args.toy).items()}
+    tuned = tuned_rows(args.toy)
     toy_rows = rows[:len(PYDDPM)] + list(tuned) + rows[len(PYDDPM):]
     page = ["# Few-step samplers: quality against network calls", "",
             HEADER, "",
             f"## The default Chequerboard run ({args.num:,} samples a cell)", "", f"Measured on {stamp}.", "",
             "Each cell: the share inside the five squares, then (in brackets) the worst square's deviation from "
             "0.2 of that share, then the energy distance to true samples (x 1e-4). pyddpm rows use trailing "
-            "spacing unless they say tuned.", ""]
+            "spacing unless they say leading or tuned; tuned steps are the run's own (`pyddpm-train --tune-steps`, "
+            "`pyddpm.step_tuning`: the steps whose samples come closest in energy distance to Algorithm 2's).", ""]
     cell = lambda r: f"{100 * r['support']:.2f}% ({r['worst']:.4f}) {1e4 * r['energy']:.1f}"  # noqa: E731
     table, toy = quality_table(model, config, toy_quality, cell, args.num, args.num, NFES, tuned, toy_rows)
     a2 = toy["Algorithm 2", model.T]
@@ -286,8 +298,7 @@ def main(argv=None) -> int:
         score = MnistScore()
         nfes = tuple(int(v) for v in args.mnist_nfe.split(","))
         cell = lambda r: f"{r['fd']:.1f} ± {r['fd_sd']:.1f} (TV {r['tv']:.3f})"  # noqa: E731
-        mtuned = {f"pyddpm {s}, tuned steps": dict(sampler=s, timesteps=ts)
-                  for (s, n), ts in tuned_timesteps(args.mnist).items()}
+        mtuned = tuned_rows(args.mnist)
         mrows = rows[:len(PYDDPM)] + list(mtuned) + rows[len(PYDDPM):]
         table, mres = quality_table(mnist, mconfig, score, cell, args.mnist_num, 128, nfes, mtuned, mrows)
         test, _ = load_images("mnist", "train")
