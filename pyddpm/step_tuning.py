@@ -1,9 +1,9 @@
 """A trained model's own N time steps for a few-step sampler, chosen by measurement: the steps whose N-call samples
-come closest to the model's probability-flow ODE solved finely, from the same x_T.
+come closest to what the sampler approximates.
 
-The objective compares the sampler's x_0 with steps (t_0, t_1, ..., t_{N-1}) and a reference x_0 from the same
-small batch of shared Philox noise: the mean squared distance of each sample to its own reference ("path"), or the
-energy distance of the two sets, the reference drawn from other noise ("distribution"). The reference is what the sampler approximates: for a
+The objective compares the sampler's x_0 with steps (t_0, t_1, ..., t_{N-1}) and a reference x_0 on a small batch
+of Philox noise: the mean squared distance of each sample to its own reference from the same x_T ("path"), or the
+energy distance of the two sets, the reference drawn from other noise ("distribution"). The reference: for a
 deterministic sampler, the probability-flow ODE solved by DPM-Solver++(2M) with ``REFERENCE_NFE`` calls uniform in
 log-SNR; for a stochastic one (whose samples have no ODE solution of their own, so only "distribution" applies),
 Algorithm 2 with all T calls. Search: start from the best of the fixed spacings (leading's first step is below T),
@@ -28,7 +28,7 @@ def tune_timesteps(model, sampler: str, steps: int, sample_shape, *, order: int 
     """(time steps, record) for ``sampler`` with ``steps`` calls on ``model`` and samples of ``sample_shape``: the
     record holds the objective of each start spacing and of the result, and the network calls spent.
     ``objective`` is "path" (the mean squared distance of each sample to its ODE solution) or "distribution" (the
-    energy distance between the two sets of samples, blind to which x_T gave which). ``run_options`` are
+    energy distance between the two sets of samples, the reference's from other noise). ``run_options`` are
     ``run_plan``'s (fast, runtime, precision)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
@@ -91,7 +91,8 @@ def reference_for(model, sampler: str, steps: int, plan_options: dict):
     if plan_for(model, sampler, steps, **plan_options).stochastic:
         return plan_for(model, "ddpm"), f"Algorithm 2's samples ({model.T} calls)"
     nfe = min(REFERENCE_NFE, model.T)
-    return plan_for(model, "dpm++2m", nfe, spacing="logsnr"), f"the ODE solved with dpm++2m, {nfe} calls, logsnr spacing"
+    described = f"the ODE solved with dpm++2m, {nfe} calls, logsnr spacing"
+    return plan_for(model, "dpm++2m", nfe, spacing="logsnr"), described
 
 
 def most_calls(model, sampler: str, steps: int, sweeps: int) -> int:

@@ -198,5 +198,5 @@ def ode_log_likelihood(model: DDPM, x: torch.Tensor, *, rtol: float = 1e-5, atol
         sizes.append(b)
         bar.update(start + b - bar.n)
     bar.close()
-    return OdeLikelihood(log_density=log_density, end_radius=end_radius, probe_variance=probe_variance, network_calls=calls,
-                         batch_sizes=sizes, rtol=rtol, atol=atol, probes=probes)
+    return OdeLikelihood(log_density=log_density, end_radius=end_radius, probe_variance=probe_variance,
+                         network_calls=calls, batch_sizes=sizes, rtol=rtol, atol=atol, probes=probes)
