@@ -2,10 +2,15 @@
 has to do (per-epoch grids, the final sampling)."""
 import re
 
+import pytest
 import torch
 
-from pyddpm.cli.train import OtherWork, forward_seconds
+import pyddpm.cli.train as train_cli
+from pyddpm.cli.train import OtherWork
 from pyddpm.config import TrainConfig
+from pyddpm.evaluate.report import TUNED_STEPS, TUNING_SWEEPS
+from pyddpm.solvers import DEFAULT_SAMPLER, DEFAULT_STEPS
+from pyddpm.step_tuning import most_calls
 from pyddpm.train import Trainer
 
 TINY = dict(data="chequerboard", hidden=16, depth=2, T=50, num_train=2000, batch_size=100, epochs=2,
@@ -30,13 +35,27 @@ def test_run_eta_includes_the_work_after_training(tmp_path, capsys):
     assert all(eta >= 7200 for eta in etas) and etas[-1] <= 7200 + 1
 
 
-def test_other_work_prices_the_final_sampling_by_a_timed_forward_pass(tmp_path):
+def test_other_work_prices_the_final_sampling_by_a_timed_forward_pass(tmp_path, monkeypatch):
+    """The default sampler's calls (toy runs draw no grids) and, with --tune-steps, the tuning's most calls, priced by
+    one forward pass at the sampling batch, timed once. A stand-in timing makes the price exact: a real pass varies
+    by 10x and more on a busy CPU."""
+    timed = []
+
+    def one_pass(model, batch, shape):
+        timed.append((batch, list(shape)))
+        return 0.01
+
+    monkeypatch.setattr(train_cli, "forward_seconds", one_pass)
     cfg = TrainConfig(**TINY)
     trainer = Trainer(cfg, tmp_path / "run", torch.device("cpu"), resume=False)
-    estimate = OtherWork(cfg)(trainer)
-    one = forward_seconds(trainer.sampling_model(), cfg.num_samples, [2])
-    # T forward passes of the 500-point batch (toy runs draw no grids); timings of one pass vary by 10x on a busy CPU
-    assert estimate > 0 and 0.1 * one * cfg.T <= estimate <= 10 * one * cfg.T
+    work = OtherWork(cfg)
+    assert work(trainer) == pytest.approx(0.01 * DEFAULT_STEPS) == work(trainer)
+    assert timed == [(cfg.num_samples, [2])]  # measured once
+    cfg = TrainConfig(**{**TINY, "T": 200, "tune_steps": True})
+    trainer = Trainer(cfg, tmp_path / "tuned", torch.device("cpu"), resume=False)
+    model = trainer.sampling_model()
+    tuning = sum(most_calls(model, DEFAULT_SAMPLER, s, TUNING_SWEEPS) for s in TUNED_STEPS) * 1000 / cfg.num_samples
+    assert OtherWork(cfg)(trainer) == pytest.approx(0.01 * (DEFAULT_STEPS + tuning))
 
 
 def test_pricing_the_other_work_leaves_the_training_random_stream_alone(tmp_path):
