@@ -45,7 +45,7 @@ def _search(model, sampler, steps, shape, seed, sweeps, progress, plan_options, 
         return run_plan(model, shape, plan, seed=seed, **run_options)
 
     reference_plan, described = reference_for(model, sampler, steps, plan_options)
-    if objective == "path" and reference_plan.sampler == "ddpm":
+    if objective == "path" and reference_plan.stochastic:
         raise ValueError(f"objective 'path' compares each sample with its own ODE solution, but {sampler} draws "
                          "noise at every call; use 'distribution'")
     # "path" pairs each sample with its reference from the same x_T; "distribution" draws the reference from other

@@ -366,6 +366,7 @@ class OtherWork:
         self.cfg = cfg
         self.batch = cfg.num_samples if is_toy(cfg.data) else cfg.grid_samples
         self._forward_seconds: float | None = None
+        self._end_calls = 0.0  # the final sampling's and tuning's calls at the sampling batch, priced once with it
 
     def __call__(self, trainer: Trainer) -> float:
         model = trainer.sampling_model()
@@ -373,14 +374,14 @@ class OtherWork:
             return 0.0  # a baseline samples in one pass
         if self._forward_seconds is None:
             self._forward_seconds = forward_seconds(model, self.batch, trainer.config["data"]["shape"])
+            tuning = sum(most_calls(model, DEFAULT_SAMPLER, s, TUNING_SWEEPS) for s in TUNED_STEPS) \
+                * tuning_samples(trainer.config) / self.batch if self.cfg.tune_steps and worth_tuning(model) else 0
+            self._end_calls = DEFAULT_STEPS + tuning
         grids = 0
         if not is_toy(self.cfg.data):
             epochs_left = trainer.total_steps // trainer.steps_per_epoch - trainer.step // trainer.steps_per_epoch
             grids = max(epochs_left, 0) * min(self.cfg.grid_steps or DEFAULT_STEPS, model.T)
-        tuning = sum(most_calls(model, DEFAULT_SAMPLER, s, TUNING_SWEEPS) for s in TUNED_STEPS) \
-            * tuning_samples(trainer.config) / self.batch \
-            if self.cfg.tune_steps and worth_tuning(model) else 0
-        return self._forward_seconds * (grids + DEFAULT_STEPS + tuning)
+        return self._forward_seconds * (grids + self._end_calls)
 
 
 def forward_seconds(model: DDPM, batch: int, shape) -> float:
