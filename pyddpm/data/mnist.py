@@ -23,13 +23,13 @@ class ImageDataset:
 
     name: str
     default_dirs: tuple[str, ...]
-    how_to_get: str
+    how_to_get: str  # {prefix}: the missing split's file prefix (train, t10k)
     torchvision_class: str  # the torchvision.datasets class whose mirrors --download uses
 
 
 MNIST = ImageDataset(
     "mnist", ("../shared/data/mnist", "./data/MNIST/raw"),
-    "pass --data-dir DIR holding train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz], "
+    "pass --data-dir DIR holding {prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz], "
     "or add --download to fetch MNIST through torchvision (needs internet and `pip install torchvision`)",
     "MNIST")
 FASHION_MNIST = ImageDataset(
@@ -119,7 +119,7 @@ def load_images(name: str, split: str = "train", data_dir: str | os.PathLike | N
     if images_path is None or labels_path is None:
         searched = [str(directory)] if data_dir is not None else list(IMAGE_DATASETS[name].default_dirs)
         raise DataError(f"{name} {split} files (IDX, gzipped or not) not found in {' or '.join(searched)}: "
-                        f"{IMAGE_DATASETS[name].how_to_get}")
+                        + IMAGE_DATASETS[name].how_to_get.format(prefix=prefix))
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.dim() != 3 or tuple(images.shape[1:]) != IMAGE_SHAPE[1:]:
         raise DataError(f"{images_path} holds images of shape {tuple(images.shape[1:])}, expected 28 x 28")

@@ -81,6 +81,12 @@ def test_missing_data_is_a_clear_error_and_nothing_downloads_unasked(tmp_path, m
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
 
 
+def test_missing_test_split_names_its_own_files(tmp_path):
+    with pytest.raises(DataError, match=r"mnist test files .* t10k-images-idx3-ubyte\[\.gz\] and "
+                                        r"t10k-labels-idx1-ubyte"):
+        load_images("mnist", "test", tmp_path)
+
+
 @needs_shared
 def test_download_fetches_through_torchvision_into_the_data_dir(tmp_path, monkeypatch):
     """--download uses torchvision's mirrors and checksums; the fake here copies the shared files instead."""
