@@ -187,12 +187,14 @@ def quality_table(model, config, score, cell, num: int, batch: int, nfes, tuned:
 
 def plot(results: dict, rows, nfes, key: str, label: str, path: Path, title: str, reference: float) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for row in rows:
+    colours = plt.get_cmap("tab20").colors  # more rows than tab10's ten colours
+    for i, row in enumerate(rows):
         xs = [n for n in nfes if (row, n) in results]
         ax.plot(xs, [results[row, n][key] * (100 if key == "support" else 1) for n in xs], marker="o",
-                linestyle="--" if row.startswith("diffusers") else "-", label=row)
+                linestyle="--" if row.startswith("diffusers") else "-", label=row, color=colours[i % len(colours)])
     ax.axhline(reference * (100 if key == "support" else 1), color="k", linewidth=0.8, label="Algorithm 2, NFE 1000")
     ax.set_xscale("log")
+    ax.minorticks_off()  # the log axis's minor labels (6 x 10^0, ...) crowd the NFE ticks
     ax.set_xticks(list(nfes), [str(n) for n in nfes])
     ax.set_xlabel("network calls (NFE)")
     ax.set_ylabel(label)
