@@ -46,8 +46,9 @@ class _AdjointConvTranspose(torch.autograd.Function):
 
 class AdjointConvTranspose(nn.Module):
     """A ConvTranspose2d (groups 1, zero padding; its own weight and bias Parameters, so the same state_dict): under
-    CPU bfloat16 autocast through ``_AdjointConvTranspose`` (ATen's bfloat16 transposed convolution takes a path
-    ~2x slower; the bias added to the bfloat16 result), otherwise as the module."""
+    CPU bfloat16 autocast with gradients on, through ``_AdjointConvTranspose`` (ATen's bfloat16 transposed
+    convolution takes a path ~2x slower; the bias added to the bfloat16 result); otherwise (float32, or no
+    gradients: sampling) as the module, so that a training copy samples exactly as the network it was made from."""
 
     def __init__(self, conv: nn.ConvTranspose2d):
         super().__init__()
@@ -57,7 +58,8 @@ class AdjointConvTranspose(nn.Module):
         self.arguments = (list(conv.stride), list(conv.padding), list(conv.dilation))
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (torch.is_autocast_enabled("cpu") and x.device.type == "cpu" and x.dim() == 4):
+        if not (torch.is_grad_enabled() and torch.is_autocast_enabled("cpu") and x.device.type == "cpu"
+                and x.dim() == 4):
             return nn.functional.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
                                                   self.output_padding, 1, self.dilation)
         dtype = torch.get_autocast_dtype("cpu")
