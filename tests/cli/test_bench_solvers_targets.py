@@ -1,18 +1,11 @@
 """benchmarks/bench_solvers.py's verdicts on issue 32's targets: each one met or not met from the measured figures."""
-import importlib
-import sys
-from pathlib import Path
+from helpers.benchmarks import benchmark_module
 
-ROOT = Path(__file__).resolve().parents[2]
 T = 1000
 
 
 def bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        return importlib.import_module("bench_solvers")
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return benchmark_module("bench_solvers")
 
 
 def toy_cell(support, worst):

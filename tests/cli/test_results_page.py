@@ -1,18 +1,10 @@
 """benchmarks/write_results_page.py --splice: one regenerated section replaces its namesake in RESULTS.md, stamped,
 and every other part of the page stays byte for byte."""
-import importlib
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.benchmarks import benchmark_module
 
 
 def results_page():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        return importlib.import_module("write_results_page")
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return benchmark_module("write_results_page")
 
 
 def test_splice_replaces_only_the_regenerated_section():
