@@ -888,25 +888,21 @@ def render_samplers(page: Page) -> list[str]:
 MODEL_NAMES = {"ddpm": "DDPM", "flow": "flow", "vae": "VAE"}
 
 
-def _figure(value: float) -> str:
-    """Three decimals, or two significant digits for values the ODE gives images that escape the prior."""
-    return f"{value:.3f}" if abs(value) < 1000 else f"{value:.2g}"
-
-
 def _escaped(ode: dict) -> str:
-    """On images: the median, and how many images' ODE end points x(1) lie far outside the prior (their values,
-    about |x(1)|^2 / (2 D log 2) bits/dim, carry the mean)."""
+    """On images: which images the mean is over, and the median over all of them, counting as +inf those whose ODE
+    trajectories escaped (``pyddpm.evaluate.ode_likelihood`` stops them with no value)."""
     if "ode_bits_per_dim_median" not in ode:
         return ""
-    return (f"; median {_figure(ode['ode_bits_per_dim_median'])}, {ode['images_escaped']} of {ode['test_images']} "
-            "images escape the prior")
+    n, escaped = ode["test_images"], ode["images_escaped"]
+    return (f"; the mean of the {n - escaped} of {n} images that did not escape, median "
+            f"{ode['ode_bits_per_dim_median']:.3f} with the escaped ones as +inf")
 
 
 def _ode_estimate(ode: dict) -> str:
     """The DDPM's probability-flow ODE likelihood as a table line: value +- s.e. (how)."""
     value, error = ((ode["ode_nll_nats"], ode["ode_nll_se"]) if "ode_nll_nats" in ode
                     else (ode["ode_bits_per_dim"], ode["ode_bits_per_dim_se"]))
-    return (f"{_figure(value)} +- {_figure(error)} (probability-flow ODE, {ode['divergence'].split(',')[0].lower()} "
+    return (f"{value:.3f} +- {error:.3f} (probability-flow ODE, {ode['divergence'].split(',')[0].lower()} "
             f"divergence, {ode['mean_network_calls']:.0f} calls{_escaped(ode)})")
 
 
@@ -1053,8 +1049,7 @@ def _mnist_likelihood_sentence(rows: list[CompareRun], seconds: float) -> str:
     by = {r.model: r for r in rows}
     bpd = {"DDPM": by["ddpm"].ode["ode_bits_per_dim"], "flow": by["flow"].likelihood["bits_per_dim"],
            "VAE": by["vae"].likelihood["bits_per_dim"]}
-    ranking = " < ".join(f"{name} {value:.2f}" if value < 1000 else f"{name} {value:.2g}"
-                         for name, value in sorted(bpd.items(), key=lambda kv: kv[1]))
+    ranking = " < ".join(f"{name} {value:.2f}" for name, value in sorted(bpd.items(), key=lambda kv: kv[1]))
     return (f"at {seconds / 60:.1f} min, {ranking} bits/dim (the DDPM's ODE{_escaped(by['ddpm'].ode)}; its bound: "
             f"{by['ddpm'].likelihood['bits_per_dim']:.2f})")
 

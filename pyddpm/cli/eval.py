@@ -43,9 +43,6 @@ from .common import (add_sampler_flags, add_sampling_network_flags, check_float,
 EVAL_FILE = "eval.json"
 GRID_IMAGES = 100
 LIKELIHOODS = ("bound", "ode", "both")
-# |x(1)| / sqrt(D) beyond which an image's ODE end point is far outside N(0, I)'s typical set (1 +- D^-1/2):
-# its prior log-density, about -D radius^2 / 2, then carries the image's bits/dim
-ESCAPE_RADIUS = 2.0
 ODE_FLAGS = ("rtol", "atol", "probes")  # flags of --likelihood ode; their defaults are set in main
 
 
@@ -101,7 +98,8 @@ def ode_settings(result, args, seconds: float) -> dict:
     divergence = "exact" if result.probes is None else f"Hutchinson, {result.probes} Rademacher probe(s) per example"
     return {"solver": f"{SOLVER} (torchdiffeq)", "rtol": result.rtol, "atol": result.atol,
             "divergence": divergence, "probes": result.probes, "mean_network_calls": result.mean_network_calls,
-            "start": "s0 = 1/T (step 1)", "seed": args.seed, "seconds": round(seconds, 2)}
+            "start": "s0 = 1/T (step 1)", "seed": args.seed, "seconds": round(seconds, 2),
+            "escape_factor": result.escape_factor}
 
 
 def toy_ode_likelihood(model, config: dict, distribution, args) -> dict:
@@ -114,12 +112,14 @@ def toy_ode_likelihood(model, config: dict, distribution, args) -> dict:
     result = ode_log_likelihood(model, transform.to_model(points.double()), rtol=args.rtol, atol=args.atol,
                                 probes=args.probes, batch_size=args.batch_size, seed=args.seed, progress=True)
     seconds = time.perf_counter() - start
-    nll = -result.log_density - points.shape[1] * math.log(transform.scale)  # model -> data space
-    gap = nll + distribution.log_prob(points)
-    root_n = math.sqrt(len(points))
+    finite = ~result.escaped
+    nll = (-result.log_density - points.shape[1] * math.log(transform.scale))[finite]  # model -> data space
+    gap = nll + distribution.log_prob(points)[finite]
+    root_n = math.sqrt(len(nll))
     return {"ode_nll_nats": float(nll.mean()), "ode_nll_se": float(nll.std() / root_n),
             "true_nats": float(-distribution.log_prob(points).mean()), "paired_gap_nats": float(gap.mean()),
-            "paired_gap_se": float(gap.std() / root_n), "test_points": len(points), **ode_settings(result, args, seconds)}
+            "paired_gap_se": float(gap.std() / root_n), "test_points": len(points),
+            "points_escaped": int(result.escaped.sum()), **ode_settings(result, args, seconds)}
 
 
 def toy_likelihood(model, config: dict, distribution, args) -> dict:
@@ -207,16 +207,18 @@ def image_ode_likelihood(model, pixels: torch.Tensor, args) -> dict:
     result = ode_log_likelihood(model, dequantize_once(pixels, args.seed), rtol=args.rtol, atol=args.atol,
                                 probes=args.probes, batch_size=args.batch_size, seed=args.seed, progress=True)
     seconds = time.perf_counter() - start
-    bpd = bits_per_dim(result.log_density, dims)
-    n = len(bpd)
-    record = {"ode_bits_per_dim": float(bpd.mean()), "ode_bits_per_dim_se": float(bpd.std() / math.sqrt(n)),
-              "ode_bits_per_dim_median": float(bpd.median()), "ode_bits_per_dim_max": float(bpd.max()),
-              "images_escaped": int((result.end_radius > ESCAPE_RADIUS).sum()), "test_images": n,
+    bpd = bits_per_dim(result.log_density, dims).masked_fill(result.escaped, math.inf)  # escaped: no finite value
+    n, finite = len(bpd), bpd[~result.escaped]
+    record = {"ode_bits_per_dim": float(finite.mean()),
+              "ode_bits_per_dim_se": float(finite.std() / math.sqrt(len(finite))),
+              "ode_bits_per_dim_median": float(bpd.median()), "ode_bits_per_dim_max": float(finite.max()),
+              "images_escaped": int(result.escaped.sum()), "test_images": n,
               **ode_settings(result, args, seconds),
               "convention": "pixels dequantised once, x = 2(k + u)/255 - 1; bits/dim = (-log p(x)/D + log(255/2)) / "
                             "log 2, as the flow's exact bits/dim"}
     if result.probe_variance is not None:  # the probes' share of the standard error
-        record["probe_se"] = float(result.probe_variance.sum().sqrt() / (n * dims * math.log(2)))
+        variance = result.probe_variance[~result.escaped].sum()
+        record["probe_se"] = float(variance.sqrt() / (len(finite) * dims * math.log(2)))
     return record
 
 
@@ -225,16 +227,24 @@ def ode_row(ode: dict) -> str:
     how = (f"probability-flow ODE, {ode['solver'].split()[0]} rtol {ode['rtol']:g} atol {ode['atol']:g}, "
            f"{ode['divergence'].split(',')[0]} divergence, {ode['mean_network_calls']:.0f} network calls")
     if "test_images" in ode:
-        return (f"| bits/dim, {how} ({ode['test_images']} test images) | {ode['ode_bits_per_dim']:.4f} ± "
-                f"{ode['ode_bits_per_dim_se']:.4f} | |\n"
-                f"| the same, median (largest) over the images | {ode['ode_bits_per_dim_median']:.4f} "
-                f"({ode['ode_bits_per_dim_max']:.4g}) | |\n"
-                f"| images whose ODE end point x(1) lies beyond {ESCAPE_RADIUS:g} sqrt(D) (N(0, I): 1 sqrt(D)) | "
-                f"{ode.get('images_escaped', '')} | |")
-    return (f"| -log p(x) in nats, {how} ({ode['test_points']} test points) | {ode['ode_nll_nats']:.4f} ± "
+        n, escaped = ode["test_images"], ode["images_escaped"]
+        return (f"| bits/dim, {how} ({n - escaped} of {n} test images; mean over those that did not escape) | "
+                f"{ode['ode_bits_per_dim']:.4f} ± {ode['ode_bits_per_dim_se']:.4f} | |\n"
+                f"| the same, median over all {n} (escaped as +inf); largest finite value | "
+                f"{ode['ode_bits_per_dim_median']:.4f}; {ode['ode_bits_per_dim_max']:.4g} | |\n"
+                f"| images escaped: ODE trajectory stopped beyond {escape_bound(ode)}, no value | {escaped} | |")
+    rows = (f"| -log p(x) in nats, {how} ({ode['test_points']} test points) | {ode['ode_nll_nats']:.4f} ± "
             f"{ode['ode_nll_se']:.4f} | {ode['true_nats']:.4f} (truth) |\n"
             f"| ODE NLL minus the truth's, paired point by point | {ode['paired_gap_nats']:.4f} ± "
             f"{ode['paired_gap_se']:.4f} | 0 |")
+    if ode["points_escaped"]:
+        rows += f"\n| points escaped beyond {escape_bound(ode)} (left out above) | {ode['points_escaped']} | |"
+    return rows
+
+
+def escape_bound(ode: dict) -> str:
+    """Where the ODE stopped an example as escaped (``ode_log_likelihood``'s escape_factor)."""
+    return f"|x(s)| = {ode['escape_factor']:g} max(|x(s0)|, sqrt(D))"
 
 
 def format_table(title: str, results: dict) -> str:

@@ -16,7 +16,10 @@ and the instantaneous change of variables (Chen et al. 2018, thm. 1; FFJORD, Gra
 
 The integration starts at s0 = 1/T, step t = 1, the smallest noise the network was trained on (sigma = sqrt(beta_1));
 p_{s0} is the model's density of data blurred by that much noise, evaluated at the data. The prior N(0, I) at
-s = 1 is Algorithm 2's x_T. div eps_theta is exact (D backward passes) or Hutchinson's estimate
+s = 1 is Algorithm 2's x_T. The forward process keeps |x(s)| <= sqrt(abar) |x| + sigma |eps| of order
+max(|x|, sqrt(D)) (N(0, I)'s typical set lies at 1 +- O(D^-1/2) sqrt(D)). An example whose x(s) goes ESCAPE_FACTOR
+times beyond that is stopped there as escaped: its trajectory diverges, it gets no finite value, and it no longer
+stiffens the ODE system that its batch shares. div eps_theta is exact (D backward passes) or Hutchinson's estimate
 E_v[v^T (d eps_theta / dx) v] with Rademacher probes v (Hutchinson 1990; FFJORD sec. 3.1), each probe fixed along
 the whole trajectory so that every probe's integral is an unbiased estimate of the exact one.
 """
@@ -35,6 +38,9 @@ from ..diffusion import DDPM
 
 BAR_FORMAT = "{l_bar}{bar}| {n:.0f}/{total} [{elapsed}<{remaining}{postfix}]"  # n: examples, fractional in a batch
 SOLVER = "dopri5"  # torchdiffeq's adaptive Dormand-Prince 5(4), as in Song et al. and FFJORD
+# |x(s)| / max(|x(s0)|, sqrt(D)) beyond which an example is stopped as escaped. For data inside N(0, I)'s radius,
+# the prior's log-density alone is D (ESCAPE_FACTOR^2 - 1) / 2 nats below the typical set's there, 71 bits/dim
+ESCAPE_FACTOR = 10.0
 
 
 class ContinuousSchedule:
@@ -101,12 +107,49 @@ def divergence(output: torch.Tensor, x: torch.Tensor, probes: torch.Tensor | Non
     return torch.stack(columns, 1)
 
 
+class FlowDynamics:
+    """The right-hand side (dx/ds, d log p/ds) of one batch's ODE (module docstring) for torchdiffeq, counting its
+    network calls. torchdiffeq calls ``callback_step`` with the accepted state before each step; it stops the
+    examples beyond their ``escape_radius``, whose drift is zero from then on. The stopped set changes only between
+    steps, so the right-hand side is smooth within every step whose error the solver estimates. ``on_step(self, s)``,
+    if given, runs there too (a progress bar).
+    """
+
+    def __init__(self, network, schedule: ContinuousSchedule, probes: torch.Tensor | None,
+                 escape_radius: torch.Tensor, dtype: torch.dtype, on_step=None):
+        self.network, self.schedule, self.probes = network, schedule, probes
+        self.escape_radius, self.dtype, self.on_step = escape_radius, dtype, on_step
+        self.stopped = torch.zeros_like(escape_radius, dtype=torch.bool)
+        self.calls = 0
+
+    def callback_step(self, s0, state, ds) -> None:
+        if self.on_step is not None:
+            self.on_step(self, float(s0))
+        self.stopped |= state[0].flatten(1).norm(dim=1) > self.escape_radius
+
+    def __call__(self, s: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        s, x = float(s), state[0]
+        beta, sigma = self.schedule.beta_at(s), self.schedule.sigma_at(s)
+        time = torch.full((x.shape[0], 1), self.schedule.network_time(s), dtype=self.dtype, device=x.device)
+        with torch.enable_grad():
+            xg = x.detach().to(self.dtype).requires_grad_(True)
+            eps = self.network(xg, time)
+            div_eps = divergence(eps, xg, self.probes)
+        self.calls += 1
+        drift = -0.5 * beta * (x - eps.detach().double() / sigma)  # eq. 13
+        log_rate = -0.5 * beta * (x[0].numel() - div_eps / sigma)
+        return (drift.masked_fill(self.stopped.view(-1, *[1] * (x.dim() - 1)), 0.0),
+                log_rate.masked_fill(self.stopped[:, None], 0.0))
+
+
 @dataclass
 class OdeLikelihood:
     """log p_{s0}(x) per example in nats of model space (float64, shape (n,)), with how it was computed."""
 
-    log_density: torch.Tensor
+    log_density: torch.Tensor  # NaN where escaped
     end_radius: torch.Tensor  # per example |x(1)| / sqrt(D): 1 +- O(D^-1/2) where x(1) lies in the prior's typical set
+    escaped: torch.Tensor  # per example, bool: stopped beyond escape_factor max(|x(s0)|, sqrt(D)) (module docstring)
+    escape_factor: float
     probe_variance: torch.Tensor | None  # per example: variance of the mean over its probes (Hutchinson, K >= 2)
     network_calls: list[int]  # per batch: evaluations of the ODE's right-hand side
     batch_sizes: list[int]
@@ -131,7 +174,7 @@ def check_solver_options(rtol: float, atol: float, probes: int | None) -> None:
 
 def ode_log_likelihood(model: DDPM, x: torch.Tensor, *, rtol: float = 1e-5, atol: float = 1e-5,
                        probes: int | None = None, batch_size: int = 256, seed: int = 0,
-                       progress: bool = False) -> OdeLikelihood:
+                       escape_factor: float = ESCAPE_FACTOR, progress: bool = False) -> OdeLikelihood:
     """log p_{s0}(x) in nats of model space for each example of ``x`` (model space, (n, *sample_shape)): the
     probability-flow ODE integrated from s0 = 1/T to 1 by dopri5 at ``rtol``/``atol`` (module docstring).
 
@@ -140,7 +183,8 @@ def ode_log_likelihood(model: DDPM, x: torch.Tensor, *, rtol: float = 1e-5, atol
     ``batch_size`` examples is one ODE system, its error measured by torchdiffeq's default norm (the larger of the
     RMS over the batch's coordinates and the RMS over its log-density terms), as Song et al. solve theirs: what is
     reported is the mean over examples, and a per-example (max) norm doubled the network calls on the default
-    Chequerboard run for the same mean to 1e-4 nats.
+    Chequerboard run for the same mean to 1e-4 nats. An example whose accepted state lies beyond ``escape_factor``
+    max(|x(s0)|, sqrt(D)) is stopped there (``FlowDynamics``): its log-density is NaN and ``escaped`` marks it.
     The network must be in eval mode (dropout off): its output must be a function of (x, t).
     """
     check_solver_options(rtol, atol, probes)
@@ -149,13 +193,13 @@ def ode_log_likelihood(model: DDPM, x: torch.Tensor, *, rtol: float = 1e-5, atol
     if model.network.training:
         raise ValueError("the network is in training mode; call model.eval() so that eps_theta is deterministic")
     schedule = ContinuousSchedule(model)
-    network = model.network
     device = model.beta.device
     dtype = model.beta.dtype
     generator = torch.Generator().manual_seed(seed)
     n, dims = x.shape[0], x[0].numel()
     log_density = torch.empty(n, dtype=torch.float64)
     end_radius = torch.empty(n, dtype=torch.float64)
+    escaped = torch.empty(n, dtype=torch.bool)
     probe_variance = torch.empty(n, dtype=torch.float64) if probes and probes > 1 else None
     calls, sizes = [], []
     bar = tqdm(total=n, desc=f"ODE likelihood ({SOLVER}, rtol {rtol:g})", unit="ex", disable=not progress,
@@ -165,38 +209,32 @@ def ode_log_likelihood(model: DDPM, x: torch.Tensor, *, rtol: float = 1e-5, atol
         x0 = x[start:start + batch_size].to(device, torch.float64)
         b = x0.shape[0]
         v = None if probes is None else rademacher((probes, *x0.shape), generator, dtype).to(device)
-        count = [0]
 
-        def dynamics(s: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
-            s = float(s)
-            beta, sigma = schedule.beta_at(s), schedule.sigma_at(s)
-            time = torch.full((b, 1), schedule.network_time(s), dtype=dtype, device=device)
-            with torch.enable_grad():
-                xg = state[0].detach().to(dtype).requires_grad_(True)
-                eps = network(xg, time)
-                div_eps = divergence(eps, xg, v)
-            count[0] += 1
-            # examples, counting s's share of this batch (dopri5 may step past s = 1 and interpolate back)
-            done = start + b * min(1.0, (s - schedule.start) / (1.0 - schedule.start))
+        def advance_bar(dynamics: FlowDynamics, s: float) -> None:
+            """Count the integrated share of this batch's s range as done."""
+            done = start + b * (s - schedule.start) / (1.0 - schedule.start)
             if done > bar.n:
-                bar.set_postfix(s=f"{s:.3f}", calls=count[0], refresh=False)
+                bar.set_postfix(s=f"{s:.3f}", calls=dynamics.calls, escaped=int(dynamics.stopped.sum()),
+                                refresh=False)
                 bar.update(done - bar.n)
-            drift = -0.5 * beta * (state[0] - eps.detach().double() / sigma)  # eq. 13
-            return drift, -0.5 * beta * (dims - div_eps / sigma)
 
+        radius = escape_factor * x0.flatten(1).norm(dim=1).clamp(min=math.sqrt(dims))
+        dynamics = FlowDynamics(model.network, schedule, v, radius, dtype, on_step=advance_bar)
         zero = torch.zeros(b, 1 if probes is None else probes, dtype=torch.float64, device=device)
         with torch.no_grad():
             xs, deltas = odeint(dynamics, (x0, zero), times, rtol=rtol, atol=atol, method=SOLVER)
         x1, delta = xs[-1].flatten(1), deltas[-1]
         prior = -0.5 * x1.pow(2).sum(1) - 0.5 * dims * math.log(2 * math.pi)  # log N(x(1); 0, I)
-        per_probe = prior[:, None] + delta
+        per_probe = (prior[:, None] + delta).masked_fill(dynamics.stopped[:, None], math.nan)
         log_density[start:start + b] = per_probe.mean(1).cpu()
         end_radius[start:start + b] = (x1.norm(dim=1) / math.sqrt(dims)).cpu()
+        escaped[start:start + b] = dynamics.stopped.cpu()
         if probe_variance is not None:
             probe_variance[start:start + b] = (per_probe.var(1) / probes).cpu()
-        calls.append(count[0])
+        calls.append(dynamics.calls)
         sizes.append(b)
         bar.update(start + b - bar.n)
     bar.close()
-    return OdeLikelihood(log_density=log_density, end_radius=end_radius, probe_variance=probe_variance,
-                         network_calls=calls, batch_sizes=sizes, rtol=rtol, atol=atol, probes=probes)
+    return OdeLikelihood(log_density=log_density, end_radius=end_radius, escaped=escaped, escape_factor=escape_factor,
+                         probe_variance=probe_variance, network_calls=calls, batch_sizes=sizes, rtol=rtol, atol=atol,
+                         probes=probes)

@@ -1,4 +1,5 @@
 """`pyddpm-eval` on tiny toy and MNIST runs, as a user runs it, with a tiny classifier stand-in (nothing downloads)."""
+import argparse
 import json
 import math
 
@@ -6,13 +7,16 @@ import pytest
 import torch
 
 from pyddpm.data import DataTransform, toy_distribution
-from pyddpm.evaluate.ode_likelihood import ode_log_likelihood
+from pyddpm import DDPM
+from pyddpm.evaluate.likelihood import bits_per_dim, dequantize_once
+from pyddpm.evaluate.ode_likelihood import ContinuousSchedule, ode_log_likelihood
 from pyddpm.store import load_model
 from pyddpm.evaluate.classifier import ImageClassifier, checksum_path, save_classifier
 from pyddpm.cli.eval import main as eval_main
-from pyddpm.cli.eval import samples_to_pixels
+from pyddpm.cli.eval import image_ode_likelihood, ode_row, samples_to_pixels
 from pyddpm.cli.train import main as train_main
 from helpers.export_runs import MNIST_DIR
+from helpers.gaussian_model import HalfDiverging
 
 needs_shared = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"shared MNIST not found at {MNIST_DIR}")
 
@@ -163,3 +167,27 @@ def test_mnist_run_writes_the_ode_bits_per_dim(mnist_run, capsys):
     assert ode["ode_bits_per_dim_median"] <= ode["ode_bits_per_dim_max"]
     assert ode["ode_bits_per_dim_max"] >= ode["ode_bits_per_dim"] - 1e-9
     assert 0 <= ode["images_escaped"] <= 4
+
+
+def test_escaped_images_are_counted_and_left_out_of_the_mean_but_not_the_median():
+    """Images whose first pixel is bright run away under ``HalfDiverging`` (3 pixels an image); the others keep
+    log N(x; 0, I). The mean and its s.e. are over the others; the median counts the escaped ones as +inf."""
+    model = DDPM(torch.nn.Identity(), T=1000)
+    model.network = HalfDiverging(ContinuousSchedule(model), 0)
+    model.eval()
+    pixels = torch.randint(0, 256, (20, 3), generator=torch.Generator().manual_seed(8), dtype=torch.uint8)
+    pixels[:, 0] = torch.tensor([200] * 6 + [40] * 14, dtype=torch.uint8)
+    args = argparse.Namespace(seed=0, rtol=1e-5, atol=1e-5, probes=None, batch_size=8)
+    record = image_ode_likelihood(model, pixels, args)
+    x = dequantize_once(pixels, 0)
+    exact = bits_per_dim(torch.distributions.Normal(0.0, 1.0).log_prob(x.double()).sum(1), 3)
+    stay = exact[6:]
+    assert record["images_escaped"] == 6 and record["test_images"] == 20
+    assert record["ode_bits_per_dim"] == pytest.approx(float(stay.mean()), abs=1e-4)
+    assert record["ode_bits_per_dim_se"] == pytest.approx(float(stay.std() / math.sqrt(14)), rel=1e-3)
+    assert record["ode_bits_per_dim_max"] == pytest.approx(float(stay.max()), abs=1e-4)
+    with_inf = torch.cat([torch.full((6,), math.inf, dtype=torch.float64), stay])
+    assert record["ode_bits_per_dim_median"] == pytest.approx(float(with_inf.median()), abs=1e-4)
+    rows = ode_row(record)
+    assert "(14 of 20 test images; mean over those that did not escape)" in rows
+    assert "| images escaped: ODE trajectory stopped beyond |x(s)| = 10 max(|x(s0)|, sqrt(D)), no value | 6 |" in rows

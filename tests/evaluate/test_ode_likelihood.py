@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from helpers.gaussian_model import ContinuousMixtureEpsilon
+from helpers.gaussian_model import ContinuousMixtureEpsilon, HalfDiverging
 
 from pyddpm import DDPM, FcNetwork
 from pyddpm.data import DataTransform, toy_distribution
@@ -70,8 +70,30 @@ def test_the_gaussian_identity():
     assert (result.log_density - exact).abs().max() / 3 <= 1e-3
     torch.testing.assert_close(result.end_radius, phi.norm(dim=1) / math.sqrt(3), rtol=0, atol=1e-3)  # the flow map
     assert abs(float((result.log_density - gaussian_log_prob(x, MEAN, COV)).mean())) / 3 <= 1e-3
-    assert result.probes is None and result.probe_variance is None
+    assert result.probes is None and result.probe_variance is None and not result.escaped.any()
     assert len(result.network_calls) == 2 and 20 < result.mean_network_calls < 1000
+
+
+@pytest.mark.parametrize("power", [0, 1])
+def test_diverging_examples_stop_as_escaped_and_leave_the_rest_exact(power):
+    """Each example whose trajectory runs away stops beyond 10 max(|x|, sqrt(D)) as escaped, with no value; the
+    others keep their exact values. A finite-time blow-up (power 1) leaves dopri5 without a step size unless its
+    examples stop."""
+    model = DDPM(torch.nn.Identity(), T=1000)
+    model.network = HalfDiverging(ContinuousSchedule(model), power)
+    model.eval()
+    x = torch.randn(16, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    result = ode_log_likelihood(model, x, batch_size=16)
+    out = x[:, 0] > 0
+    assert torch.equal(result.escaped, out) and 0 < int(out.sum()) < 16
+    assert result.log_density[out].isnan().all()
+    exact = gaussian_log_prob(x[~out], torch.zeros(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64))
+    torch.testing.assert_close(result.log_density[~out], exact, rtol=0, atol=1e-4)  # float32 network input
+    # stopped on the step after the one that crossed 10 max(|x|, sqrt(D)); the others stayed put
+    bound = 10 * x.norm(dim=1).clamp(min=math.sqrt(3))
+    stopped_at = result.end_radius * math.sqrt(3)
+    assert (stopped_at[out] > bound[out]).all() and (stopped_at[out] < 2 * bound[out]).all()
+    torch.testing.assert_close(stopped_at[~out], x[~out].norm(dim=1), rtol=0, atol=1e-4)
 
 
 def small_network(dims=4):

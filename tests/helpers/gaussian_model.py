@@ -90,3 +90,19 @@ class ContinuousMixtureEpsilon(nn.Module):
         score = -(torch.softmax(parts, dim=1)[..., None] * precision_diff).sum(1)
         sigma = math.sqrt(-math.expm1(self.schedule.log_abar_at(s)))
         return (-sigma * score).to(x.dtype)
+
+
+class HalfDiverging(nn.Module):
+    """For a ``ContinuousSchedule`` ``schedule``: eps = sigma(s) x, the exact predictor of N(0, I) data, under which
+    x(s) stays put (zero drift) and log p_{s0} is log N(x; 0, I); but eps = 3 x (1 + power |x|^2 / D) where the first
+    coordinate is positive: there the drift carries x outwards along its own direction, by a factor of about 90 from
+    s0 to 1 (power 0), or to infinity at a finite s (power 1)."""
+
+    def __init__(self, schedule, power: int):
+        super().__init__()
+        self.schedule, self.power = schedule, power
+
+    def forward(self, x, t_input):
+        sigma = self.schedule.sigma_at(float(t_input[0]) + self.schedule.start)
+        outwards = 3 * x * (1 + self.power * x.pow(2).mean(1, keepdim=True))
+        return torch.where(x[:, :1] > 0, outwards, sigma * x)
