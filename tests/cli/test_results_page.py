@@ -29,6 +29,7 @@ def test_ode_cell_gives_the_median_and_the_escaped_images_on_images_only():
     assert page._ode_estimate(image) == ("2.667 +- 0.015 (probability-flow ODE, hutchinson divergence, 454 calls; the "
                                          "mean of the 472 of 500 images that did not escape, median 2.716 with the "
                                          "escaped ones as +inf)")
+    assert page._ode_estimate(dict(image, images_escaped=0)).endswith("454 calls; median 2.716, no image escaped)")
     toy = {"ode_nll_nats": -0.5534, "ode_nll_se": 0.0051, "divergence": "exact, by autograd",
            "mean_network_calls": 715}
     assert page._ode_estimate(toy) == "-0.553 +- 0.005 (probability-flow ODE, exact divergence, 715 calls)"
