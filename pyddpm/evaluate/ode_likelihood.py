@@ -203,7 +203,7 @@ def ode_log_likelihood(model: DDPM, x: torch.Tensor, *, rtol: float = 1e-5, atol
     probe_variance = torch.empty(n, dtype=torch.float64) if probes and probes > 1 else None
     calls, sizes = [], []
     bar = tqdm(total=n, desc=f"ODE likelihood ({SOLVER}, rtol {rtol:g})", unit="ex", disable=not progress,
-               dynamic_ncols=True, leave=False, bar_format=BAR_FORMAT)
+               dynamic_ncols=True, leave=False, bar_format=BAR_FORMAT, smoothing=0)  # ETA: the run's mean rate
     times = torch.tensor([schedule.start, 1.0], dtype=torch.float64, device=device)
     for start in range(0, n, batch_size):
         x0 = x[start:start + batch_size].to(device, torch.float64)
@@ -211,8 +211,10 @@ def ode_log_likelihood(model: DDPM, x: torch.Tensor, *, rtol: float = 1e-5, atol
         v = None if probes is None else rademacher((probes, *x0.shape), generator, dtype).to(device)
 
         def advance_bar(dynamics: FlowDynamics, s: float) -> None:
-            """Count the integrated share of this batch's s range as done."""
-            done = start + b * (s - schedule.start) / (1.0 - schedule.start)
+            """Count the square root of the integrated share of this batch's s range as done: dopri5 spends its
+            steps early (on the README's recipe U-Net a fifth of a batch's calls went to s < 0.005 and half to
+            s < 0.55), and the plain share put the first ETA at hours for an eight-minute run."""
+            done = start + b * math.sqrt((s - schedule.start) / (1.0 - schedule.start))
             if done > bar.n:
                 bar.set_postfix(s=f"{s:.3f}", calls=dynamics.calls, escaped=int(dynamics.stopped.sum()),
                                 refresh=False)
