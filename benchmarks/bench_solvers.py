@@ -42,6 +42,7 @@ from pyddpm.store import load_model, tuned_timesteps  # noqa: E402
 
 NFES = (5, 8, 10, 20, 50)
 COMMAND_REPS = 10
+LOOP_REPS = 15
 LOOP_TABLE = ("| workload | loop | network alone | loop, free network | loop's own cost | loop / network |",
               "|---|---:|---:|---:|---:|---:|")  # loop_cost's rows, for each workload
 SAMPLE_COMMAND = str(Path(sys.executable).with_name("pyddpm-sample"))  # the console script `pip install .` wrote
@@ -218,7 +219,7 @@ class FixedOutput(torch.nn.Module):
         return self.eps
 
 
-def loop_cost(model, config, batch: int, reps: int = 15) -> tuple[str, float]:
+def loop_cost(model, config, batch: int, reps: int = LOOP_REPS) -> tuple[str, float]:
     """A table row: ms per call of the default sampler's loop, of the same network's forward alone, and of the loop
     around a network that costs nothing (``FixedOutput``), each the median of ``reps`` interleaved runs; the loop's own
     cost as a share of the network's; and the ratio loop / network alone, the median of the adjacent pairs with its
@@ -408,10 +409,10 @@ def main(argv=None) -> int:
     loop_row, toy_loop = loop_cost(model, config, 5000)
     loops = {"toy": toy_loop}
     page += ["## The solver loop's cost over the network alone", "", f"Measured on {stamp}. Milliseconds per call, "
-             f"medians of 15 interleaved runs of {DEFAULT_STEPS} calls: the default sampler's loop, the network alone, "
-             "and the loop around a network that costs nothing (it returns one real eps_hat); the last is the loop's "
-             "own cost, given as a share of the network's. The end-to-end ratio is the median of the adjacent "
-             "loop / network pairs, with its quartiles.", "",
+             f"medians of {LOOP_REPS} interleaved runs of {DEFAULT_STEPS} calls: the default sampler's loop, the "
+             "network alone, and the loop around a network that costs nothing (it returns one real eps_hat); the last "
+             "is the loop's own cost, given as a share of the network's. The end-to-end ratio is the median of the "
+             "adjacent loop / network pairs, with its quartiles.", "",
              *LOOP_TABLE, loop_row]
     whole_run, mres = args.toy, None
     if args.mnist:

@@ -208,7 +208,8 @@ def image_ode_likelihood(model, pixels: torch.Tensor, args) -> dict:
                                 probes=args.probes, batch_size=args.batch_size, seed=args.seed, progress=True)
     seconds = time.perf_counter() - start
     bpd = bits_per_dim(result.log_density, dims).masked_fill(result.escaped, math.inf)  # escaped: no finite value
-    n, finite = len(bpd), bpd[~result.escaped]
+    kept = ~result.escaped
+    n, finite = len(bpd), bpd[kept]
     record = {"ode_bits_per_dim": float(finite.mean()),
               "ode_bits_per_dim_se": float(finite.std() / math.sqrt(len(finite))),
               "ode_bits_per_dim_median": float(bpd.median()), "ode_bits_per_dim_max": float(finite.max()),
@@ -217,7 +218,7 @@ def image_ode_likelihood(model, pixels: torch.Tensor, args) -> dict:
               "convention": "pixels dequantised once, x = 2(k + u)/255 - 1; bits/dim = (-log p(x)/D + log(255/2)) / "
                             "log 2, as the flow's exact bits/dim"}
     if result.probe_variance is not None:  # the probes' share of the standard error
-        variance = result.probe_variance[~result.escaped].sum()
+        variance = result.probe_variance[kept].sum()
         record["probe_se"] = float(variance.sqrt() / (len(finite) * dims * math.log(2)))
     return record
 
