@@ -188,6 +188,9 @@ def ode_log_likelihood(model: DDPM, x: torch.Tensor, *, rtol: float = 1e-5, atol
     The network must be in eval mode (dropout off): its output must be a function of (x, t).
     """
     check_solver_options(rtol, atol, probes)
+    if not (isinstance(escape_factor, (int, float)) and escape_factor > 1):  # nan fails too
+        raise ValueError(f"escape_factor must be a number above 1 (math.inf never stops an example), got "
+                         f"{escape_factor!r}")
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
     if model.network.training:

@@ -163,6 +163,13 @@ def test_bad_solver_options_are_clear_errors(rtol, atol, probes, message):
         check_solver_options(rtol, atol, probes)
 
 
+@pytest.mark.parametrize("factor", [1.0, 0.5, -2.0, float("nan"), "10"])
+def test_an_escape_factor_that_would_stop_data_in_the_typical_set_is_refused(factor):
+    model = DDPM(small_network(), T=10).eval()
+    with pytest.raises(ValueError, match="escape_factor must be a number above 1"):
+        ode_log_likelihood(model, torch.randn(2, 4), escape_factor=factor)
+
+
 def test_a_network_in_training_mode_is_refused():
     model = DDPM(small_network(), T=10)
     model.train()
